@@ -1,0 +1,136 @@
+"""The ``pruneconf`` command line.
+
+Exit status: 0 on success, 2 for bad input (a wrong MODEL, shape or recipe, a model that
+cannot be traced), 1 for anything else. Errors print one line; ``--debug`` adds the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ._version import __version__
+from .errors import ConfigError, PruneconfError, TraceError
+
+log = logging.getLogger("pruneconf")
+
+
+def _model_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """``--model-arg num_classes=10`` values, typed as YAML scalars."""
+    from ruamel.yaml import YAML
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected KEY=VALUE, got '{pair}'", key="--model-arg")
+        out[key] = YAML(typ="safe").load(value)
+    return out
+
+
+def analyse_model(model_spec: str, shapes: Sequence[str], model_args: Mapping[str, Any] | None = None):
+    """Build the model, trace it on random inputs and resolve its groups."""
+    from .groups import find_groups
+    from .models import build_model, example_inputs, parse_input_shape
+    from .trace import trace
+
+    parsed = [parse_input_shape(s) for s in shapes]
+    model = build_model(model_spec, model_args)
+    graph = trace(model, example_inputs(parsed))
+    return graph, find_groups(graph), [list(s) for s, _ in parsed]
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL", help="module:callable or path/to/file.py:callable")
+    p.add_argument("--input-shape", action="append", required=True, metavar="SHAPE",
+                   help="example input shape, e.g. 1,3,224,224 (add :long for indices); repeat for several inputs")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument for the model constructor; repeatable")
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .recipe import write_atomic, write_recipe
+
+    model_args = _model_args(args.model_arg)
+    graph, groups, shapes = analyse_model(args.model, args.input_shape, model_args)
+    settings = {k: v for k, v in (("default_sparsity", args.sparsity), ("metric", args.metric),
+                                  ("round_to", args.round_to)) if v is not None}
+    text = write_recipe(args.output, groups, model=args.model, model_args=model_args,
+                        input_shapes=shapes, settings=settings)
+    write_atomic(args.output, text)
+    log.info("wrote %s: %d groups, %d prunable", args.output, len(groups), len(groups.prunable))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from .recipe.show import show_recipe
+
+    print(show_recipe(args.recipe))
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from .recipe import write_atomic
+    from .trace.export import to_dot, to_graphml
+
+    graph, _, _ = analyse_model(args.model, args.input_shape, _model_args(args.model_arg))
+    suffix = Path(args.output).suffix.lower()
+    writers = {".graphml": to_graphml, ".dot": to_dot, ".gv": to_dot}
+    if suffix not in writers:
+        raise ConfigError(f"expected a .graphml or .dot output file, got '{args.output}'", key="--output")
+    write_atomic(args.output, writers[suffix](graph))
+    log.info("wrote %s: %d nodes, %d edges", args.output, graph.number_of_nodes(), graph.number_of_edges())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pruneconf", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pruneconf {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="trace MODEL and write (or refresh) an editable recipe")
+    _add_model_options(p)
+    p.add_argument("-o", "--output", required=True, help="recipe file to write; an existing one is updated in place")
+    p.add_argument("--sparsity", type=float, help="default sparsity of every group (default 0.5)")
+    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma"))
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("show", help="print a recipe's groups as a table")
+    p.add_argument("recipe", help="recipe file")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("graph", help="export MODEL's traced op graph (.graphml or .dot)")
+    _add_model_options(p)
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=cmd_graph)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.ERROR if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `pruneconf show ... | head`
+        return 0
+    except (ConfigError, TraceError, PruneconfError) as exc:
+        if args.debug:
+            raise
+        print(f"pruneconf: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            raise
+        print(f"pruneconf: internal error: {type(exc).__name__}: {exc} (run with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""What a channel rule sees: one op node, its inputs' channel labels, and the label space.
+
+A tensor's channel labels are a ``{dim: labels}`` dict: ``labels[i]`` is the label of
+index ``i`` along ``dim``. Dimensions without an entry carry no channel identity (spatial
+positions of a conv output, attention scores). Parameters and buffers get labels on every
+dimension, allocated on first use, so a parameter used by several ops (weight sharing)
+couples all of its uses. Model inputs and tensors from outside the model are labelled but
+blocked: whatever they touch cannot change size.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable
+
+import networkx as nx
+import numpy as np
+
+from ..trace.refs import Ref, iter_refs
+from .labels import LabelSpace
+
+TensorLabels = dict  # dict[int, np.ndarray]: dim -> labels along that dim
+
+# Roles a parameter dimension plays in a group.
+SOURCE = "source"      # output channels of a weight layer: the group prunes them (conv, linear)
+CONSUMER = "consumer"  # input channels of a weight layer: pruned columns (conv, linear)
+FOLLOWER = "follower"  # per-channel parameters that follow a channel (norms, biases, depthwise)
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    param: str
+    dim: int
+    role: str
+    node: str
+
+
+@dataclasses.dataclass
+class Note:
+    """A property of some channels that later phases must honour (e.g. channel statistics)."""
+
+    labels: np.ndarray
+    kind: str
+    node: str
+
+
+class RuleContext:
+    """Shared state of one analysis; ``node`` is the op the current rule is looking at."""
+
+    def __init__(self, graph: nx.DiGraph) -> None:
+        self.graph = graph
+        self.space = LabelSpace()
+        self.tensors: dict[tuple[str, int], TensorLabels] = {}
+        self.params: dict[tuple[str, int], np.ndarray] = {}
+        self.roles: dict[tuple[str, int, str], Role] = {}
+        self.notes: list[Note] = []
+        self.node = ""
+        self.attrs: dict[str, Any] = {}
+
+    # -- the current op -------------------------------------------------------------
+    def at(self, node: str) -> "RuleContext":
+        self.node = node
+        self.attrs = self.graph.nodes[node]
+        return self
+
+    @property
+    def op(self) -> str:
+        return self.attrs["op"]
+
+    @property
+    def args(self) -> tuple:
+        return self.attrs["args"]
+
+    @property
+    def out_shapes(self) -> list[tuple[int, ...]]:
+        return self.attrs["out_shapes"]
+
+    def arg(self, index: int, name: str, default: Any = None) -> Any:
+        """The argument at ``index`` or keyword ``name``, as recorded."""
+        args, kwargs = self.attrs["args"], self.attrs["kwargs"]
+        if len(args) > index:
+            return args[index]
+        return kwargs.get(name, default)
+
+    def tensor_args(self) -> list[Ref]:
+        return list(iter_refs((self.attrs["args"], self.attrs["kwargs"])))
+
+    # -- tensors ----------------------------------------------------------------------
+    def shape(self, ref: Ref) -> tuple[int, ...]:
+        return tuple(self.graph.nodes[ref.node]["out_shapes"][ref.index])
+
+    def is_param(self, ref: Any) -> bool:
+        return isinstance(ref, Ref) and self.graph.nodes[ref.node]["kind"] in ("param", "buffer")
+
+    def param_name(self, ref: Ref) -> str:
+        return self.graph.nodes[ref.node]["target"]
+
+    def labels(self, ref: Ref) -> TensorLabels:
+        """Channel labels of the tensor ``ref`` points at."""
+        key = (ref.node, ref.index)
+        found = self.tensors.get(key)
+        if found is not None:
+            return found
+        attrs = self.graph.nodes[ref.node]
+        shape = self.shape(ref)
+        if attrs["kind"] in ("param", "buffer"):
+            found = {d: self.param_dim(ref, d) for d, n in enumerate(shape) if n > 1}
+        else:
+            reason = {"input": "fed by a model input",
+                      "constant": "combined with a tensor that is not a parameter or buffer of the model",
+                      }.get(attrs["kind"], f"produced by '{ref.node}' ({attrs['op']}) without channel labels")
+            found = self.blocked_labels(shape, reason)
+        self.tensors[key] = found
+        return found
+
+    def param_dim(self, ref: Ref, dim: int) -> np.ndarray:
+        """Labels of dimension ``dim`` of the parameter or buffer ``ref``."""
+        key = (self.param_name(ref), dim)
+        labels = self.params.get(key)
+        if labels is None:
+            labels = self.params[key] = self.space.new(self.shape(ref)[dim])
+        return labels
+
+    def blocked_labels(self, shape: Iterable[int], reason: str) -> TensorLabels:
+        """Fresh labels on every dimension of ``shape``, all blocked with ``reason``."""
+        out = {}
+        for d, n in enumerate(shape):
+            out[d] = self.space.new(n)
+            self.space.block(out[d], reason)
+        return out
+
+    def set_out(self, labels: TensorLabels, index: int = 0) -> None:
+        self.tensors[(self.node, index)] = labels
+
+    def has_out(self, index: int) -> bool:
+        return (self.node, index) in self.tensors
+
+    # -- declarations -------------------------------------------------------------------
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.space.union(a, b)
+
+    def block(self, labels: np.ndarray, reason: str) -> None:
+        self.space.block(labels, f"{reason} at '{self.node}'")
+
+    def block_tensor(self, labels: TensorLabels, reason: str, dims: Iterable[int] | None = None) -> None:
+        for d in (labels if dims is None else dims):
+            if d in labels:
+                self.block(labels[d], reason)
+
+    def role(self, ref: Ref, dim: int, role: str) -> np.ndarray:
+        """Record that dimension ``dim`` of parameter ``ref`` plays ``role``; return its labels."""
+        name = self.param_name(ref)
+        self.roles.setdefault((name, dim, role), Role(name, dim, role, self.node))
+        return self.param_dim(ref, dim)
+
+    def note(self, labels: np.ndarray, kind: str) -> None:
+        self.notes.append(Note(np.asarray(labels), kind, self.node))

@@ -1,0 +1,202 @@
+"""Resolve channel groups: run every op's rule, solve the unions, name each group.
+
+A *group* is a set of channels that must be pruned together: all channels coupled (through
+adds, norms, depthwise convs…) with the output channels of one or more weight layers (the
+group's *sources*). Its *center* is the source that runs first. Every parameter dimension
+the group's channels flow through is a *member*: pruned rows (sources), pruned columns
+(consumers) or per-channel parameters (followers).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Iterator
+
+import networkx as nx
+import numpy as np
+
+from . import rules  # noqa: F401  (registers the rules)
+from .context import SOURCE, RuleContext, TensorLabels
+from .labels import connected_roots
+from .registry import rule_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Member:
+    """One parameter dimension touched by a group."""
+
+    param: str
+    layer: str
+    dim: int
+    role: str
+    channels: np.ndarray  # for each index along ``dim``: the group channel, or -1
+
+    @property
+    def size(self) -> int:
+        """How many indices along ``dim`` belong to the group."""
+        return int((self.channels >= 0).sum())
+
+
+@dataclasses.dataclass
+class Group:
+    """Channels pruned together, named by the layer whose output channels come first."""
+
+    center: str
+    channels: int
+    sources: list[str]
+    members: list[Member]
+    reasons: list[str]
+    notes: list[str]
+    order: int
+
+    @property
+    def prunable(self) -> bool:
+        return not self.reasons and self.channels > 1
+
+    @property
+    def layers(self) -> list[str]:
+        """Member layers, in first-seen order, without repeats."""
+        return list(dict.fromkeys(m.layer for m in self.members))
+
+
+class ChannelGroups:
+    """The result of :func:`find_groups`: groups plus the channel map of every tensor."""
+
+    def __init__(self, graph: nx.DiGraph, groups: list[Group], roots: np.ndarray,
+                 group_of_root: np.ndarray, channel_of_root: np.ndarray,
+                 tensors: dict[tuple[str, int], TensorLabels]) -> None:
+        self.graph = graph
+        self.groups = groups
+        self.by_center = {g.center: g for g in groups}
+        self._roots = roots
+        self._group_of_root = group_of_root
+        self._channel_of_root = channel_of_root
+        self._tensors = tensors
+
+    def __iter__(self) -> Iterator[Group]:
+        return iter(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, center: str) -> Group:
+        return self.by_center[center]
+
+    @property
+    def prunable(self) -> list[Group]:
+        return [g for g in self.groups if g.prunable]
+
+    def groups_of_layer(self, layer: str) -> list[Group]:
+        return [g for g in self.groups if layer in g.layers]
+
+    def channel_map(self, node: str, index: int = 0) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """For each labelled dim of a node's output: ``(group index, group channel)`` per position.
+
+        ``group index`` is the position in :attr:`groups` (``-1`` where the position is in
+        no group), ``group channel`` the channel within that group.
+        """
+        out = {}
+        for dim, labels in self._tensors.get((node, index), {}).items():
+            roots = self._roots[labels]
+            out[dim] = (self._group_of_root[roots], self._channel_of_root[roots])
+        return out
+
+
+def _live_nodes(graph: nx.DiGraph) -> list[str]:
+    """Nodes whose results reach the output, in forward order (dead code cannot couple)."""
+    out = graph.graph["output"]
+    live = nx.ancestors(graph, out) | {out}
+    return sorted((n for n in live if graph.nodes[n]["kind"] in ("call", "output")),
+                  key=lambda n: graph.nodes[n]["order"])
+
+
+def find_groups(graph: nx.DiGraph) -> ChannelGroups:
+    """Resolve which channels of ``graph`` (from :func:`pruneconf.trace`) prune together."""
+    ctx = RuleContext(graph)
+    for node in _live_nodes(graph):
+        ctx.at(node)
+        rule_for(ctx.op)(ctx)
+        for i, shape in enumerate(ctx.out_shapes):
+            if not ctx.has_out(i):  # a rule that says nothing about an output: be safe
+                ctx.set_out(ctx.blocked_labels(shape, f"no channel rule for output {i} of '{node}'"), i)
+    roots = ctx.space.solve()
+    return _assemble(graph, ctx, roots)
+
+
+def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
+    layer_name = graph.graph["layers"].__getitem__
+    roles = sorted(ctx.roles.values(), key=lambda r: graph.nodes[r.node]["order"])
+    sources = [r for r in roles if r.role == SOURCE]
+    # Sources whose channels meet form one group: components over roots linked per source.
+    left, right = [], []
+    for r in sources:
+        rr = np.unique(roots[ctx.params[(r.param, r.dim)]])
+        left.append(rr)
+        right.append(np.full(rr.shape, rr[0]))
+    comp = connected_roots(len(roots), np.concatenate(left) if left else np.empty(0, np.int64),
+                           np.concatenate(right) if right else np.empty(0, np.int64))
+    # Only components that hold a source become groups: look up reasons for those alone.
+    is_group = np.zeros(len(roots), dtype=bool)
+    for r in sources:
+        is_group[comp[roots[ctx.params[(r.param, r.dim)][0]]]] = True
+    blocked: dict[int, list[str]] = {}
+    for labels, reason in ctx.space.blocks:
+        hit = comp[roots[labels]]
+        for c in np.unique(hit[is_group[hit]]).tolist():
+            reasons = blocked.setdefault(c, [])
+            if reason not in reasons:
+                reasons.append(reason)
+    notes: dict[int, list[str]] = {}
+    for note in ctx.notes:
+        hit = comp[roots[note.labels]]
+        for c in np.unique(hit[is_group[hit]]).tolist():
+            kinds = notes.setdefault(c, [])
+            if note.kind not in kinds:
+                kinds.append(note.kind)
+
+    channel_of_root = np.full(len(roots), -1, dtype=np.int64)
+    by_comp: dict[int, Group] = {}
+    comp_of_group: dict[int, int] = {}
+    for r in sources:
+        labels = ctx.params[(r.param, r.dim)]
+        c = int(comp[roots[labels[0]]])
+        group = by_comp.get(c)
+        if group is None:
+            group = by_comp[c] = Group(center=layer_name(r.param), channels=0, sources=[],
+                                       members=[], reasons=blocked.get(c, []),
+                                       notes=notes.get(c, []), order=graph.nodes[r.node]["order"])
+            comp_of_group[id(group)] = c
+        group.sources.append(layer_name(r.param))
+        # number channels in the order the center (then later sources) lays them out
+        unique, first = np.unique(roots[labels], return_index=True)
+        unique = unique[np.argsort(first)]
+        fresh = unique[channel_of_root[unique] < 0]
+        channel_of_root[fresh] = np.arange(group.channels, group.channels + len(fresh))
+        group.channels += len(fresh)
+    for group in by_comp.values():
+        if group.channels <= 1 and not group.reasons:
+            group.reasons.append("a single channel once its couplings are resolved")
+    groups = sorted(by_comp.values(), key=lambda g: g.order)
+    index_of_comp = {comp_of_group[id(g)]: k for k, g in enumerate(groups)}
+    index_by_comp = np.full(len(roots), -1, dtype=np.int64)
+    index_by_comp[list(index_of_comp)] = list(index_of_comp.values())
+    group_of_root = np.where(channel_of_root >= 0, index_by_comp[comp], -1)
+    for r in roles:
+        labels = roots[ctx.params[(r.param, r.dim)]]
+        member_comp = comp[labels]
+        single = bool((member_comp == member_comp[0]).all())
+        for c in (member_comp[:1] if single else np.unique(member_comp)).tolist():
+            k = index_of_comp.get(c)
+            if k is None:
+                continue
+            numbered = channel_of_root[labels]
+            channels = numbered if single else np.where(member_comp == c, numbered, -1)
+            groups[k].members.append(Member(r.param, layer_name(r.param), r.dim, r.role, channels))
+    result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
+    log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
+    return result
+
+
+__all__ = ["ChannelGroups", "Group", "Member", "find_groups"]

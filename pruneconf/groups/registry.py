@@ -1,0 +1,48 @@
+"""The channel-rule registry: one small function per operator, looked up by op name.
+
+Adding an operator means writing one function and decorating it::
+
+    @register("pixel_shuffle")
+    def pixel_shuffle(ctx: RuleContext) -> None:
+        ...
+
+An op without a rule is not an error: :func:`unsupported` blocks every channel it touches,
+with the op's name as the reason, so the affected groups are reported as not prunable.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .context import RuleContext
+
+Rule = Callable[[RuleContext], None]
+_RULES: dict[str, Rule] = {}
+
+
+def register(*ops: str) -> Callable[[Rule], Rule]:
+    """Register the decorated function as the channel rule of each op in ``ops``."""
+    def decorate(fn: Rule) -> Rule:
+        for op in ops:
+            if op in _RULES and _RULES[op] is not fn:
+                raise ValueError(f"op '{op}' already has the rule {_RULES[op].__name__}")
+            _RULES[op] = fn
+        return fn
+    return decorate
+
+
+def rule_for(op: str) -> Rule:
+    """The rule of ``op``, or :func:`unsupported` when there is none."""
+    return _RULES.get(op, unsupported)
+
+
+def registered_ops() -> list[str]:
+    return sorted(_RULES)
+
+
+def unsupported(ctx: RuleContext) -> None:
+    """Block the channels of every input and give every output blocked labels."""
+    reason = f"unsupported op '{ctx.op}'"
+    for ref in ctx.tensor_args():
+        ctx.block_tensor(ctx.labels(ref), reason)
+    for i, shape in enumerate(ctx.out_shapes):
+        ctx.set_out(ctx.blocked_labels(shape, f"{reason} at '{ctx.node}'"), i)

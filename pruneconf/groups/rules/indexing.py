@@ -1,0 +1,200 @@
+"""Indexing, concatenation and splitting along dims.
+
+Model code writes slice bounds and split sizes as constants (``x[:, :32]``,
+``torch.split(x, [16, 48], 1)``); after pruning those constants would cut the wrong
+channels, so partial indexing of a channel dim blocks it. ``chunk`` is computed from the
+tensor's size at run time: its pieces are coupled position by position, so they shrink
+alike and the model's own ``chunk`` call still splits them correctly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...trace.refs import Ref
+from ..context import RuleContext, TensorLabels
+from ..registry import register, unsupported
+from .common import fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
+
+PARTIAL = "channels selected by constant indices in '{op}'"
+
+
+def _full_slice(index: Any, size: int) -> bool:
+    return (isinstance(index, slice) and index.start in (None, 0)
+            and (index.stop is None or (isinstance(index.stop, int) and index.stop >= size))
+            and index.step in (None, 1))
+
+
+def index_plan(shape: tuple[int, ...], index: Any) -> list[tuple[int, int | None, bool]] | None:
+    """For basic indexing: ``(in_dim, out_dim or None, whole)`` per input dim.
+
+    ``whole`` is true when the dim is kept entirely. Returns ``None`` for advanced
+    indexing (tensor or list indices), which the caller treats as unsupported.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(i, (Ref, list)) or isinstance(i, bool) for i in items):
+        return None
+    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
+    expanded: list[Any] = []
+    for i in items:
+        if i is Ellipsis:
+            expanded.extend([slice(None)] * (len(shape) - consumed))
+        else:
+            expanded.append(i)
+    expanded.extend([slice(None)] * (len(shape) - sum(1 for i in expanded if i is not None)))
+    plan, d, o = [], 0, 0
+    for i in expanded:
+        if i is None:
+            o += 1
+        elif isinstance(i, int):
+            plan.append((d, None, shape[d] == 1))
+            d += 1
+        else:
+            plan.append((d, o, _full_slice(i, shape[d])))
+            d += 1
+            o += 1
+    return plan
+
+
+def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLabels:
+    """Labels of ``x[index]``; a partially indexed channel dim is blocked."""
+    out: TensorLabels = {}
+    for d, o, whole in plan:
+        lab = labels.get(d)
+        if lab is None:
+            continue
+        if whole:
+            if o is not None:
+                out[o] = lab
+            continue
+        reason = PARTIAL.format(op=ctx.op)
+        if lab.size > 1:
+            ctx.block(lab, reason)
+        if o is not None:
+            out[o] = fresh_blocked(ctx, out_shape[o], reason)
+    return out
+
+
+@register("getitem")
+def getitem(ctx: RuleContext) -> None:
+    x, index = ctx.args[0], ctx.args[1]
+    plan = index_plan(ctx.shape(x), index)
+    if plan is None:
+        return unsupported(ctx)
+    ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0]))
+
+
+@register("setitem")
+def setitem(ctx: RuleContext) -> None:
+    """``x[index] = value``: the written region shares channels with ``value``."""
+    x, index, value = ctx.args[0], ctx.args[1], ctx.args[2]
+    labels = ctx.labels(x)
+    plan = index_plan(ctx.shape(x), index)
+    if plan is None:
+        return unsupported(ctx)
+    shape = ctx.shape(x)
+    region_shape = [1] * (1 + max((o for _, o, _ in plan if o is not None), default=-1))
+    for d, o, whole in plan:
+        if o is not None:
+            region_shape[o] = shape[d] if whole else -1
+    region = _select(ctx, labels, plan, [max(n, 0) for n in region_shape])
+    if isinstance(value, Ref):
+        vshape, vlab = ctx.shape(value), ctx.labels(value)
+        for o, n in enumerate(region_shape):
+            sd = o - (len(region_shape) - len(vshape))
+            if sd < 0 or sd not in vlab:
+                continue
+            if n < 0:  # written into constant positions of the target
+                if vshape[sd] > 1:
+                    ctx.block(vlab[sd], PARTIAL.format(op=ctx.op))
+            else:
+                merge_dim(ctx, [(region.get(o), n), (vlab[sd], vshape[sd])], n, "'setitem'")
+    ctx.set_out(labels)
+
+
+@register("cat")
+def cat(ctx: RuleContext) -> None:
+    tensors = ctx.arg(0, "tensors")
+    shape = ctx.out_shapes[0]
+    dim = norm_dim(ctx.arg(1, "dim", 0), len(shape))
+    parts = [(ctx.labels(t), ctx.shape(t)) for t in tensors if len(ctx.shape(t)) == len(shape)]
+    out: TensorLabels = {}
+    if any(dim in lab for lab, _ in parts):
+        out[dim] = np.concatenate([
+            lab[dim] if dim in lab else fresh_blocked(ctx, s[dim], "concatenated with channels we cannot follow")
+            for lab, s in parts])
+    for d in range(len(shape)):
+        if d != dim:
+            merged = merge_dim(ctx, [(lab.get(d), s[d]) for lab, s in parts], shape[d], "'cat'")
+            if merged is not None:
+                out[d] = merged
+    ctx.set_out(out)
+
+
+@register("stack")
+def stack(ctx: RuleContext) -> None:
+    tensors = ctx.arg(0, "tensors")
+    shape = ctx.out_shapes[0]
+    dim = norm_dim(ctx.arg(1, "dim", 0), len(shape))
+    parts = [(ctx.labels(t), ctx.shape(t)) for t in tensors]
+    out: TensorLabels = {}
+    for d in range(len(shape) - 1):
+        merged = merge_dim(ctx, [(lab.get(d), s[d]) for lab, s in parts], shape[d + (d >= dim)], "'stack'")
+        if merged is not None:
+            out[d + (d >= dim)] = merged
+    ctx.set_out(out)
+
+
+@register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
+def split(ctx: RuleContext) -> None:
+    """Pieces along a channel dim: ``chunk`` couples positions, constant sizes block."""
+    x = ctx.arg(0, "input")
+    shape, labels = ctx.shape(x), ctx.labels(x)
+    default = {"hsplit": 1 if len(shape) > 1 else 0, "vsplit": 0}.get(ctx.op, 0)
+    dim_pos = {"chunk": 2, "split": 2, "split_with_sizes": 2, "tensor_split": 2, "unbind": 1}.get(ctx.op)
+    dim = norm_dim(ctx.arg(dim_pos, "dim", default) if dim_pos else default, len(shape))
+    sizes = [s[dim] if ctx.op != "unbind" else 1 for s in ctx.out_shapes]
+    lab = labels.get(dim)
+    pieces = None
+    if lab is not None and lab.size > 1 and len(sizes) > 1:
+        if ctx.op == "chunk" and len(set(sizes)) == 1:
+            pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
+        else:
+            ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")
+    elif lab is not None:
+        pieces = [lab] * len(sizes)
+    offset = 0
+    for i, n in enumerate(sizes):
+        if ctx.op == "unbind":
+            out = keep_dims(labels, {d: d - (d > dim) for d in labels if d != dim})
+        else:
+            out = dict(labels)
+            if lab is not None:
+                out[dim] = pieces[i] if pieces is not None else lab[offset:offset + n]
+        offset += n
+        ctx.set_out(out, i)
+
+
+@register("narrow", "select")
+def narrow(ctx: RuleContext) -> None:
+    x = ctx.arg(0, "input")
+    shape, labels = ctx.shape(x), ctx.labels(x)
+    dim = norm_dim(ctx.arg(1, "dim"), len(shape))
+    if ctx.op == "select":
+        index = [slice(None)] * dim + [ctx.arg(2, "index")]
+    else:
+        start, length = ctx.arg(2, "start"), ctx.arg(3, "length")
+        index = [slice(None)] * dim + [slice(start, start + length) if isinstance(start, int) else slice(-1)]
+    ctx.set_out(_select(ctx, labels, index_plan(shape, tuple(index)), ctx.out_shapes[0]))
+
+
+@register("glu")
+def glu(ctx: RuleContext) -> None:
+    """``a * sigmoid(b)`` over the two halves of ``dim``: halves coupled position-wise."""
+    x = ctx.arg(0, "input")
+    labels = dict(ctx.labels(x))
+    dim = norm_dim(ctx.arg(1, "dim", -1), len(ctx.shape(x)))
+    if dim in labels:
+        labels[dim] = position_union(ctx, labels[dim], 2)
+    ctx.set_out(labels)

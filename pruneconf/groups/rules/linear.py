@@ -1,0 +1,68 @@
+"""Dense layers: ``linear``, ``embedding`` and matrix products with a parameter operand."""
+from __future__ import annotations
+
+from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
+from ..registry import register, unsupported
+from .common import broadcast, channel_labels, fresh_blocked
+
+
+@register("linear")
+def linear(ctx: RuleContext) -> None:
+    x, weight, bias = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
+    nd = len(ctx.shape(x))
+    in_labels = channel_labels(ctx, x, nd - 1)
+    out = {d: lab for d, lab in ctx.labels(x).items() if d < nd - 1}
+    if ctx.is_param(weight):
+        ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
+        out[nd - 1] = ctx.role(weight, 0, SOURCE)
+    else:
+        ctx.block(in_labels, "'linear' with a weight that is not a parameter")
+        out[nd - 1] = fresh_blocked(ctx, ctx.out_shapes[0][-1], "'linear' with a weight that is not a parameter")
+    if ctx.is_param(bias):
+        ctx.union(ctx.role(bias, 0, FOLLOWER), out[nd - 1])
+    ctx.set_out(out)
+
+
+@register("embedding")
+def embedding(ctx: RuleContext) -> None:
+    """An embedding table's columns are new channels; index dims pass through."""
+    indices, weight = ctx.arg(0, "input"), ctx.arg(1, "weight")
+    out = dict(ctx.labels(indices))
+    nd = len(ctx.shape(indices))
+    if ctx.is_param(weight):
+        out[nd] = ctx.role(weight, 1, SOURCE)
+    else:
+        out[nd] = fresh_blocked(ctx, ctx.out_shapes[0][-1], "'embedding' with a table that is not a parameter")
+    ctx.set_out(out)
+
+
+@register("matmul", "mm", "bmm")
+def matmul(ctx: RuleContext) -> None:
+    """``a @ b``: a parameter operand acts as a linear layer; two activations contract.
+
+    Contracting two activations over a prunable dim is only exact if pruned channels are
+    truly zero on both sides, which masks do not guarantee, so such dims are blocked.
+    """
+    a, b = ctx.arg(0, "input"), ctx.arg(1, "other" if ctx.op == "matmul" else "mat2")
+    sa, sb, so = ctx.shape(a), ctx.shape(b), ctx.out_shapes[0]
+    if len(sa) < 2 or len(sb) < 2:
+        return unsupported(ctx)
+    la, lb = ctx.labels(a), ctx.labels(b)
+    ka, kb = len(sa) - 1, len(sb) - 2
+    if ctx.is_param(b) and not ctx.is_param(a):
+        ctx.union(channel_labels(ctx, a, ka), ctx.role(b, kb, CONSUMER))
+        lb = {**lb, len(sb) - 1: ctx.role(b, len(sb) - 1, SOURCE)}
+    elif ctx.is_param(a) and not ctx.is_param(b):
+        ctx.union(channel_labels(ctx, b, kb), ctx.role(a, ka, CONSUMER))
+        la = {**la, len(sa) - 2: ctx.role(a, len(sa) - 2, SOURCE)}
+    else:
+        for lab in (la.get(ka), lb.get(kb)):
+            if lab is not None and lab.size > 1:
+                ctx.block(lab, f"contracted by '{ctx.op}' between two activations")
+    nd = len(so)
+    out = broadcast(ctx, (a, b), so, trailing=2, labels=(la, lb))
+    if (lab := la.get(len(sa) - 2)) is not None:
+        out[nd - 2] = lab
+    if (lab := lb.get(len(sb) - 1)) is not None:
+        out[nd - 1] = lab
+    ctx.set_out(out)

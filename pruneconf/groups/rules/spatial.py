@@ -1,0 +1,61 @@
+"""Ops over spatial dims (pooling, resizing, padding): channels pass through untouched."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..context import RuleContext
+from ..registry import register
+from .common import block_dims, fresh_blocked, norm_dim
+
+POOLS = tuple(f"{kind}{k}d{suffix}" for k in (1, 2, 3)
+              for kind in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
+                           "lp_pool", "fractional_max_pool")
+              for suffix in ("", "_with_indices"))
+RESIZE = ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear",
+          "upsample_nearest1d", "upsample_nearest2d", "upsample_nearest3d", "upsample_linear1d",
+          "upsample_bilinear2d", "upsample_bicubic2d", "upsample_trilinear3d",
+          "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa", "grid_sample")
+
+
+def _spatial(ctx: RuleContext, k: int) -> None:
+    x = ctx.arg(0, "input")
+    labels = ctx.labels(x)
+    nd = len(ctx.shape(x))
+    block_dims(ctx, labels, range(nd - k, nd), f"channels pooled or resampled by '{ctx.op}'")
+    kept = {d: lab for d, lab in labels.items() if d < nd - k}
+    for i in range(len(ctx.out_shapes)):
+        ctx.set_out(kept, i)
+
+
+@register(*POOLS)
+def pool(ctx: RuleContext) -> None:
+    _spatial(ctx, int(re.search(r"(\d)d", ctx.op).group(1)))
+
+
+@register(*RESIZE)
+def resize(ctx: RuleContext) -> None:
+    _spatial(ctx, len(ctx.shape(ctx.arg(0, "input"))) - 2)
+
+
+@register("pad")
+def pad(ctx: RuleContext) -> None:
+    """Constant padding adds blocked channels around the kept ones; other modes mix them."""
+    x, amounts = ctx.arg(0, "input"), tuple(ctx.arg(1, "pad"))
+    mode = ctx.arg(2, "mode", "constant")
+    labels = dict(ctx.labels(x))
+    nd = len(ctx.shape(x))
+    for i in range(0, len(amounts), 2):
+        d = norm_dim(-1 - i // 2, nd)
+        before, after = amounts[i], amounts[i + 1]
+        lab = labels.get(d)
+        if lab is None or (before == 0 and after == 0):
+            continue
+        if mode != "constant" or before < 0 or after < 0:
+            ctx.block(lab, f"channels padded in '{mode}' mode or cropped by 'pad'")
+            labels[d] = fresh_blocked(ctx, ctx.out_shapes[0][d], "padding")
+        else:
+            labels[d] = np.concatenate([fresh_blocked(ctx, before, "constant padding channel"), lab,
+                                        fresh_blocked(ctx, after, "constant padding channel")])
+    ctx.set_out(labels)

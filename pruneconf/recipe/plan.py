@@ -1,0 +1,17 @@
+"""How many channels a group keeps for a requested sparsity."""
+from __future__ import annotations
+
+import math
+
+
+def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
+    """Channels kept when removing ``sparsity`` of ``channels``, as a multiple of ``round_to``.
+
+    Removes ``floor(channels * sparsity)`` channels, then rounds the kept count to the
+    nearest multiple of ``round_to``; never fewer than one multiple (or one channel) and
+    never more than ``channels``.
+    """
+    keep = channels - math.floor(channels * sparsity + 1e-9)
+    if round_to > 1:
+        keep = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
+    return max(1, min(channels, keep))

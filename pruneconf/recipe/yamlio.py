@@ -1,0 +1,80 @@
+"""Reading and writing recipe files: round-trip YAML, atomic writes, located errors."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError
+
+from ..errors import ConfigError
+
+
+def round_trip_yaml() -> YAML:
+    """A YAML instance that keeps comments and key order, and refuses duplicate keys."""
+    yaml = YAML(typ="rt")
+    yaml.allow_duplicate_keys = False
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 100
+    return yaml
+
+
+def template_path() -> Path:
+    """``templates/recipe.yaml`` from a source checkout, else from the installed data files."""
+    for base in (Path(__file__).resolve().parents[2], Path(sys.prefix) / "share" / "pruneconf"):
+        candidate = base / "templates" / "recipe.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError("templates/recipe.yaml not found: is pruneconf installed?")
+
+
+def load_document(path: str | os.PathLike) -> Any:
+    """Parse ``path`` keeping comments; YAML errors become a located :class:`ConfigError`."""
+    path = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror}", path=path) from None
+    return parse_document(text, path)
+
+
+def parse_document(text: str, path: str = "<recipe>") -> Any:
+    try:
+        return round_trip_yaml().load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"invalid YAML: {problem}", path=path, line=line, column=column) from None
+    except Exception as exc:  # ruamel raises a few non-marked errors (e.g. bad tags)
+        raise ConfigError(f"invalid YAML: {exc}", path=path) from None
+
+
+def dump_document(doc: Any) -> str:
+    buf = io.StringIO()
+    round_trip_yaml().dump(doc, buf)
+    return buf.getvalue()
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place.
+
+    A crash or error mid-write never leaves a truncated recipe behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,99 @@
+"""Checks shared by the tests: the grouping invariant that makes pruning exact."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from pruneconf import find_groups, trace
+from pruneconf.groups import ChannelGroups
+from pruneconf.groups.context import CONSUMER
+
+
+def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
+    example = kw_inputs if kw_inputs else (inputs[0] if len(inputs) == 1 else inputs)
+    return find_groups(trace(model, example))
+
+
+def _call(model, example):
+    if isinstance(example, dict):
+        return model(**example)
+    if isinstance(example, tuple):
+        return model(*example)
+    return model(example)
+
+
+def _flat(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    return [t for o in out for t in _flat(o)]
+
+
+def calibrated(model: nn.Module, example) -> nn.Module:
+    """Eval-mode copy whose BatchNorm statistics come from ``example``.
+
+    Randomly initialised deep nets with default running statistics overflow in eval mode;
+    one train-mode pass with momentum 1 makes every activation well scaled.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        _call(model, example)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    return model.eval()
+
+
+def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fraction: float = 0.4,
+                        seed: int = 0, atol: float = 1e-5) -> int:
+    """Pick channels of every prunable group, cut them off at every consumer, then scramble
+    their producers: the outputs must not move. A consumer the grouping missed would let
+    the scrambled channels through. Groups noted for channel statistics (LayerNorm over
+    channels) are skipped: their pruned channels must be masked, not just cut off.
+
+    Returns the number of channels scrambled.
+    """
+    model = calibrated(copy.deepcopy(model), example)
+    gen = np.random.default_rng(seed)
+    params = dict(model.named_parameters())
+    params.update(dict(model.named_buffers()))
+    picks = {}
+    for g in groups.prunable:
+        if g.notes:
+            continue
+        k = max(1, int(g.channels * fraction))
+        picks[g.center] = gen.choice(g.channels, size=min(k, g.channels - 1), replace=False)
+    def members(role_is_consumer: bool):
+        for g in groups.prunable:
+            for m in g.members if g.center in picks else ():
+                if (m.role == CONSUMER) == role_is_consumer:
+                    idx = np.nonzero(np.isin(m.channels, picks[g.center]))[0]
+                    if idx.size and params[m.param].is_floating_point():
+                        yield m, params[m.param], torch.as_tensor(idx)
+
+    def cut_consumers() -> None:
+        for m, p, idx in members(True):
+            p.index_fill_(m.dim, idx, 0.0)
+
+    with torch.no_grad():
+        cut_consumers()
+        before = _flat(_call(model, example))
+        for m, p, idx in members(False):
+            noise = torch.rand_like(p.index_select(m.dim, idx)) + 0.5
+            scrambled = p.index_select(m.dim, idx) * noise if m.param.endswith("running_var") \
+                else p.index_select(m.dim, idx) + 3 * noise
+            p.index_copy_(m.dim, idx, scrambled)
+        cut_consumers()  # a source row may span a consumer column of another group
+        after = _flat(_call(model, example))
+    for a, b in zip(before, after):
+        scale = max(1.0, float(a.abs().max()))
+        assert torch.allclose(a, b, atol=atol * scale, rtol=0), \
+            f"outputs moved by {float((a - b).abs().max()):.3g}: a coupling was missed"
+    return sum(len(v) for v in picks.values())

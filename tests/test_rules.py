@@ -1,0 +1,163 @@
+"""One unit test per channel rule: a source layer, the op under test, a consumer.
+
+Each case states the rule it exercises, whether the source's group must stay prunable (then
+the no-influence invariant is checked) or which reason must block it, and optionally the
+channel count of the group. `test_every_rule_has_a_case` keeps the table complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import analyse, assert_no_influence
+from pruneconf.groups import registry
+
+
+class Between(nn.Module):
+    """``post(fn(pre(x)))``: ``pre`` is the group's center."""
+
+    def __init__(self, fn: Callable, pre: nn.Module, post: nn.Module | None = None):
+        super().__init__()
+        self.fn, self.pre, self.post = fn, pre, post or nn.Identity()
+        self.extra = nn.ModuleDict()
+
+    def forward(self, x):
+        return self.post(self.fn(self, self.pre(x)))
+
+
+def conv(c_in=3, c_out=8, **kw):
+    return nn.Conv2d(c_in, c_out, 3, padding=1, **kw)
+
+
+@dataclasses.dataclass
+class Case:
+    rule: str
+    model: Callable[[], nn.Module]
+    shape: tuple = (2, 3, 6, 6)
+    channels: int | None = None
+    blocked: str | None = None  # substring of the reason, or None if prunable
+    center: str = "pre"
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+
+def with_extra(fn, **modules):
+    def build():
+        m = fn()
+        for k, v in modules.items():
+            m.extra[k] = v
+        return m
+    return build
+
+
+CASES = [
+    Case("unary", lambda: Between(lambda m, y: F.hardswish(F.dropout(y.float(), 0.1, False)), conv(), conv(8, 2)), channels=8),
+    Case("nary", lambda: Between(lambda m, y: torch.where(y > 0, y, y * 0.1) - y.mean((2, 3), keepdim=True), conv(), conv(8, 2)), channels=8),
+    Case("max_min", lambda: Between(lambda m, y: torch.max(y, torch.relu(y)), conv(), conv(8, 2)), channels=8),
+    Case("max_min", lambda: Between(lambda m, y: torch.max(y, dim=1, keepdim=True)[0], conv(), conv(1, 2)), blocked="reduced by 'max'"),
+    Case("prelu", lambda: Between(lambda m, y: m.extra["act"](y), conv(), conv(8, 2)), channels=8),
+    Case("factory", lambda: Between(lambda m, y: y + torch.zeros(1, 8, 1, 1), conv(), conv(8, 2)), blocked="tensor created with fixed sizes"),
+    Case("conv", lambda: Between(lambda m, y: y, conv(), conv(8, 2)), channels=8),
+    Case("conv", lambda: Between(lambda m, y: y, conv(), nn.Sequential(conv(8, 4, groups=4), conv(4, 2))), channels=4),
+    Case("conv_transpose", lambda: Between(lambda m, y: y, conv(), nn.ConvTranspose2d(8, 3, 2, stride=2)), channels=8),
+    Case("conv_transpose", lambda: Between(lambda m, y: y, nn.ConvTranspose2d(3, 8, 2, stride=2), conv(8, 2)), channels=8),
+    Case("linear", lambda: Between(lambda m, y: y, nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=8),
+    Case("embedding", lambda: Between(lambda m, y: y, nn.Embedding(10, 8), nn.Linear(8, 2)), shape=(2, 5), channels=8),
+    Case("matmul", lambda: Between(lambda m, y: m.extra["proj"](y), nn.Linear(6, 8), nn.Linear(4, 2)), shape=(2, 5, 6), channels=8),
+    Case("matmul", lambda: Between(lambda m, y: y @ y.transpose(1, 2), nn.Linear(6, 8), nn.Linear(5, 2)), shape=(2, 5, 6), blocked="contracted by 'matmul'"),
+    Case("multi_head_attention", lambda: Between(lambda m, y: m.extra["mha"](y, y, y)[0], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=8),
+    Case("scaled_dot_product_attention", lambda: Between(lambda m, y: F.scaled_dot_product_attention(y, y, y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), blocked="contracted inside attention"),
+    Case("batch_norm", lambda: Between(lambda m, y: m.extra["bn"](y), conv(), conv(8, 2)), channels=8),
+    Case("group_norm", lambda: Between(lambda m, y: m.extra["gn"](y), conv(), conv(8, 2)), channels=4),
+    Case("layer_norm", lambda: Between(lambda m, y: m.extra["ln"](y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=8, notes=["channel_stats"]),
+    Case("pool", lambda: Between(lambda m, y: F.max_pool2d(F.avg_pool2d(y, 2), 1), conv(), conv(8, 2)), channels=8),
+    Case("resize", lambda: Between(lambda m, y: F.interpolate(y, scale_factor=2.0, mode="bilinear"), conv(), conv(8, 2)), channels=8),
+    Case("pad", lambda: Between(lambda m, y: F.pad(y, (1, 1, 0, 0, 2, 1)), conv(), conv(11, 2)), channels=8),
+    Case("pad", lambda: Between(lambda m, y: F.pad(y, (0, 0, 0, 0, 1, 1), mode="replicate"), conv(), conv(10, 2)), blocked="padded in 'replicate' mode"),
+    Case("reshape", lambda: Between(lambda m, y: y.reshape(y.shape[0], 2, -1, 6, 6).transpose(1, 2).flatten(1, 2), conv(), conv(8, 2)), channels=4),
+    Case("permute", lambda: Between(lambda m, y: y.permute(0, 2, 3, 1), conv(), nn.Linear(8, 2)), channels=8),
+    Case("transpose", lambda: Between(lambda m, y: y.flatten(2).transpose(1, 2).mT.movedim(1, 2), nn.Identity(), nn.Linear(8, 2)), center="extra.c"),
+    Case("squeeze", lambda: Between(lambda m, y: y.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1).unsqueeze(0)[0], conv(), nn.Linear(8, 2)), channels=8),
+    Case("expand", lambda: Between(lambda m, y: y.mean((2, 3), keepdim=True).expand(-1, -1, 6, 6), conv(), conv(8, 2)), channels=8),
+    Case("repeat", lambda: Between(lambda m, y: y.repeat(1, 2, 1, 1), conv(), conv(16, 2)), channels=8),
+    Case("repeat_interleave", lambda: Between(lambda m, y: y.repeat_interleave(3, dim=1), conv(), conv(24, 2)), channels=8),
+    Case("flip", lambda: Between(lambda m, y: y.flip(1), conv(), conv(8, 2)), channels=8),
+    Case("roll", lambda: Between(lambda m, y: y.roll(1, dims=1), conv(), conv(8, 2)), blocked="shifted by 'roll'"),
+    Case("pixel_shuffle", lambda: Between(lambda m, y: F.pixel_shuffle(y, 2), conv(), conv(2, 2)), channels=2),
+    Case("pixel_unshuffle", lambda: Between(lambda m, y: F.pixel_unshuffle(y, 2), conv(), conv(32, 2)), channels=8),
+    Case("channel_shuffle", lambda: Between(lambda m, y: F.channel_shuffle(y, 2), conv(), conv(8, 2)), channels=4),
+    Case("getitem", lambda: Between(lambda m, y: y[:, :, 1:, ...][..., None].squeeze(-1), conv(), conv(8, 2)), channels=8),
+    Case("getitem", lambda: Between(lambda m, y: y[:, 2:], conv(), conv(6, 2)), blocked="constant indices in 'getitem'"),
+    Case("setitem", lambda: Between(lambda m, y: m.extra["keep"](y), conv(), conv(8, 2)), channels=8),
+    Case("cat", lambda: Between(lambda m, y: torch.cat([y, y * 2], 1), conv(), conv(16, 2)), channels=8),
+    Case("stack", lambda: Between(lambda m, y: torch.stack([y, y], 0).sum(0), conv(), conv(8, 2)), channels=8),
+    Case("split", lambda: Between(lambda m, y: sum(y.chunk(2, dim=1)), conv(), conv(4, 2)), channels=4),
+    Case("split", lambda: Between(lambda m, y: y.split(4, dim=1)[0], conv(), conv(4, 2)), blocked="constant sizes"),
+    Case("narrow", lambda: Between(lambda m, y: y.narrow(1, 0, 4), conv(), conv(4, 2)), blocked="constant indices in 'narrow'"),
+    Case("glu", lambda: Between(lambda m, y: F.glu(y, 1), conv(), conv(4, 2)), channels=4),
+    Case("reduce_rule", lambda: Between(lambda m, y: y.sum(1, keepdim=True), conv(), conv(1, 2)), blocked="reduced by 'sum'"),
+    Case("along", lambda: Between(lambda m, y: y.softmax(-1) + y.cumsum(2), conv(), conv(8, 2)), channels=8),
+    Case("along", lambda: Between(lambda m, y: F.normalize(y), conv(), conv(8, 2)), blocked="mixed by 'normalize'"),
+    Case("output", lambda: Between(lambda m, y: y, conv()), blocked="reaches the model output"),
+]
+
+
+class MatMulParam(nn.Module):
+    """``y @ w`` with a raw parameter: the parameter acts as a linear layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(8, 4))
+
+    def forward(self, y):
+        return torch.matmul(y, self.w)
+
+
+class KeepHalf(nn.Module):
+    def forward(self, y):
+        out = torch.zeros_like(y)
+        out[:, :, :3] = y[:, :, :3]
+        return out
+
+
+EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "mha": lambda: nn.MultiheadAttention(8, 2, batch_first=True),
+          "bn": lambda: nn.BatchNorm2d(8), "gn": lambda: nn.GroupNorm(4, 8), "ln": lambda: nn.LayerNorm(8),
+          "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1)}
+
+
+def build(case: Case) -> nn.Module:
+    model = case.model()
+    for key, make in EXTRAS.items():
+        model.extra[key] = make()
+    if case.center == "extra.c":  # conv1d inside fn: pre is the identity
+        model.pre = nn.Identity()
+        fn = model.fn
+        model.fn = lambda m, y: fn(m, m.extra["c"](y.flatten(2)).unflatten(2, (6, 6)))
+    return model.eval()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c.rule}-{i}" for i, c in enumerate(CASES)])
+def test_rule(case):
+    model = build(case)
+    shape = case.shape
+    x = torch.randint(0, 10, shape) if case.rule == "embedding" else torch.randn(shape)
+    groups = analyse(model, x)
+    group = groups[case.center]
+    if case.blocked:
+        assert not group.prunable and any(case.blocked in r for r in group.reasons), group.reasons
+        return
+    assert group.prunable, group.reasons
+    if case.channels is not None:
+        assert group.channels == case.channels
+    assert group.notes == case.notes
+    if not case.notes:  # noted channels need masking, not just cutting off
+        assert assert_no_influence(model, x, groups) > 0
+
+
+def test_every_rule_has_a_case():
+    rules = {registry.rule_for(op).__name__ for op in registry.registered_ops()}
+    assert rules - {c.rule for c in CASES} == set()
