@@ -2,7 +2,9 @@
 from ._version import __version__
 from .errors import ConfigError, PruneconfError, TraceError
 from .groups import ChannelGroups, Group, find_groups
+from .pruner import OneShotChannelPruner, Pruner, VerificationError
+from .recipe.load import Recipe, load_recipe
 from .trace import trace
 
-__all__ = ["ChannelGroups", "ConfigError", "Group", "PruneconfError", "TraceError", "__version__",
-           "find_groups", "trace"]
+__all__ = ["ChannelGroups", "ConfigError", "Group", "OneShotChannelPruner", "PruneconfError", "Pruner",
+           "Recipe", "TraceError", "VerificationError", "__version__", "find_groups", "load_recipe", "trace"]

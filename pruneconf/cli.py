@@ -85,6 +85,85 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_weights(model, path: str) -> None:
+    """Load a state dict saved with ``torch.save``; never unpickles arbitrary objects."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError("no such file", path=path, key="--weights") from None
+    except Exception as exc:  # noqa: BLE001 - corrupt file, or one that needs pickle
+        raise ConfigError(f"not a weights-only state dict: {exc}", path=path, key="--weights") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"does not fit the model: {str(exc).splitlines()[0]}", path=path, key="--weights") from None
+
+
+def _recipe_model(recipe, model_spec: str | None):
+    from .models import build_model, example_inputs, parse_input_shape
+
+    spec = model_spec or recipe.model
+    if not spec:
+        raise recipe.error("no model to build: give --model or set `model:` in the recipe", "model")
+    if not recipe.input_shapes:
+        raise recipe.error("expected the example input shapes `pruneconf init` wrote", "input_shapes")
+    shapes = [parse_input_shape(",".join(map(str, s))) for s in recipe.input_shapes]
+    return build_model(spec, recipe.model_args), example_inputs(shapes)
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pruner import Pruner
+    from .recipe.load import load_recipe
+
+    output = Path(args.output)
+    applied_path = output.with_suffix(".yaml")
+    for path in (output, applied_path):
+        if path.exists() and not args.force:
+            raise ConfigError("exists; pass --force to overwrite it", path=str(path), key="--output")
+    recipe = load_recipe(args.recipe)
+    model, inputs = _recipe_model(recipe, args.model)
+    if args.weights:
+        _load_weights(model, args.weights)
+    pruner = Pruner(model, inputs, recipe)
+    before = pruner.report()
+    plan = pruner.apply_masks()
+    after = pruner.report()
+    tmp = output.with_name(f".{output.name}.tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(output)
+    pruner.write_applied(args.recipe, applied_path)
+    log.info("pruned %d groups: MACs %s -> %s (%+.2f%%), params %s -> %s (%+.2f%%)", len(plan.kept),
+             f"{before['macs']:,}", f"{after['macs']:,}", 100 * (after["macs"] / before["macs"] - 1),
+             f"{before['params']:,}", f"{after['params']:,}", 100 * (after["params"] / before["params"] - 1))
+    log.info("wrote %s and %s", output, applied_path)
+    return 0
+
+
+def cmd_flops(args: argparse.Namespace) -> int:
+    from .models import build_model, example_inputs, parse_input_shape
+    from .pruner import Pruner
+    from .table import format_table
+
+    model = build_model(args.model, _model_args(args.model_arg))
+    pruner = Pruner(model, example_inputs([parse_input_shape(s) for s in args.input_shape]), args.recipe)
+    before = pruner.report()
+    rows = [["MACs", before["macs"]], ["params", before["params"]], ["FLOPs (tutorial)", before["flops"]]]
+    headers = ["", "model"]
+    if args.recipe:
+        pruner.apply_masks()
+        after = pruner.report()
+        headers += ["pruned", "change"]
+        for row, key in zip(rows, ("macs", "params", "flops")):
+            row += [after[key], f"{100 * (after[key] / before[key] - 1):+.2f}%"]
+    print(format_table(headers, [[r[0]] + [f"{v:,}" if isinstance(v, int) else v for v in r[1:]] for r in rows],
+                       numeric=[False] + [True] * (len(headers) - 1)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruneconf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pruneconf {__version__}")
@@ -103,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="print a recipe's groups as a table")
     p.add_argument("recipe", help="recipe file")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("prune", help="prune a model as RECIPE says; write its weights and the applied recipe")
+    p.add_argument("recipe", help="recipe file (from `pruneconf init`, edited)")
+    p.add_argument("--model", help="MODEL, if not the recipe's `model:`")
+    p.add_argument("--weights", help="state dict to load first (torch.save of model.state_dict())")
+    p.add_argument("-o", "--output", required=True, help="pruned weights (.pt); the applied recipe goes beside it as .yaml")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
+    _add_model_options(p)
+    p.add_argument("--recipe", help="recipe to apply for the 'after' column")
+    p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("graph", help="export MODEL's traced op graph (.graphml or .dot)")
     _add_model_options(p)

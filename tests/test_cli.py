@@ -80,3 +80,36 @@ def test_console_script_is_installed(tmp_path, user_model):
     assert run.returncode == 0, run.stderr
     assert "wrote" in run.stderr and out.exists()
 
+
+def test_prune_writes_weights_and_applied_recipe_that_reload(tmp_path, user_model, capsys):
+    import torch
+
+    from pruneconf.models import build_model
+
+    recipe, weights = tmp_path / "r.yaml", tmp_path / "in.pt"
+    assert main(["init", user_model, "--input-shape", "2,3,8,8", "--model-arg", "width=8", "-o", str(recipe)]) == 0
+    torch.save(build_model(user_model, {"width": 8}).state_dict(), weights)
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", str(recipe), "--weights", str(weights), "-o", str(out)]) == 0
+    state = torch.load(out, weights_only=True)
+    assert state["0.weight"].shape[0] == 4 and state["5.weight"].shape == (2, 4)
+    applied = load_document(tmp_path / "pruned.yaml")["applied"]
+    assert dict(applied["0"]) == {"channels": 8, "kept": 4, "sparsity": 0.5, "indices": applied["0"]["indices"]}
+    # existing outputs are never overwritten without --force
+    before = out.read_bytes()
+    assert main(["prune", str(recipe), "-o", str(out)]) == 2
+    assert out.read_bytes() == before
+    assert main(["prune", str(recipe), "-o", str(out), "--force"]) == 0
+    # a pickled (non weights-only) file is refused
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": build_model(user_model, {})}, bad)
+    assert main(["prune", str(recipe), "--weights", str(bad), "-o", str(tmp_path / "x.pt")]) == 2
+    assert "not a weights-only state dict" in capsys.readouterr().err
+
+
+def test_flops_before_and_after(tmp_path, user_model, capsys):
+    recipe = tmp_path / "r.yaml"
+    assert main(["init", user_model, "--input-shape", "2,3,8,8", "-o", str(recipe)]) == 0
+    assert main(["flops", user_model, "--input-shape", "2,3,8,8", "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "| MACs " in out and "| params " in out and "%" in out

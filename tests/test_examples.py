@@ -13,3 +13,7 @@ def test_generate_recipe_example(tmp_path, monkeypatch, capsys):
     assert "layer1.0.conv1" in load_document(out)["groups"]
     assert "fc: reaches the model output" in capsys.readouterr().out
 
+
+def test_oneshot_tutorial_example(capsys):
+    runpy.run_path(str(Path(__file__).parents[1] / "examples" / "oneshot_mobilenet_v2.py"), run_name="__main__")
+    assert "reduced FLOPS 40.99%  (314130496 -> 185359152)" in capsys.readouterr().out

@@ -1,0 +1,89 @@
+"""Channel importance metrics, aggregated over every coupled member of a group.
+
+A metric scores each channel of a group from the weights of all the group's members: the
+rows of its sources, the per-channel parameters that follow them and the columns of its
+consumers. Positions that repeat a channel (a depthwise multiplier, a flatten) add up.
+"""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from ..groups import Group
+from ..groups.context import CONSUMER, FOLLOWER, SOURCE
+
+Metric = Callable[[Group, Mapping[str, torch.Tensor], int], np.ndarray]
+METRICS: dict[str, Metric] = {}
+
+
+def metric(name: str) -> Callable[[Metric], Metric]:
+    def decorate(fn: Metric) -> Metric:
+        METRICS[name] = fn
+        return fn
+    return decorate
+
+
+def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -> np.ndarray:
+    """Sum ``fn(slice)`` over member slices, each slice being one index along the member dim."""
+    score = np.zeros(group.channels)
+    for m in group.members:
+        tensor = tensors.get(m.param)
+        if m.role not in roles or tensor is None or not tensor.is_floating_point() or tensor.dim() == 0:
+            continue
+        rows = tensor.detach().float().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
+        values = fn(rows).cpu().double().numpy()
+        inside = m.channels >= 0
+        np.add.at(score, m.channels[inside], values[inside])
+    return score
+
+
+@metric("l1_norm")
+def l1_norm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+    return _per_channel(group, tensors, (SOURCE, CONSUMER), lambda r: r.abs().sum(1))
+
+
+@metric("l2_norm")
+def l2_norm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+    return np.sqrt(_per_channel(group, tensors, (SOURCE, CONSUMER), lambda r: r.pow(2).sum(1)))
+
+
+@metric("bn_gamma")
+def bn_gamma(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+    """|γ| of the norms that follow the group (network slimming); l2_norm where there is none."""
+    norms = [m for m in group.members if m.role == FOLLOWER and m.param.endswith(".weight")
+             and tensors.get(m.param) is not None and tensors[m.param].dim() == 1]
+    if not norms:
+        return l2_norm(group, tensors, seed)
+    score = np.zeros(group.channels)
+    for m in norms:
+        inside = m.channels >= 0
+        np.add.at(score, m.channels[inside], tensors[m.param].detach().abs().double().numpy()[inside])
+    return score
+
+
+@metric("fpgm")
+def fpgm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+    """Filter pruning via geometric median: channels close to all others are redundant."""
+    features = []
+    for m in group.members:
+        tensor = tensors.get(m.param)
+        if m.role != SOURCE or tensor is None:
+            continue
+        rows = tensor.detach().double().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
+        per_channel = torch.zeros(group.channels, rows.shape[1], dtype=torch.float64)
+        inside = torch.as_tensor(m.channels >= 0)
+        per_channel.index_add_(0, torch.as_tensor(m.channels)[inside], rows[inside])
+        features.append(per_channel)
+    if not features:
+        return l2_norm(group, tensors, seed)
+    stacked = torch.cat(features, 1)
+    return torch.cdist(stacked, stacked).sum(1).numpy()
+
+
+@metric("random")
+def random(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+    """Seeded per group, so a recipe always keeps the same channels."""
+    digest = sum(ord(c) * (i + 1) for i, c in enumerate(group.center))
+    return np.random.default_rng([seed, digest]).random(group.channels)

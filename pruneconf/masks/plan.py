@@ -1,0 +1,81 @@
+"""Which channels each group keeps: the recipe's sparsities applied to ranked channels."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..groups import ChannelGroups
+from ..recipe.load import Recipe
+from ..recipe.plan import kept_channels
+from .importance import METRICS
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class PruningPlan:
+    """Kept group channels per group center; groups not listed keep everything."""
+
+    groups: ChannelGroups
+    kept: dict[str, np.ndarray]
+    requested: dict[str, float]
+
+    @property
+    def members(self) -> dict[tuple[str, int], np.ndarray]:
+        """Keep masks of every parameter dimension the plan shrinks, keyed ``(param, dim)``.
+
+        A dimension may span several groups (a conv after a ``cat``): an index survives
+        unless the group it belongs to drops its channel.
+        """
+        shapes = self.groups.graph.graph["params"]
+        out: dict[tuple[str, int], np.ndarray] = {}
+        for g in self.groups:
+            kept = self.kept.get(g.center)
+            if kept is None:
+                continue
+            for m in g.members:
+                keep = out.setdefault((m.param, m.dim), np.ones(shapes[m.param][m.dim], dtype=bool))
+                inside = m.channels >= 0
+                keep[inside] &= np.isin(m.channels[inside], kept)
+        return {k: v for k, v in out.items() if not v.all()}
+
+
+def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    tensors = dict(model.named_parameters(remove_duplicate=False))
+    tensors.update(dict(model.named_buffers(remove_duplicate=False)))
+    return tensors
+
+
+def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
+              skip: Mapping[str, str] | None = None) -> PruningPlan:
+    """Rank every prunable group's channels and keep the best ``kept_channels`` of them.
+
+    ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
+    Ties break by channel index, so the same weights and recipe always keep the same channels.
+    """
+    score = METRICS[recipe.settings.metric]
+    tensors = model_tensors(model)
+    kept, requested = {}, {}
+    for g in groups.prunable:
+        sparsity = recipe.sparsity_of(g.center)
+        requested[g.center] = sparsity
+        if sparsity <= 0:
+            continue
+        if skip and g.center in skip:
+            log.warning("group %s left whole: %s", g.center, skip[g.center])
+            continue
+        keep = kept_channels(g.channels, sparsity, recipe.settings.round_to)
+        if keep >= g.channels:
+            continue
+        importance = score(g, tensors, recipe.settings.seed)
+        order = np.argsort(-importance, kind="stable")
+        kept[g.center] = np.sort(order[:keep])
+    return PruningPlan(groups, kept, requested)
+
+
+__all__ = ["PruningPlan", "make_plan", "model_tensors"]

@@ -1,0 +1,69 @@
+"""Masks for finetuning: pruned channels held at exactly zero, in forward and in training.
+
+Each pruned parameter slice is zeroed once, its gradient is masked by a tensor hook, and a
+forward pre-hook on the model re-zeroes the slices before every forward. The first two keep
+them at zero through any optimizer (SGD with momentum and weight decay, Adam: the update of
+a zero weight with a zero gradient is zero); the third also covers optimizer state built
+before the masks. Nothing is added to the model's ``state_dict``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from .plan import PruningPlan, model_tensors
+
+
+class Masks:
+    """Masks registered on a model; :meth:`remove` takes every hook away again."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.masks = masks
+        self._handles: list = []
+        tensors = model_tensors(model)
+        self._params = {name: tensors[name] for name in masks}
+
+    def enforce(self) -> None:
+        """Zero every masked slice (done before each forward)."""
+        with torch.no_grad():
+            for name, mask in self.masks.items():
+                param = self._params[name]
+                param.mul_(mask.to(device=param.device, dtype=param.dtype))
+
+    def _attach(self) -> None:
+        self.enforce()
+        for name, mask in self.masks.items():
+            param = self._params[name]
+            if isinstance(param, nn.Parameter) and param.requires_grad:
+                self._handles.append(param.register_hook(
+                    lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
+        self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce()))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]:
+    """One 0/1 tensor per pruned parameter (buffers are left alone: their channel is cut off)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    masks: dict[str, torch.Tensor] = {}
+    for (name, dim), keep in plan.members.items():
+        if name not in params:
+            continue
+        param = params[name]
+        shape = [1] * param.dim()
+        shape[dim] = len(keep)
+        mask = torch.as_tensor(keep.astype(np.float32)).reshape(shape)
+        masks[name] = masks[name] * mask if name in masks else mask.expand_as(param).clone()
+    return masks
+
+
+def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
+    """Hold the channels ``plan`` prunes at zero while the model trains."""
+    masks = Masks(model, mask_tensors(plan, model))
+    masks._attach()
+    return masks

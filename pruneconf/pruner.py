@@ -1,0 +1,187 @@
+"""The pruning workflow on one model: recipe in, masks for finetuning, then a smaller model.
+
+    pruner = Pruner(model, example_inputs, "recipe.yaml")
+    pruner.register_masks()          # finetune: pruned channels stay exactly zero
+    ...
+    pruner.apply_masks()             # shrink the layers; checked against the masked model
+
+``OneShotChannelPruner`` keeps the API of TinyNeuralNetwork's pruning tutorial.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis import total_macs, total_params, tutorial_flops
+from .apply import shrink, unsupported_layer
+from .errors import PruneconfError
+from .groups import ChannelGroups, find_groups
+from .masks import Masks, PruningPlan, make_plan, register_masks
+from .recipe.load import Recipe, Settings, check_against, load_recipe
+from .trace import trace
+
+log = logging.getLogger("pruneconf")
+
+
+class VerificationError(PruneconfError):
+    """The shrunk model did not compute what the masked model computed; it was rolled back."""
+
+
+def _as_recipe(config: Any) -> Recipe:
+    """A recipe from a path, a :class:`Recipe`, or the tutorial's dict (``sparsity``, ``metrics``)."""
+    if isinstance(config, Recipe):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_recipe(config)
+    config = dict(config or {})
+    settings = Settings(default_sparsity=float(config.pop("sparsity", 0.5)),
+                        metric=config.pop("metrics", config.pop("metric", "l2_norm")),
+                        round_to=int(config.pop("round_to", 1)))
+    sparsity = {str(k): float(v) for k, v in config.pop("groups", {}).items()}
+    if config:
+        raise PruneconfError(f"unknown config keys: {', '.join(map(str, config))}")
+    return Recipe(path="<config>", settings=settings, sparsity=sparsity)
+
+
+def _outputs(model: nn.Module, example: Any) -> list[torch.Tensor]:
+    from .trace.refs import iter_tensors
+    from .trace.tracer import _call
+
+    with torch.no_grad():
+        return [t.detach().clone() for t in iter_tensors(_call(model, example))]
+
+
+def _max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(a, b):
+        if x.is_floating_point():
+            scale = max(1.0, float(x.abs().max())) if x.numel() else 1.0
+            worst = max(worst, float((x - y).abs().max()) / scale if x.numel() else 0.0)
+        elif not torch.equal(x, y):
+            return float("inf")
+    return worst
+
+
+class Pruner:
+    """Trace ``model`` once, read the recipe, and prune it in place."""
+
+    def __init__(self, model: nn.Module, example_inputs: Any, config: Any = None) -> None:
+        self.model = model
+        self.example_inputs = example_inputs
+        self.recipe = _as_recipe(config)
+        self.graph = trace(model, example_inputs)
+        self.groups: ChannelGroups = find_groups(self.graph)
+        check_against(self.recipe, self.groups)
+        self.masks: Masks | None = None
+        self.applied: PruningPlan | None = None
+        self._plan: PruningPlan | None = None
+
+    def skipped(self) -> dict[str, str]:
+        """Prunable groups pruneconf still leaves whole, with the reason."""
+        out = {}
+        for g in self.groups.prunable:
+            if g.notes:
+                out[g.center] = "statistics across channels (LayerNorm) need masked statistics: not supported yet"
+            elif (why := unsupported_layer(self.model, [m.param for m in g.members])) is not None:
+                out[g.center] = why
+        return out
+
+    def plan(self) -> PruningPlan:
+        if self._plan is None:
+            self._plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped())
+        return self._plan
+
+    def register_masks(self) -> Masks:
+        """Zero the pruned channels and keep them at zero through training."""
+        if self.masks is None:
+            self.masks = register_masks(self.model, self.plan())
+        return self.masks
+
+    def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
+        """Shrink every pruned layer; remove masks and hooks.
+
+        With ``verify`` the shrunk model must reproduce the masked model's outputs on the
+        example inputs in eval mode (max error ≤ ``atol`` × output scale); otherwise the
+        model is restored as it was before this call and :class:`VerificationError` raised.
+        """
+        plan = self.plan()
+        masks = self.register_masks()
+        training = self.model.training
+        self.model.eval()
+        try:
+            expected = _outputs(self.model, self.example_inputs) if verify else None
+            masks.remove()
+            masked = {name: p.detach().clone() for name, p in self.model.named_parameters() if name in masks.masks}
+            done = shrink(self.model, plan)
+            try:
+                error = _max_relative_error(expected, _outputs(self.model, self.example_inputs)) if verify else 0.0
+                problem = None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
+            except Exception as exc:  # the shrunk model does not even run
+                problem = f"fails to run: {type(exc).__name__}: {exc}"
+            if problem is not None:
+                done.undo()
+                with torch.no_grad():
+                    for name, p in self.model.named_parameters():
+                        if name in masked:
+                            p.copy_(masked[name])
+                self.masks = register_masks(self.model, plan)
+                raise VerificationError(f"the shrunk model {problem}; the model was restored with its masks")
+        finally:
+            self.model.train(training)
+        self.masks = None
+        self.applied = plan
+        return plan
+
+    def write_applied(self, recipe_path: str | os.PathLike, output: str | os.PathLike) -> None:
+        """Write ``recipe_path`` plus an ``applied`` section (kept channels per group) to ``output``."""
+        from .recipe import load_document, write_atomic
+        from .recipe.applied import applied_section
+        from .recipe.yamlio import dump_document
+
+        if self.applied is None:
+            raise PruneconfError("nothing applied yet: call apply_masks() first")
+        doc = load_document(recipe_path)
+        doc["applied"] = applied_section(self.applied)
+        write_atomic(output, dump_document(doc))
+
+    def prune(self) -> nn.Module:
+        """Masks then apply in one go: the pruned model, shrunk in place."""
+        self.apply_masks()
+        return self.model
+
+    def report(self) -> dict[str, int]:
+        graph = trace(self.model, self.example_inputs)
+        return {"macs": total_macs(graph), "params": total_params(graph), "flops": tutorial_flops(graph)}
+
+
+class OneShotChannelPruner(Pruner):
+    """The tutorial API: ``OneShotChannelPruner(model, dummy_input, config)``.
+
+    ``config`` is a dict (``{'sparsity': 0.25, 'metrics': 'l2_norm'}``) or a recipe path.
+    """
+
+    def calc_flops(self) -> int:
+        """FLOPs of the model as it is now, in the tutorial's convention (see README)."""
+        graph = trace(self.model, self.example_inputs)
+        flops = tutorial_flops(graph)
+        log.info("FLOPs: %s, MACs: %s, params: %s", f"{flops:,}", f"{total_macs(graph):,}",
+                 f"{total_params(graph):,}")
+        return flops
+
+    def generate_config(self, path: str | os.PathLike) -> None:
+        """Write the model's recipe (with this pruner's settings) to ``path``."""
+        from .recipe import write_atomic, write_recipe
+
+        s = self.recipe.settings
+        text = write_recipe(path, self.groups, settings={"default_sparsity": s.default_sparsity,
+                                                         "metric": s.metric, "round_to": s.round_to})
+        write_atomic(path, text)
+
+
+__all__ = ["OneShotChannelPruner", "Pruner", "VerificationError"]

@@ -1,0 +1,162 @@
+"""Read a hand-edited recipe and check it against the model, naming file, line and key."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+from typing import Any, Mapping
+
+from ..errors import ConfigError
+from ..groups import ChannelGroups
+from ..trace.fingerprint import fingerprint
+from .yamlio import load_document, parse_document
+
+METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
+SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed")
+TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
+             "settings", "groups", "applied")
+
+
+@dataclasses.dataclass
+class Settings:
+    default_sparsity: float = 0.5
+    metric: str = "l2_norm"
+    round_to: int = 1
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A validated recipe: plain values, plus where each key sits in its file."""
+
+    path: str
+    settings: Settings
+    sparsity: dict[str, float]  # group center -> sparsity
+    model: str | None = None
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    input_shapes: list[list[int]] = dataclasses.field(default_factory=list)
+    fingerprint: str | None = None
+    lines: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def sparsity_of(self, center: str) -> float:
+        if any(fnmatch.fnmatchcase(center, pattern) for pattern in self.settings.exclude):
+            return 0.0
+        return self.sparsity.get(center, self.settings.default_sparsity)
+
+    def error(self, message: str, key: str) -> ConfigError:
+        return ConfigError(message, path=self.path, line=self.lines.get(key), key=key)
+
+
+def _line(mapping: Any, key: Any) -> int | None:
+    try:
+        return mapping.lc.key(key)[0] + 1
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
+class _Checker:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: dict[str, int] = {}
+
+    def fail(self, message: str, key: str, mapping: Any = None, name: Any = None) -> ConfigError:
+        line = _line(mapping, name) if mapping is not None else self.lines.get(key)
+        return ConfigError(message, path=self.path, line=line, key=key)
+
+    def keys(self, mapping: Any, allowed: tuple[str, ...], prefix: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; expected one of {', '.join(allowed)}"
+                raise self.fail(f"unknown key{hint}", f"{prefix}{key}", mapping, key)
+            self.lines[f"{prefix}{key}"] = _line(mapping, key)
+
+    def number(self, mapping: Any, key: str, full: str, lo: float, hi: float) -> float:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) < hi:
+            raise self.fail(f"expected a number in [{lo:g}, {hi:g}), got {value!r}", full, mapping, key)
+        return float(value)
+
+
+def load_recipe(path: str | os.PathLike) -> Recipe:
+    """Parse and type-check a recipe file (no model needed)."""
+    return recipe_from_document(load_document(path), str(path))
+
+
+def parse_recipe(text: str, path: str = "<recipe>") -> Recipe:
+    return recipe_from_document(parse_document(text, path), path)
+
+
+def recipe_from_document(doc: Any, path: str) -> Recipe:
+    check = _Checker(path)
+    if not isinstance(doc, Mapping):
+        raise ConfigError("expected a mapping of recipe keys (version, settings, groups, ...)", path=path)
+    check.keys(doc, TOP_LEVEL, "")
+    if doc.get("version", 1) != 1:
+        raise check.fail(f"unsupported recipe version {doc.get('version')!r}; expected 1", "version", doc, "version")
+    settings = Settings()
+    raw = doc.get("settings") or {}
+    if not isinstance(raw, Mapping):
+        raise check.fail("expected a mapping of settings", "settings", doc, "settings")
+    check.keys(raw, SETTINGS, "settings.")
+    if "default_sparsity" in raw:
+        settings.default_sparsity = check.number(raw, "default_sparsity", "settings.default_sparsity", 0, 1)
+    if "metric" in raw:
+        if raw["metric"] not in METRICS:
+            raise check.fail(f"unknown metric {raw['metric']!r}; expected one of {', '.join(METRICS)}",
+                             "settings.metric", raw, "metric")
+        settings.metric = raw["metric"]
+    for key in ("round_to", "seed"):
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "round_to" else 0):
+                raise check.fail(f"expected a {'positive' if key == 'round_to' else 'non-negative'} integer, got {value!r}",
+                                 f"settings.{key}", raw, key)
+            setattr(settings, key, value)
+    if "exclude" in raw:
+        exclude = raw["exclude"] or []
+        if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
+            raise check.fail("expected a list of group names or glob patterns", "settings.exclude", raw, "exclude")
+        settings.exclude = tuple(exclude)
+    sparsity = {}
+    groups = doc.get("groups") or {}
+    if not isinstance(groups, Mapping):
+        raise check.fail("expected a mapping of group centers", "groups", doc, "groups")
+    for center, entry in groups.items():
+        key = f"groups.{center}"
+        check.lines[key] = _line(groups, center)
+        if entry is None:
+            continue
+        if not isinstance(entry, Mapping):
+            raise check.fail("expected a mapping like `sparsity: 0.5`", key, groups, center)
+        for name in entry:
+            if name != "sparsity":
+                raise check.fail("unknown key; expected 'sparsity'", f"{key}.{name}", entry, name)
+        if "sparsity" in entry:
+            sparsity[str(center)] = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
+    return Recipe(path=path, settings=settings, sparsity=sparsity, model=doc.get("model"),
+                  model_args=dict(doc.get("model_args") or {}),
+                  input_shapes=[list(s) for s in doc.get("input_shapes") or []],
+                  fingerprint=doc.get("fingerprint"), lines=check.lines)
+
+
+def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
+    """The recipe must describe this model: same fingerprint, known prunable group centers."""
+    actual = fingerprint(groups.graph)
+    if recipe.fingerprint is not None and recipe.fingerprint != actual:
+        raise recipe.error(f"the recipe was made for another model (fingerprint {recipe.fingerprint}, "
+                           f"this model traces to {actual}); run `pruneconf init` again", "fingerprint")
+    for center in recipe.sparsity:
+        if center in groups.by_center and groups[center].prunable:
+            continue
+        owner = next((g for g in groups if center in g.layers), None)
+        if center in groups.by_center:
+            why = f"this group is not prunable: {'; '.join(groups[center].reasons[:2])}"
+        elif owner is not None:
+            why = f"'{center}' is a member of group '{owner.center}', not a group center; set the sparsity there"
+        else:
+            close = difflib.get_close_matches(center, [g.center for g in groups.prunable], n=1)
+            why = "no such group in the model" + (f"; did you mean '{close[0]}'?" if close else "")
+        raise recipe.error(why, f"groups.{center}")
