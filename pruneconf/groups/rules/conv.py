@@ -31,17 +31,26 @@ def _bias(ctx: RuleContext, bias: object, labels: np.ndarray) -> None:
         ctx.union(ctx.role(bias, 0, FOLLOWER), labels)
 
 
-@register("conv1d", "conv2d", "conv3d")
-def conv(ctx: RuleContext) -> None:
+def _prologue(ctx: RuleContext):
+    """Arguments, input channel labels and the output's pass-through labels of a convolution."""
     x, weight, bias = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
-    groups = ctx.arg(6, "groups", 1)
     cd, spatial, ocd = _layout(ctx, x, weight)
     block_dims(ctx, ctx.labels(x), spatial, f"channels convolved over by '{ctx.op}'")
-    in_labels = channel_labels(ctx, x, cd)
-    out = _batch_labels(ctx, x, cd)
+    return weight, bias, ctx.arg(6, "groups", 1), channel_labels(ctx, x, cd), _batch_labels(ctx, x, cd), ocd
+
+
+def _not_a_parameter(ctx: RuleContext, in_labels: np.ndarray, c_out: int) -> np.ndarray:
+    """A weight computed in forward cannot be sliced: block both sides."""
+    reason = f"'{ctx.op}' with a weight that is not a parameter"
+    ctx.block(in_labels, reason)
+    return fresh_blocked(ctx, c_out, reason)
+
+
+@register("conv1d", "conv2d", "conv3d")
+def conv(ctx: RuleContext) -> None:
+    weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
     if not ctx.is_param(weight):
-        ctx.block(in_labels, f"'{ctx.op}' with a weight that is not a parameter")
-        out[ocd] = fresh_blocked(ctx, ctx.out_shapes[0][ocd], f"'{ctx.op}' with a weight that is not a parameter")
+        out[ocd] = _not_a_parameter(ctx, in_labels, ctx.out_shapes[0][ocd])
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
         out[ocd] = ctx.role(weight, 0, SOURCE)
@@ -56,16 +65,10 @@ def conv(ctx: RuleContext) -> None:
 @register("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv_transpose(ctx: RuleContext) -> None:
     """Transposed conv: weight is ``[C_in, C_out / groups, *k]``."""
-    x, weight, bias = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
-    groups = ctx.arg(6, "groups", 1)
-    cd, spatial, ocd = _layout(ctx, x, weight)
-    block_dims(ctx, ctx.labels(x), spatial, f"channels convolved over by '{ctx.op}'")
-    in_labels = channel_labels(ctx, x, cd)
-    out = _batch_labels(ctx, x, cd)
+    weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
     c_out = ctx.out_shapes[0][ocd]
     if not ctx.is_param(weight):
-        ctx.block(in_labels, f"'{ctx.op}' with a weight that is not a parameter")
-        out[ocd] = fresh_blocked(ctx, c_out, f"'{ctx.op}' with a weight that is not a parameter")
+        out[ocd] = _not_a_parameter(ctx, in_labels, c_out)
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 0, CONSUMER))
         out[ocd] = ctx.role(weight, 1, SOURCE)

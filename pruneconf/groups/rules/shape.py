@@ -15,7 +15,7 @@ import numpy as np
 
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
-from .common import as_dims, block_dims, fresh_blocked, keep_dims, norm_dim, position_union
+from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -232,34 +232,30 @@ def roll(ctx: RuleContext) -> None:
     ctx.set_out(labels)
 
 
-@register("pixel_shuffle")
-def pixel_shuffle(ctx: RuleContext) -> None:
-    """``[C*r*r, H, W] -> [C, rH, rW]``: the r*r sub-channels of a channel go together."""
+def _resampled(ctx: RuleContext) -> tuple[dict, np.ndarray | None, int]:
+    """Pixel (un)shuffle: spatial dims are mixed; return leading labels and the channel dim."""
     x = ctx.arg(0, "input")
     nd = len(ctx.shape(x))
     labels = ctx.labels(x)
-    block_dims(ctx, labels, (nd - 2, nd - 1), "channels resampled by 'pixel_shuffle'")
-    out = {d: lab for d, lab in labels.items() if d < nd - 3}
-    cd = nd - 3
-    if cd in labels:
-        c_out = ctx.out_shapes[0][cd]
-        grid = labels[cd].reshape(c_out, -1)
-        ctx.union(grid, grid[:, :1])
-        out[cd] = grid[:, 0]
+    block_dims(ctx, labels, (nd - 2, nd - 1), f"channels resampled by '{ctx.op}'")
+    return {d: lab for d, lab in labels.items() if d < nd - 3}, labels.get(nd - 3), nd - 3
+
+
+@register("pixel_shuffle")
+def pixel_shuffle(ctx: RuleContext) -> None:
+    """``[C*r*r, H, W] -> [C, rH, rW]``: the r*r sub-channels of a channel go together."""
+    out, channels, cd = _resampled(ctx)
+    if channels is not None:
+        out[cd] = block_union(ctx, channels, ctx.out_shapes[0][cd])
     ctx.set_out(out)
 
 
 @register("pixel_unshuffle")
 def pixel_unshuffle(ctx: RuleContext) -> None:
     """``[C, rH, rW] -> [C*r*r, H, W]``: each channel becomes r*r copies of its label."""
-    x = ctx.arg(0, "input")
-    nd = len(ctx.shape(x))
-    labels = ctx.labels(x)
-    block_dims(ctx, labels, (nd - 2, nd - 1), "channels resampled by 'pixel_unshuffle'")
-    out = {d: lab for d, lab in labels.items() if d < nd - 3}
-    cd = nd - 3
-    if cd in labels:
-        out[cd] = np.repeat(labels[cd], ctx.out_shapes[0][cd] // ctx.shape(x)[cd])
+    out, channels, cd = _resampled(ctx)
+    if channels is not None:
+        out[cd] = np.repeat(channels, ctx.out_shapes[0][cd] // len(channels))
     ctx.set_out(out)
 
 
