@@ -125,61 +125,56 @@ def find_groups(graph: nx.DiGraph) -> ChannelGroups:
     return _assemble(graph, ctx, roots)
 
 
+def _findings(items, comp: np.ndarray, roots: np.ndarray, is_group: np.ndarray) -> dict[int, list[str]]:
+    """``(labels, text)`` pairs (block reasons, notes) gathered per group component."""
+    out: dict[int, list[str]] = {}
+    for labels, text in items:
+        hit = comp[roots[labels]]
+        for c in np.unique(hit[is_group[hit]]).tolist():
+            texts = out.setdefault(c, [])
+            if text not in texts:
+                texts.append(text)
+    return out
+
+
+def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int) -> int:
+    """Number the roots of ``labels`` not numbered yet, in order of first appearance."""
+    new = labels[channel_of_root[labels] < 0]
+    _, first = np.unique(new, return_index=True)
+    fresh = new[np.sort(first)]
+    channel_of_root[fresh] = np.arange(start, start + len(fresh))
+    return start + len(fresh)
+
+
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     layer_name = graph.graph["layers"].__getitem__
     roles = sorted(ctx.roles.values(), key=lambda r: graph.nodes[r.node]["order"])
-    sources = [r for r in roles if r.role == SOURCE]
-    # Sources whose channels meet form one group: components over roots linked per source.
-    left, right = [], []
-    for r in sources:
-        rr = np.unique(roots[ctx.params[(r.param, r.dim)]])
-        left.append(rr)
-        right.append(np.full(rr.shape, rr[0]))
-    comp = connected_roots(len(roots), np.concatenate(left) if left else np.empty(0, np.int64),
-                           np.concatenate(right) if right else np.empty(0, np.int64))
-    # Only components that hold a source become groups: look up reasons for those alone.
+    sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
+    # Sources whose channels meet form one group: link every root of a source to its first.
+    left = np.concatenate([rl for _, rl in sources]) if sources else np.empty(0, np.int64)
+    right = np.concatenate([np.full(rl.shape, rl[0]) for _, rl in sources]) if sources else left
+    comp = connected_roots(len(roots), left, right)
     is_group = np.zeros(len(roots), dtype=bool)
-    for r in sources:
-        is_group[comp[roots[ctx.params[(r.param, r.dim)][0]]]] = True
-    blocked: dict[int, list[str]] = {}
-    for labels, reason in ctx.space.blocks:
-        hit = comp[roots[labels]]
-        for c in np.unique(hit[is_group[hit]]).tolist():
-            reasons = blocked.setdefault(c, [])
-            if reason not in reasons:
-                reasons.append(reason)
-    notes: dict[int, list[str]] = {}
-    for note in ctx.notes:
-        hit = comp[roots[note.labels]]
-        for c in np.unique(hit[is_group[hit]]).tolist():
-            kinds = notes.setdefault(c, [])
-            if note.kind not in kinds:
-                kinds.append(note.kind)
+    is_group[[comp[rl[0]] for _, rl in sources]] = True
+    blocked = _findings(ctx.space.blocks, comp, roots, is_group)
+    notes = _findings(((n.labels, n.kind) for n in ctx.notes), comp, roots, is_group)
 
     channel_of_root = np.full(len(roots), -1, dtype=np.int64)
     by_comp: dict[int, Group] = {}
-    comp_of_group: dict[int, int] = {}
-    for r in sources:
-        labels = ctx.params[(r.param, r.dim)]
-        c = int(comp[roots[labels[0]]])
+    for r, rl in sources:
+        c = int(comp[rl[0]])
         group = by_comp.get(c)
         if group is None:
-            group = by_comp[c] = Group(center=layer_name(r.param), channels=0, sources=[],
-                                       members=[], reasons=blocked.get(c, []),
-                                       notes=notes.get(c, []), order=graph.nodes[r.node]["order"])
-            comp_of_group[id(group)] = c
+            group = by_comp[c] = Group(center=layer_name(r.param), channels=0, sources=[], members=[],
+                                       reasons=blocked.get(c, []), notes=notes.get(c, []),
+                                       order=graph.nodes[r.node]["order"])
         group.sources.append(layer_name(r.param))
-        # number channels in the order the center (then later sources) lays them out
-        unique, first = np.unique(roots[labels], return_index=True)
-        unique = unique[np.argsort(first)]
-        fresh = unique[channel_of_root[unique] < 0]
-        channel_of_root[fresh] = np.arange(group.channels, group.channels + len(fresh))
-        group.channels += len(fresh)
+        group.channels = _number_channels(rl, channel_of_root, group.channels)
     for group in by_comp.values():
         if group.channels <= 1 and not group.reasons:
             group.reasons.append("a single channel once its couplings are resolved")
+    index_of_comp = {c: k for k, (c, _) in enumerate(sorted(by_comp.items(), key=lambda cg: cg[1].order))}
     groups = sorted(by_comp.values(), key=lambda g: g.order)
-    index_of_comp = {comp_of_group[id(g)]: k for k, g in enumerate(groups)}
     index_by_comp = np.full(len(roots), -1, dtype=np.int64)
     index_by_comp[list(index_of_comp)] = list(index_of_comp.values())
     group_of_root = np.where(channel_of_root >= 0, index_by_comp[comp], -1)
@@ -188,12 +183,11 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
         member_comp = comp[labels]
         single = bool((member_comp == member_comp[0]).all())
         for c in (member_comp[:1] if single else np.unique(member_comp)).tolist():
-            k = index_of_comp.get(c)
-            if k is None:
+            if c not in index_of_comp:
                 continue
             numbered = channel_of_root[labels]
             channels = numbered if single else np.where(member_comp == c, numbered, -1)
-            groups[k].members.append(Member(r.param, layer_name(r.param), r.dim, r.role, channels))
+            groups[index_of_comp[c]].members.append(Member(r.param, layer_name(r.param), r.dim, r.role, channels))
     result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
     log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
     return result

@@ -35,12 +35,6 @@ class LabelSpace:
             self._left.append(a.ravel())
             self._right.append(b.ravel())
 
-    def union_all(self, labels: np.ndarray) -> None:
-        """Declare every label in ``labels`` one channel."""
-        labels = np.asarray(labels, dtype=np.int64).ravel()
-        if labels.size > 1:
-            self.union(labels[1:], labels[:1])
-
     def block(self, labels: np.ndarray, reason: str) -> None:
         """Mark ``labels`` (and all channels they are coupled with) as not prunable."""
         labels = np.asarray(labels, dtype=np.int64).ravel()

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from ..groups import ChannelGroups
 from ..trace.fingerprint import fingerprint
-from .yamlio import load_document, parse_document
+from .yamlio import load_document
 
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
 SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed")
@@ -85,10 +85,6 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     return recipe_from_document(load_document(path), str(path))
 
 
-def parse_recipe(text: str, path: str = "<recipe>") -> Recipe:
-    return recipe_from_document(parse_document(text, path), path)
-
-
 def recipe_from_document(doc: Any, path: str) -> Recipe:
     check = _Checker(path)
     if not isinstance(doc, Mapping):
@@ -151,7 +147,7 @@ def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
     for center in recipe.sparsity:
         if center in groups.by_center and groups[center].prunable:
             continue
-        owner = next((g for g in groups if center in g.layers), None)
+        owner = next(iter(groups.groups_of_layer(center)), None)
         if center in groups.by_center:
             why = f"this group is not prunable: {'; '.join(groups[center].reasons[:2])}"
         elif owner is not None:

@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import TraceError
 from .opnames import OpName, canonical_name, qualified_name
-from .refs import Ref, iter_refs, iter_tensors, map_structure
+from .refs import Ref, iter_tensors, map_structure
 
 log = logging.getLogger(__name__)
 _SCALARS = (int, float, bool, str)
@@ -43,6 +43,7 @@ class Record:
     out_dtypes: list[str] = dataclasses.field(default_factory=list)
     inplace: bool = False
     order: int = -1                # position in forward order
+    inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
 
 
 class _Recorder(TorchFunctionMode):
@@ -92,6 +93,7 @@ class _Trace:
         self.scope: tuple[str, str] = ("", "")  # innermost module: path and type name
         self.calls: dict[str, int] = {}
         self.func_names: dict[Any, tuple[OpName, str]] = {}
+        self.seen: list[Ref] = []
 
     # -- naming -----------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -116,10 +118,18 @@ class _Trace:
         return None
 
     def ref_of(self, tensor: torch.Tensor) -> Ref:
-        """The ref of ``tensor``, creating a param/buffer/constant node on first sight."""
+        """The ref of ``tensor``, creating a param/buffer/constant node on first sight.
+
+        Every ref handed out is also appended to :attr:`seen`, the current op's inputs.
+        """
         ref = self.lookup(tensor)
-        if ref is not None:
-            return ref
+        if ref is None:
+            ref = self._new_source(tensor)
+        self.seen.append(ref)
+        return ref
+
+    def _new_source(self, tensor: torch.Tensor) -> Ref:
+        """A parameter, buffer or outside tensor seen for the first time becomes a node."""
         kind, name = self.owned.get(id(tensor), ("constant", ""))
         record = self.add(Record(name=self.unique(name or "constant"), kind=kind, op=kind,
                                  target=name, out_shapes=[tuple(tensor.shape)],
@@ -170,6 +180,7 @@ class _Trace:
             outputs = [inplace_target]
         if opname.reflected and len(args) >= 2:
             args = (args[1], args[0], *args[2:])
+        self.seen = []
         rec_args = self.refs(args)
         rec_kwargs = dict(zip(kwargs, self.refs(tuple(kwargs.values())))) if kwargs else {}
         module, module_type = self.scope
@@ -178,7 +189,7 @@ class _Trace:
             name=self.unique(base), kind="call", op=opname.op, target=target,
             module=module, module_type=module_type, args=rec_args, kwargs=rec_kwargs,
             out_shapes=[tuple(t.shape) for t in outputs],
-            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace))
+            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen))
         for i, t in enumerate(outputs):
             self.bind(t, Ref(record, i))
         if inplace_target is not None and inplace_target._base is not None:
@@ -198,12 +209,14 @@ class _Trace:
             name=self.unique(f"{module}:view_write" if module else "view_write"), kind="call",
             op="view_write", target="in-place write through a view", module=module,
             module_type=module_type, args=(base_ref, Ref(writer, 0)),
-            out_shapes=[tuple(base.shape)], out_dtypes=[str(base.dtype)]))
+            out_shapes=[tuple(base.shape)], out_dtypes=[str(base.dtype)],
+            inputs=[base_ref, Ref(writer, 0)]))
         self.bind(base, Ref(record, 0))
 
     def add_output(self, out: Any) -> None:
-        self.add(Record(name=self.unique("output"), kind="output", op="output",
-                        args=(map_structure(out, self.ref_of),)))
+        self.seen = []
+        args = (map_structure(out, self.ref_of),)
+        self.add(Record(name=self.unique("output"), kind="output", op="output", args=args, inputs=self.seen))
 
     # -- module hooks -----------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: Any) -> None:
@@ -315,16 +328,19 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
 
 def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]) -> nx.DiGraph:
     graph = nx.DiGraph(model=type(model).__name__)
+    nodes, edges = [], {}
     for rec in records:
         attrs = dict(rec.__dict__)
-        del attrs["name"]
-        graph.add_node(rec.name, **attrs)
-        for position, ref in enumerate(iter_refs((rec.args, rec.kwargs))):
-            src = ref.node
-            if graph.has_edge(src, rec.name):
-                graph.edges[src, rec.name]["uses"] += 1
+        del attrs["name"], attrs["inputs"]
+        nodes.append((rec.name, attrs))
+        for ref in rec.inputs:
+            edge = edges.get((ref.node, rec.name))
+            if edge is None:
+                edges[ref.node, rec.name] = {"index": ref.index, "uses": 1}
             else:
-                graph.add_edge(src, rec.name, index=ref.index, uses=1)
+                edge["uses"] += 1
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from((u, v, attrs) for (u, v), attrs in edges.items())
     graph.graph["output"] = records[-1].name
     graph.graph["params"] = {rec.target: rec.out_shapes[0] for rec in records
                              if rec.kind in ("param", "buffer")}
