@@ -241,3 +241,16 @@ def test_unsupported_op_blocks_with_reason():
     groups = analyse(Odd(), torch.randn(1, 3, 4, 4))
     assert "unsupported op 'diff'" in groups["a"].reasons[0]
     assert not groups["b"].prunable
+
+
+def test_a_failing_rule_blocks_instead_of_crashing(monkeypatch):
+    from pruneconf.groups import registry
+
+    def broken(ctx):
+        raise IndexError("unexpected argument form")
+
+    monkeypatch.setitem(registry._RULES, "relu", broken)
+    groups = analyse(Residual(), torch.randn(2, 3, 6, 6))
+    assert not groups["conv1"].prunable
+    assert "could not follow 'relu' (IndexError: unexpected argument form)" in groups["conv1"].reasons[0]
+    assert groups["stem"].prunable  # the residual stream does not pass through the relu

@@ -18,7 +18,7 @@ import numpy as np
 from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
-from .registry import rule_for
+from .registry import rule_for, unsupported
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +117,26 @@ def find_groups(graph: nx.DiGraph) -> ChannelGroups:
     ctx = RuleContext(graph)
     for node in _live_nodes(graph):
         ctx.at(node)
-        rule_for(ctx.op)(ctx)
+        _apply_rule(ctx)
         for i, shape in enumerate(ctx.out_shapes):
             if not ctx.has_out(i):  # a rule that says nothing about an output: be safe
                 ctx.set_out(ctx.blocked_labels(shape, f"no channel rule for output {i} of '{node}'"), i)
     roots = ctx.space.solve()
     return _assemble(graph, ctx, roots)
+
+
+def _apply_rule(ctx: RuleContext) -> None:
+    """Run the op's rule; a rule that trips on an argument form it does not know falls back
+    to blocking the op, so an odd call is reported as not prunable instead of crashing.
+    Unions it made before failing only couple more channels, which is safe."""
+    rule = rule_for(ctx.op)
+    try:
+        rule(ctx)
+    except Exception as exc:  # noqa: BLE001 - any rule failure means "cannot follow this op"
+        if rule is unsupported:
+            raise
+        log.debug("rule %s failed at %s: %r", rule.__name__, ctx.node, exc)
+        unsupported(ctx, f"could not follow '{ctx.op}' ({type(exc).__name__}: {exc})")
 
 
 def _findings(items, comp: np.ndarray, roots: np.ndarray, is_group: np.ndarray) -> dict[int, list[str]]:

@@ -39,9 +39,9 @@ def registered_ops() -> list[str]:
     return sorted(_RULES)
 
 
-def unsupported(ctx: RuleContext) -> None:
+def unsupported(ctx: RuleContext, reason: str | None = None) -> None:
     """Block the channels of every input and give every output blocked labels."""
-    reason = f"unsupported op '{ctx.op}'"
+    reason = reason or f"unsupported op '{ctx.op}'"
     for ref in ctx.tensor_args():
         ctx.block_tensor(ctx.labels(ref), reason)
     for i, shape in enumerate(ctx.out_shapes):
