@@ -187,3 +187,32 @@ def test_a_shrunk_model_that_breaks_is_rolled_back():
     for k, v in model.state_dict().items():
         assert torch.equal(v, masked_state[k]), k
     assert torch.equal(outputs(model, x), masked)
+
+
+class Decoder(nn.Module):
+    """Transposed and 1-d convolutions, plain and grouped, with norms between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv1d(3, 8, 3, padding=1)
+        self.mix = nn.Conv1d(8, 8, 3, padding=1, groups=4)
+        self.up = nn.ConvTranspose1d(8, 12, 2, stride=2)
+        self.bn = nn.BatchNorm1d(12)
+        self.up2 = nn.ConvTranspose1d(12, 12, 2, stride=2, groups=3)
+        self.out = nn.Conv1d(12, 2, 1)
+
+    def forward(self, x):
+        return self.out(F.relu(self.up2(F.relu(self.bn(self.up(self.mix(self.enc(x))))))))
+
+
+def test_transposed_and_grouped_convolutions_shrink_exactly():
+    x = torch.randn(4, 3, 10)
+    model = calibrated(Decoder(), x)
+    reference = outputs(model, x)
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.apply_masks()  # raises unless the shrunk model matches the masked one
+    assert outputs(model, x).shape == reference.shape
+    assert (model.enc.out_channels, model.mix.groups, model.mix.out_channels) == (4, 2, 4)
+    # up2 (groups=3) couples each of its groups of 4 inputs with its 4 outputs: 3 units, 2 kept
+    assert (model.up.in_channels, model.up.out_channels, model.up2.groups) == (4, 8, 2)
+    assert model.up2.in_channels == 8 and model.up2.out_channels == 8 and model.out.in_channels == 8

@@ -13,18 +13,12 @@ from typing import Callable
 
 import networkx as nx
 
+from .._registry import Registry
 from ..groups.find import ChannelGroups
 
 MacRule = Callable[[dict, nx.DiGraph], int]
-_MACS: dict[str, MacRule] = {}
-
-
-def _macs(*ops: str) -> Callable[[MacRule], MacRule]:
-    def decorate(fn: MacRule) -> MacRule:
-        for op in ops:
-            _MACS[op] = fn
-        return fn
-    return decorate
+_MACS = Registry("MAC counter")
+_macs = _MACS.register
 
 
 def _shape(graph: nx.DiGraph, ref) -> tuple[int, ...]:

@@ -10,16 +10,11 @@ from typing import Callable
 
 from torch import nn
 
+from .._registry import Registry
+
 Resizer = Callable[[nn.Module, dict], None]
-_RESIZERS: dict[type, Resizer] = {}
-
-
-def register_resizer(*types: type) -> Callable[[Resizer], Resizer]:
-    def decorate(fn: Resizer) -> Resizer:
-        for t in types:
-            _RESIZERS[t] = fn
-        return fn
-    return decorate
+_RESIZERS = Registry("resizer")
+register_resizer = _RESIZERS.register  # register_resizer(nn.Conv2d, ...) decorates an updater
 
 
 def resizer_for(module: nn.Module) -> Resizer | None:
@@ -34,21 +29,25 @@ def needs_resizer(module: nn.Module) -> bool:
     return type(module).__module__.startswith("torch.nn.") and any(True for _ in module.parameters(recurse=False))
 
 
+def _resize_conv(module: nn.Module, old: dict, full: str, split: str) -> None:
+    """Weight dim 0 holds all ``full`` channels, dim 1 one group's share of ``split``.
+
+    Grouped convs lose whole groups: the width of each remaining group is unchanged.
+    """
+    setattr(module, full, module.weight.shape[0])
+    if old["groups"] > 1:
+        module.groups = module.weight.shape[0] // (old[full] // old["groups"])
+    setattr(module, split, module.weight.shape[1] * module.groups)
+
+
 @register_resizer(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _conv(module: nn.Module, old: dict) -> None:
-    """Grouped convs lose whole groups: the width of each group is unchanged."""
-    module.out_channels = module.weight.shape[0]
-    if old["groups"] > 1:
-        module.groups = module.out_channels // (old["out_channels"] // old["groups"])
-    module.in_channels = module.weight.shape[1] * module.groups
+    _resize_conv(module, old, "out_channels", "in_channels")
 
 
 @register_resizer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 def _conv_transpose(module: nn.Module, old: dict) -> None:
-    module.in_channels = module.weight.shape[0]
-    if old["groups"] > 1:
-        module.groups = module.in_channels // (old["in_channels"] // old["groups"])
-    module.out_channels = module.weight.shape[1] * module.groups
+    _resize_conv(module, old, "in_channels", "out_channels")
 
 
 @register_resizer(nn.Linear)

@@ -13,21 +13,12 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .._registry import Registry
 from .context import RuleContext
 
 Rule = Callable[[RuleContext], None]
-_RULES: dict[str, Rule] = {}
-
-
-def register(*ops: str) -> Callable[[Rule], Rule]:
-    """Register the decorated function as the channel rule of each op in ``ops``."""
-    def decorate(fn: Rule) -> Rule:
-        for op in ops:
-            if op in _RULES and _RULES[op] is not fn:
-                raise ValueError(f"op '{op}' already has the rule {_RULES[op].__name__}")
-            _RULES[op] = fn
-        return fn
-    return decorate
+_RULES = Registry("channel rule")
+register = _RULES.register  # register("op", ...) decorates the channel rule of those ops
 
 
 def rule_for(op: str) -> Rule:

@@ -11,18 +11,13 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from .._registry import Registry
 from ..groups import Group
 from ..groups.context import CONSUMER, FOLLOWER, SOURCE
 
 Metric = Callable[[Group, Mapping[str, torch.Tensor], int], np.ndarray]
-METRICS: dict[str, Metric] = {}
-
-
-def metric(name: str) -> Callable[[Metric], Metric]:
-    def decorate(fn: Metric) -> Metric:
-        METRICS[name] = fn
-        return fn
-    return decorate
+METRICS = Registry("metric")
+metric = METRICS.register
 
 
 def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -> np.ndarray:
