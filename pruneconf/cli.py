@@ -85,32 +85,14 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_weights(model, path: str) -> None:
-    """Load a state dict saved with ``torch.save``; never unpickles arbitrary objects."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError("no such file", path=path, key="--weights") from None
-    except Exception as exc:  # noqa: BLE001 - corrupt file, or one that needs pickle
-        raise ConfigError(f"not a weights-only state dict: {exc}", path=path, key="--weights") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ConfigError(f"does not fit the model: {str(exc).splitlines()[0]}", path=path, key="--weights") from None
-
-
 def _recipe_model(recipe, model_spec: str | None):
-    from .models import build_model, example_inputs, parse_input_shape
+    from .models import build_model
+    from .reproduce import recipe_inputs
 
     spec = model_spec or recipe.model
     if not spec:
         raise recipe.error("no model to build: give --model or set `model:` in the recipe", "model")
-    if not recipe.input_shapes:
-        raise recipe.error("expected the example input shapes `pruneconf init` wrote", "input_shapes")
-    shapes = [parse_input_shape(",".join(map(str, s))) for s in recipe.input_shapes]
-    return build_model(spec, recipe.model_args), example_inputs(shapes)
+    return build_model(spec, recipe.model_args), recipe_inputs(recipe)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -118,6 +100,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from .pruner import Pruner
     from .recipe.load import load_recipe
+    from .reproduce import read_state_dict
 
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
@@ -127,7 +110,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     model, inputs = _recipe_model(recipe, args.model)
     if args.weights:
-        _load_weights(model, args.weights)
+        try:
+            model.load_state_dict(read_state_dict(args.weights))
+        except RuntimeError as exc:
+            raise ConfigError(f"does not fit the model: {str(exc).splitlines()[0]}", path=args.weights,
+                              key="--weights") from None
     pruner = Pruner(model, inputs, recipe)
     before = pruner.report()
     plan = pruner.apply_masks()
@@ -164,6 +151,28 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .models import build_model
+    from .recipe.load import load_recipe
+    from .reproduce import load_pruned, recipe_inputs
+
+    if Path(args.output).exists() and not args.force:
+        raise ConfigError("exists; pass --force to overwrite it", path=args.output, key="--output")
+    recipe = load_recipe(args.recipe)
+    model = build_model(args.model or recipe.model, recipe.model_args)
+    inputs = recipe_inputs(recipe)
+    if recipe.applied:
+        load_pruned(model, recipe, args.weights, inputs)
+    elif args.weights:
+        from .reproduce import read_state_dict
+
+        model.load_state_dict(read_state_dict(args.weights))
+    export(model, inputs, args.output, args.format)
+    log.info("wrote %s (%s)", args.output, args.format)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pruneconf", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pruneconf {__version__}")
@@ -195,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("--recipe", help="recipe to apply for the 'after' column")
     p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("export", help="rebuild a pruned model from its applied recipe and export it")
+    p.add_argument("recipe", help="applied recipe (written by `pruneconf prune`)")
+    p.add_argument("--weights", help="weights written by `pruneconf prune`")
+    p.add_argument("--model", help="MODEL, if not the recipe's `model:`")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("graph", help="export MODEL's traced op graph (.graphml or .dot)")
     _add_model_options(p)

@@ -1,11 +1,41 @@
-"""The ``applied`` section: what a prune actually kept, written back into the recipe."""
+"""The ``applied`` section: what a prune actually kept, written back into the recipe.
+
+With it a recipe is enough to rebuild a pruned model from the original architecture
+(:func:`pruneconf.load_pruned`): no pickled model, no guessing which channels were kept.
+"""
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+import re
+from typing import TYPE_CHECKING, Iterable
 
+import numpy as np
 from ruamel.yaml.comments import CommentedMap
 
-from ..masks import PruningPlan
+if TYPE_CHECKING:  # masks/ reads recipes: import the type only for annotations
+    from ..masks import PruningPlan
+
+_RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied:
+    """One group as it was pruned."""
+
+    channels: int
+    kept: np.ndarray  # sorted group channel indices
+    sparsity: float
+
+
+def parse_ranges(text: str) -> np.ndarray:
+    """``"0-2,5,7-8"`` -> ``[0, 1, 2, 5, 7, 8]``; raises ValueError on anything else."""
+    if not isinstance(text, str) or not _RANGES.match(text):
+        raise ValueError(f"expected ranges like '0-3,5,7-9', got {text!r}")
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return np.array(sorted(set(out)), dtype=np.int64)
 
 
 def ranges(indices: Iterable[int]) -> str:
@@ -23,7 +53,7 @@ def ranges(indices: Iterable[int]) -> str:
     return ",".join(parts)
 
 
-def applied_section(plan: PruningPlan) -> CommentedMap:
+def applied_section(plan: "PruningPlan") -> CommentedMap:
     """Per pruned group: channels before, channels kept, and which (group channel indices)."""
     out = CommentedMap()
     for g in plan.groups:

@@ -17,7 +17,7 @@ from .._version import __version__
 from ..analysis import GroupCost, group_costs, total_macs, total_params
 from ..errors import ConfigError
 from ..groups import ChannelGroups, Group
-from ..trace.fingerprint import fingerprint
+from ..trace.fingerprint import fingerprint, parameter_shapes
 from .yamlio import dump_document, load_document, round_trip_yaml, template_path
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,12 @@ def build_recipe(groups: ChannelGroups, *, model: str | None = None,
     doc["input_shapes"] = _flow_shapes(input_shapes)
     doc["pruneconf_version"] = __version__
     doc["fingerprint"] = fingerprint(groups.graph)
+    doc["layers"] = CommentedMap(parameter_shapes(groups.graph))
+    doc.move_to_end("layers")
+    doc.yaml_add_eol_comment("parameter shapes at `init`: they name what changed in a model that no longer matches",
+                             "layers", column=0)
+    if "applied" in doc:
+        doc.move_to_end("applied")
     current = doc.setdefault("settings", CommentedMap())
     for key, value in (settings or {}).items():
         current[key] = value

@@ -9,13 +9,14 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from ..groups import ChannelGroups
-from ..trace.fingerprint import fingerprint
+from ..trace.fingerprint import first_difference, fingerprint, parameter_shapes
+from .applied import Applied, parse_ranges
 from .yamlio import load_document
 
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
 SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed")
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
-             "settings", "groups", "applied")
+             "settings", "groups", "layers", "applied")
 
 
 @dataclasses.dataclass
@@ -38,6 +39,8 @@ class Recipe:
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     input_shapes: list[list[int]] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
+    applied: dict[str, Applied] = dataclasses.field(default_factory=dict)
+    layers: dict[str, str] = dataclasses.field(default_factory=dict)
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def sparsity_of(self, center: str) -> float:
@@ -132,18 +135,51 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
                 raise check.fail("unknown key; expected 'sparsity'", f"{key}.{name}", entry, name)
         if "sparsity" in entry:
             sparsity[str(center)] = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
-    return Recipe(path=path, settings=settings, sparsity=sparsity, model=doc.get("model"),
-                  model_args=dict(doc.get("model_args") or {}),
-                  input_shapes=[list(s) for s in doc.get("input_shapes") or []],
-                  fingerprint=doc.get("fingerprint"), lines=check.lines)
+    recipe = Recipe(path=path, settings=settings, sparsity=sparsity, model=doc.get("model"),
+                    model_args=dict(doc.get("model_args") or {}),
+                    input_shapes=[list(s) for s in doc.get("input_shapes") or []],
+                    fingerprint=doc.get("fingerprint"), lines=check.lines,
+                    layers={str(k): str(v) for k, v in (doc.get("layers") or {}).items()})
+    recipe.applied = _applied(check, doc.get("applied") or {}, recipe)
+    return recipe
+
+
+def _applied(check: "_Checker", section: Any, recipe: Recipe) -> dict[str, Applied]:
+    """Parse ``applied`` and refuse it when the sparsities above no longer say the same."""
+    if not isinstance(section, Mapping):
+        raise check.fail("expected the mapping `pruneconf prune` wrote", "applied")
+    out = {}
+    for center, entry in section.items():
+        key = f"applied.{center}"
+        if not isinstance(entry, Mapping) or set(entry) != {"channels", "kept", "sparsity", "indices"}:
+            raise check.fail("expected channels, kept, sparsity and indices", key, section, center)
+        try:
+            kept = parse_ranges(entry["indices"])
+        except ValueError as exc:
+            raise check.fail(str(exc), f"{key}.indices", entry, "indices") from None
+        channels, count = entry["channels"], entry["kept"]
+        if not (isinstance(channels, int) and isinstance(count, int) and count == len(kept)
+                and (kept < channels).all()):
+            raise check.fail(f"indices list {len(kept)} channels below {channels}; 'kept' says {count}",
+                             key, section, center)
+        out[str(center)] = Applied(channels, kept, float(entry["sparsity"]))
+        now = recipe.sparsity_of(str(center))
+        if abs(now - out[str(center)].sparsity) > 1e-12:
+            where = f"groups.{center}" if str(center) in recipe.sparsity else "settings.default_sparsity"
+            raise check.fail(f"the applied section no longer matches: sparsity is now {now:g} but "
+                             f"{entry['sparsity']:g} was applied; prune again to apply a new sparsity",
+                             where if where in check.lines else key)
+    return out
 
 
 def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
     """The recipe must describe this model: same fingerprint, known prunable group centers."""
     actual = fingerprint(groups.graph)
     if recipe.fingerprint is not None and recipe.fingerprint != actual:
-        raise recipe.error(f"the recipe was made for another model (fingerprint {recipe.fingerprint}, "
-                           f"this model traces to {actual}); run `pruneconf init` again", "fingerprint")
+        change = first_difference(recipe.layers, parameter_shapes(groups.graph)) if recipe.layers else \
+            f"fingerprint {recipe.fingerprint}, this model traces to {actual}"
+        raise recipe.error(f"the recipe was made for another model: {change}; run `pruneconf init` again",
+                           "fingerprint")
     for center in recipe.sparsity:
         if center in groups.by_center and groups[center].prunable:
             continue

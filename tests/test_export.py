@@ -1,0 +1,56 @@
+"""Pruned models export to ONNX and TorchScript and compute the same there."""
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import torchvision
+
+from helpers import calibrated
+from pruneconf import Pruner
+from pruneconf.cli import main
+from pruneconf.export import export
+from pruneconf.recipe import write_atomic, write_recipe
+
+
+@pytest.fixture(scope="module")
+def pruned():
+    x = torch.randn(2, 3, 32, 32)
+    model = calibrated(torchvision.models.mobilenet_v3_small(), x)
+    Pruner(model, x, {"sparsity": 0.5}).apply_masks()
+    with torch.no_grad():
+        return model.eval(), x, model(x)
+
+
+def close(a, b) -> bool:
+    return float(np.abs(np.asarray(a) - np.asarray(b)).max()) <= 1e-4 * max(1.0, float(np.abs(b).max()))
+
+
+def test_onnx_matches_pytorch(tmp_path, pruned):
+    model, x, expected = pruned
+    path = export(model, x, tmp_path / "m.onnx", "onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert close(got, expected.numpy())
+
+
+def test_torchscript_matches_pytorch(tmp_path, pruned):
+    model, x, expected = pruned
+    path = export(model, x, tmp_path / "m.pt", "torchscript")
+    with torch.no_grad():
+        got = torch.jit.load(str(path))(x)
+    assert close(got.numpy(), expected.numpy())
+
+
+def test_cli_exports_from_an_applied_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    model = torchvision.models.resnet18()
+    write_atomic(recipe, write_recipe(recipe, Pruner(model, torch.randn(2, 3, 32, 32), {}).groups,
+                                      model="torchvision.models:resnet18", input_shapes=[[2, 3, 32, 32]]))
+    assert main(["prune", str(recipe), "-o", str(tmp_path / "p.pt")]) == 0
+    onnx_path = tmp_path / "p.onnx"
+    assert main(["export", str(tmp_path / "p.yaml"), "--weights", str(tmp_path / "p.pt"), "-o", str(onnx_path)]) == 0
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [2, 3, 32, 32]
+    state = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert state["conv1.weight"].shape[0] == 32
+    assert main(["export", str(tmp_path / "p.yaml"), "--weights", str(tmp_path / "p.pt"), "-o", str(onnx_path)]) == 2
