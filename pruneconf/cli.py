@@ -75,14 +75,22 @@ def cmd_graph(args: argparse.Namespace) -> int:
     from .recipe import write_atomic
     from .trace.export import to_dot, to_graphml
 
-    graph, _, _ = analyse_model(args.model, args.input_shape, _model_args(args.model_arg))
     suffix = Path(args.output).suffix.lower()
     writers = {".graphml": to_graphml, ".dot": to_dot, ".gv": to_dot}
     if suffix not in writers:
         raise ConfigError(f"expected a .graphml or .dot output file, got '{args.output}'", key="--output")
+    _refuse_overwrite(args)
+    graph, _, _ = analyse_model(args.model, args.input_shape, _model_args(args.model_arg))
     write_atomic(args.output, writers[suffix](graph))
     log.info("wrote %s: %d nodes, %d edges", args.output, graph.number_of_nodes(), graph.number_of_edges())
     return 0
+
+
+def _refuse_overwrite(args: argparse.Namespace, *also: Path) -> None:
+    """Outputs that exist are only replaced with --force (and then atomically)."""
+    for path in (Path(args.output), *also):
+        if path.exists() and not args.force:
+            raise ConfigError("exists; pass --force to overwrite it", path=str(path), key="--output")
 
 
 def _recipe_model(recipe, model_spec: str | None):
@@ -104,9 +112,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
-    for path in (output, applied_path):
-        if path.exists() and not args.force:
-            raise ConfigError("exists; pass --force to overwrite it", path=str(path), key="--output")
+    _refuse_overwrite(args, applied_path)
     recipe = load_recipe(args.recipe)
     model, inputs = _recipe_model(recipe, args.model)
     if args.weights:
@@ -157,8 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .recipe.load import load_recipe
     from .reproduce import load_pruned, recipe_inputs
 
-    if Path(args.output).exists() and not args.force:
-        raise ConfigError("exists; pass --force to overwrite it", path=args.output, key="--output")
+    _refuse_overwrite(args)
     recipe = load_recipe(args.recipe)
     model = build_model(args.model or recipe.model, recipe.model_args)
     inputs = recipe_inputs(recipe)
@@ -217,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("graph", help="export MODEL's traced op graph (.graphml or .dot)")
     _add_model_options(p)
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
     p.set_defaults(func=cmd_graph)
     return parser
 

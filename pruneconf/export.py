@@ -1,10 +1,12 @@
 """Export a (pruned) model to ONNX and TorchScript, written atomically.
 
-ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``): it needs no extra
-package and handles the plain modules pruning leaves behind.
+ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which handles the plain
+modules pruning leaves behind and needs only the ``onnx`` package (``pip install
+"pruneconf[export]"``); TorchScript needs nothing extra.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
@@ -12,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .errors import PruneconfError
 
 FORMATS = ("onnx", "torchscript")
 
@@ -25,6 +29,8 @@ def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, fmt: 
     """Write ``model`` (in eval mode) as ``fmt`` to ``path``; return the path."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:
+        raise PruneconfError('ONNX export needs the onnx package: pip install "pruneconf[export]"')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

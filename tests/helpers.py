@@ -74,7 +74,7 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
         for g in groups.prunable:
             for m in g.members if g.center in picks else ():
                 if (m.role == CONSUMER) == role_is_consumer:
-                    idx = np.nonzero(np.isin(m.channels, picks[g.center]))[0]
+                    idx = m.index[np.isin(m.channels, picks[g.center])]
                     if idx.size and params[m.param].is_floating_point():
                         yield m, params[m.param], torch.as_tensor(idx)
 

@@ -1,5 +1,6 @@
 """Pruned models export to ONNX and TorchScript and compute the same there."""
 import numpy as np
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -28,6 +29,7 @@ def close(a, b) -> bool:
 def test_onnx_matches_pytorch(tmp_path, pruned):
     model, x, expected = pruned
     path = export(model, x, tmp_path / "m.onnx", "onnx")
+    onnx.checker.check_model(onnx.load(str(path)))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert close(got, expected.numpy())

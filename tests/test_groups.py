@@ -58,8 +58,8 @@ def test_cat_keeps_offsets():
     groups = analyse(Concat(), x)
     a, b = groups["a"], groups["b"]
     assert a.channels == 4 and b.channels == 6
-    np.testing.assert_array_equal(member(a, "c", CONSUMER).channels, [0, 1, 2, 3] + [-1] * 6)
-    np.testing.assert_array_equal(member(b, "c", CONSUMER).channels, [-1] * 4 + list(range(6)))
+    np.testing.assert_array_equal(member(a, "c", CONSUMER).dense, [0, 1, 2, 3] + [-1] * 6)
+    np.testing.assert_array_equal(member(b, "c", CONSUMER).dense, [-1] * 4 + list(range(6)))
     assert_no_influence(Concat(), x, groups)
 
 
@@ -85,8 +85,8 @@ def test_split_gives_slices():
     node = next(n for n, a in groups.graph.nodes(data=True) if a["op"] == "split")
     assert groups.channel_map(node, 0)[1][1].tolist() == [0, 1, 2]
     assert groups.channel_map(node, 1)[1][1].tolist() == [3, 4, 5, 6, 7]
-    np.testing.assert_array_equal(member(g, "p", CONSUMER).channels, [0, 1, 2])
-    np.testing.assert_array_equal(member(g, "q", CONSUMER).channels, [3, 4, 5, 6, 7])
+    np.testing.assert_array_equal(member(g, "p", CONSUMER).dense, [0, 1, 2])
+    np.testing.assert_array_equal(member(g, "q", CONSUMER).dense, [3, 4, 5, 6, 7])
     # ... but split sizes are constants in forward(): pruning would cut the wrong channels
     assert not g.prunable and "constant sizes [3, 5]" in g.reasons[0]
 
@@ -96,8 +96,8 @@ def test_chunk_pieces_shrink_alike():
     groups = analyse(Split(chunk=True), x)
     g = groups["conv"]
     assert g.prunable and g.channels == 4  # position j of both halves is one channel
-    np.testing.assert_array_equal(member(g, "p", CONSUMER).channels, [0, 1, 2, 3])
-    np.testing.assert_array_equal(member(g, "q", CONSUMER).channels, [0, 1, 2, 3])
+    np.testing.assert_array_equal(member(g, "p", CONSUMER).dense, [0, 1, 2, 3])
+    np.testing.assert_array_equal(member(g, "q", CONSUMER).dense, [0, 1, 2, 3])
     assert_no_influence(Split(chunk=True), x, groups)
 
 
@@ -119,7 +119,7 @@ def test_depthwise_follows_its_producer():
     assert [g.center for g in groups] == ["pw", "out"]
     g = groups["pw"]
     assert g.channels == 6 and g.sources == ["pw"]
-    assert member(g, "dw", FOLLOWER).channels.tolist() == list(range(6))
+    assert member(g, "dw", FOLLOWER).dense.tolist() == list(range(6))
     assert_no_influence(Depthwise(), x, groups)
 
 
@@ -128,8 +128,8 @@ def test_depthwise_channel_multiplier_repeats_channels():
     groups = analyse(Depthwise(multiplier=2), x)
     g = groups["pw"]
     assert g.channels == 6
-    assert member(g, "dw", FOLLOWER).channels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
-    assert member(g, "out", CONSUMER).channels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert member(g, "dw", FOLLOWER).dense.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert member(g, "out", CONSUMER).dense.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert_no_influence(Depthwise(multiplier=2), x, groups)
 
 
@@ -148,7 +148,7 @@ def test_flatten_to_linear_maps_each_channel_to_its_block():
     x = torch.randn(2, 3, 4, 5)
     groups = analyse(FlattenLinear(), x)
     consumer = member(groups["conv"], "fc", CONSUMER)
-    assert consumer.channels.tolist() == np.repeat(np.arange(4), 6).tolist()
+    assert consumer.dense.tolist() == np.repeat(np.arange(4), 6).tolist()
     assert groups["fc"].prunable and not groups["out"].prunable
     assert_no_influence(FlattenLinear(), x, groups)
 

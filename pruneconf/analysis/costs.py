@@ -121,7 +121,7 @@ def group_costs(groups: ChannelGroups) -> dict[str, GroupCost]:
     for g in groups:
         macs = params = 0.0
         for m in g.members:
-            fraction = m.size / max(len(m.channels), 1)
+            fraction = m.size / max(m.length, 1)
             params += fraction * math.prod(shapes[m.param])
             macs += fraction * param_macs.get(m.param, 0)
         out[g.center] = GroupCost(int(round(macs)), int(round(params)))

@@ -15,6 +15,7 @@ from typing import Iterator
 import networkx as nx
 import numpy as np
 
+from .._gc import paused_gc
 from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
@@ -31,12 +32,21 @@ class Member:
     layer: str
     dim: int
     role: str
-    channels: np.ndarray  # for each index along ``dim``: the group channel, or -1
+    index: np.ndarray     # the indices along ``dim`` that belong to the group, ascending
+    channels: np.ndarray  # the group channel of each of those indices
+    length: int           # the size of ``dim``
 
     @property
     def size(self) -> int:
         """How many indices along ``dim`` belong to the group."""
-        return int((self.channels >= 0).sum())
+        return len(self.index)
+
+    @property
+    def dense(self) -> np.ndarray:
+        """For every index along ``dim``: its group channel, or -1 outside the group."""
+        out = np.full(self.length, -1, dtype=np.int64)
+        out[self.index] = self.channels
+        return out
 
 
 @dataclasses.dataclass
@@ -114,6 +124,11 @@ def _live_nodes(graph: nx.DiGraph) -> list[str]:
 
 def find_groups(graph: nx.DiGraph) -> ChannelGroups:
     """Resolve which channels of ``graph`` (from :func:`pruneconf.trace`) prune together."""
+    with paused_gc():
+        return _find_groups(graph)
+
+
+def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
     ctx = RuleContext(graph)
     for node in _live_nodes(graph):
         ctx.at(node)
@@ -149,6 +164,22 @@ def _findings(items, comp: np.ndarray, roots: np.ndarray, is_group: np.ndarray) 
             if text not in texts:
                 texts.append(text)
     return out
+
+
+def _split_by_component(member_comp: np.ndarray):
+    """``(component, ascending indices)`` for each component a member dimension touches.
+
+    Linear in the dimension's size, however many groups it spans (a conv after a long
+    chain of concatenations reads from hundreds).
+    """
+    if (member_comp == member_comp[0]).all():
+        yield int(member_comp[0]), np.arange(len(member_comp))
+        return
+    order = np.argsort(member_comp, kind="stable")
+    sorted_comp = member_comp[order]
+    bounds = [0, *(np.flatnonzero(np.diff(sorted_comp)) + 1).tolist(), len(order)]
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        yield int(sorted_comp[start]), order[start:stop]
 
 
 def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int) -> int:
@@ -194,14 +225,10 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
     group_of_root = np.where(channel_of_root >= 0, index_by_comp[comp], -1)
     for r in roles:
         labels = roots[ctx.params[(r.param, r.dim)]]
-        member_comp = comp[labels]
-        single = bool((member_comp == member_comp[0]).all())
-        for c in (member_comp[:1] if single else np.unique(member_comp)).tolist():
-            if c not in index_of_comp:
-                continue
-            numbered = channel_of_root[labels]
-            channels = numbered if single else np.where(member_comp == c, numbered, -1)
-            groups[index_of_comp[c]].members.append(Member(r.param, layer_name(r.param), r.dim, r.role, channels))
+        for c, index in _split_by_component(comp[labels]):
+            if c in index_of_comp:
+                groups[index_of_comp[c]].members.append(Member(
+                    r.param, layer_name(r.param), r.dim, r.role, index, channel_of_root[labels[index]], len(labels)))
     result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
     log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
     return result

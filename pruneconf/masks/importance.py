@@ -29,8 +29,7 @@ def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -
             continue
         rows = tensor.detach().float().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
         values = fn(rows).cpu().double().numpy()
-        inside = m.channels >= 0
-        np.add.at(score, m.channels[inside], values[inside])
+        np.add.at(score, m.channels, values[m.index])
     return score
 
 
@@ -53,8 +52,7 @@ def bn_gamma(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np
         return l2_norm(group, tensors, seed)
     score = np.zeros(group.channels)
     for m in norms:
-        inside = m.channels >= 0
-        np.add.at(score, m.channels[inside], tensors[m.param].detach().abs().double().numpy()[inside])
+        np.add.at(score, m.channels, tensors[m.param].detach().abs().double().numpy()[m.index])
     return score
 
 
@@ -68,8 +66,7 @@ def fpgm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.nda
             continue
         rows = tensor.detach().double().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
         per_channel = torch.zeros(group.channels, rows.shape[1], dtype=torch.float64)
-        inside = torch.as_tensor(m.channels >= 0)
-        per_channel.index_add_(0, torch.as_tensor(m.channels)[inside], rows[inside])
+        per_channel.index_add_(0, torch.as_tensor(m.channels), rows[torch.as_tensor(m.index)])
         features.append(per_channel)
     if not features:
         return l2_norm(group, tensors, seed)

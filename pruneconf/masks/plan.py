@@ -40,8 +40,7 @@ class PruningPlan:
                 continue
             for m in g.members:
                 keep = out.setdefault((m.param, m.dim), np.ones(shapes[m.param][m.dim], dtype=bool))
-                inside = m.channels >= 0
-                keep[inside] &= np.isin(m.channels[inside], kept)
+                keep[m.index] &= np.isin(m.channels, kept)
         return {k: v for k, v in out.items() if not v.all()}
 
 

@@ -60,15 +60,17 @@ def _line(mapping: Any, key: Any) -> int | None:
 
 
 class _Checker:
+    """Typed reads from the parsed document; every failure names file, line and key."""
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.lines: dict[str, int] = {}
 
     def fail(self, message: str, key: str, mapping: Any = None, name: Any = None) -> ConfigError:
-        line = _line(mapping, name) if mapping is not None else self.lines.get(key)
-        return ConfigError(message, path=self.path, line=line, key=key)
+        line = _line(mapping, name) if mapping is not None else None
+        return ConfigError(message, path=self.path, line=line or self.lines.get(key), key=key)
 
-    def keys(self, mapping: Any, allowed: tuple[str, ...], prefix: str) -> None:
+    def keys(self, mapping: Mapping, allowed: tuple[str, ...], prefix: str) -> None:
         for key in mapping:
             if key not in allowed:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
@@ -76,11 +78,41 @@ class _Checker:
                 raise self.fail(f"unknown key{hint}", f"{prefix}{key}", mapping, key)
             self.lines[f"{prefix}{key}"] = _line(mapping, key)
 
-    def number(self, mapping: Any, key: str, full: str, lo: float, hi: float) -> float:
+    def mapping(self, parent: Mapping, name: str, full: str, what: str) -> Mapping:
+        """``parent[name]`` as a mapping with string (or integer) keys; absent or empty is {}."""
+        value = parent.get(name)
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise self.fail(f"expected {what}, got {_kind(value)}", full, parent, name)
+        for key in value:
+            if isinstance(key, bool) or not isinstance(key, (str, int)):
+                raise self.fail(f"expected names as keys, got {_kind(key)}", full, parent, name)
+        return value
+
+    def string(self, parent: Mapping, name: str, full: str) -> str | None:
+        value = parent.get(name)
+        if value is not None and not isinstance(value, str):
+            raise self.fail(f"expected text, got {_kind(value)}", full, parent, name)
+        return value
+
+    def number(self, mapping: Mapping, key: str, full: str, lo: float, hi: float) -> float:
         value = mapping[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) < hi:
             raise self.fail(f"expected a number in [{lo:g}, {hi:g}), got {value!r}", full, mapping, key)
         return float(value)
+
+    def integer(self, mapping: Mapping, key: str, full: str, lo: int) -> int:
+        value = mapping[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+            raise self.fail(f"expected an integer >= {lo}, got {value!r}", full, mapping, key)
+        return value
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "text", bool: "true/false", type(None): "nothing"}.get(
+        type(value), "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, list)
+        else type(value).__name__)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -88,41 +120,32 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     return recipe_from_document(load_document(path), str(path))
 
 
-def recipe_from_document(doc: Any, path: str) -> Recipe:
-    check = _Checker(path)
-    if not isinstance(doc, Mapping):
-        raise ConfigError("expected a mapping of recipe keys (version, settings, groups, ...)", path=path)
-    check.keys(doc, TOP_LEVEL, "")
-    if doc.get("version", 1) != 1:
-        raise check.fail(f"unsupported recipe version {doc.get('version')!r}; expected 1", "version", doc, "version")
-    settings = Settings()
-    raw = doc.get("settings") or {}
-    if not isinstance(raw, Mapping):
-        raise check.fail("expected a mapping of settings", "settings", doc, "settings")
+def _settings(check: _Checker, doc: Mapping) -> Settings:
+    raw = check.mapping(doc, "settings", "settings", "a mapping of settings")
     check.keys(raw, SETTINGS, "settings.")
+    settings = Settings()
     if "default_sparsity" in raw:
         settings.default_sparsity = check.number(raw, "default_sparsity", "settings.default_sparsity", 0, 1)
     if "metric" in raw:
-        if raw["metric"] not in METRICS:
+        if not isinstance(raw["metric"], str) or raw["metric"] not in METRICS:
             raise check.fail(f"unknown metric {raw['metric']!r}; expected one of {', '.join(METRICS)}",
                              "settings.metric", raw, "metric")
         settings.metric = raw["metric"]
-    for key in ("round_to", "seed"):
-        if key in raw:
-            value = raw[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if key == "round_to" else 0):
-                raise check.fail(f"expected a {'positive' if key == 'round_to' else 'non-negative'} integer, got {value!r}",
-                                 f"settings.{key}", raw, key)
-            setattr(settings, key, value)
-    if "exclude" in raw:
-        exclude = raw["exclude"] or []
+    if "round_to" in raw:
+        settings.round_to = check.integer(raw, "round_to", "settings.round_to", 1)
+    if "seed" in raw:
+        settings.seed = check.integer(raw, "seed", "settings.seed", 0)
+    if raw.get("exclude") is not None:
+        exclude = raw["exclude"]
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
             raise check.fail("expected a list of group names or glob patterns", "settings.exclude", raw, "exclude")
         settings.exclude = tuple(exclude)
+    return settings
+
+
+def _sparsities(check: _Checker, doc: Mapping) -> dict[str, float]:
+    groups = check.mapping(doc, "groups", "groups", "a mapping of group centers")
     sparsity = {}
-    groups = doc.get("groups") or {}
-    if not isinstance(groups, Mapping):
-        raise check.fail("expected a mapping of group centers", "groups", doc, "groups")
     for center, entry in groups.items():
         key = f"groups.{center}"
         check.lines[key] = _line(groups, center)
@@ -135,19 +158,46 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
                 raise check.fail("unknown key; expected 'sparsity'", f"{key}.{name}", entry, name)
         if "sparsity" in entry:
             sparsity[str(center)] = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
-    recipe = Recipe(path=path, settings=settings, sparsity=sparsity, model=doc.get("model"),
-                    model_args=dict(doc.get("model_args") or {}),
-                    input_shapes=[list(s) for s in doc.get("input_shapes") or []],
-                    fingerprint=doc.get("fingerprint"), lines=check.lines,
-                    layers={str(k): str(v) for k, v in (doc.get("layers") or {}).items()})
-    recipe.applied = _applied(check, doc.get("applied") or {}, recipe)
+    return sparsity
+
+
+def _input_shapes(check: _Checker, doc: Mapping) -> list[list[int]]:
+    shapes = doc.get("input_shapes") or []
+    if not isinstance(shapes, list) or not all(
+            isinstance(s, list) and s and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in s)
+            for s in shapes):
+        raise check.fail("expected a list of shapes like [[1, 3, 224, 224]]", "input_shapes", doc, "input_shapes")
+    return [list(s) for s in shapes]
+
+
+def recipe_from_document(doc: Any, path: str) -> Recipe:
+    check = _Checker(path)
+    if not isinstance(doc, Mapping):
+        raise ConfigError("expected a mapping of recipe keys (version, settings, groups, ...)", path=path)
+    for key in doc:
+        if not isinstance(key, str):
+            raise check.fail(f"expected a recipe key, got {_kind(key)}", str(key), doc, key)
+    check.keys(doc, TOP_LEVEL, "")
+    if doc.get("version", 1) != 1 or isinstance(doc.get("version"), bool):
+        raise check.fail(f"unsupported recipe version {doc.get('version')!r}; expected 1", "version", doc, "version")
+    for key in ("pruneconf_version",):
+        if isinstance(doc.get(key), (dict, list)):
+            raise check.fail("expected a version string", key, doc, key)
+    layers = check.mapping(doc, "layers", "layers", "a mapping of parameter shapes")
+    recipe = Recipe(path=path, settings=_settings(check, doc), sparsity=_sparsities(check, doc),
+                    model=check.string(doc, "model", "model"),
+                    model_args={str(k): v for k, v in check.mapping(doc, "model_args", "model_args",
+                                                                     "a mapping of keyword arguments").items()},
+                    input_shapes=_input_shapes(check, doc),
+                    fingerprint=check.string(doc, "fingerprint", "fingerprint"), lines=check.lines,
+                    layers={str(k): str(v) for k, v in layers.items()})
+    recipe.applied = _applied(check, check.mapping(doc, "applied", "applied", "the mapping `pruneconf prune` wrote"),
+                              recipe)
     return recipe
 
 
-def _applied(check: "_Checker", section: Any, recipe: Recipe) -> dict[str, Applied]:
+def _applied(check: "_Checker", section: Mapping, recipe: Recipe) -> dict[str, Applied]:
     """Parse ``applied`` and refuse it when the sparsities above no longer say the same."""
-    if not isinstance(section, Mapping):
-        raise check.fail("expected the mapping `pruneconf prune` wrote", "applied")
     out = {}
     for center, entry in section.items():
         key = f"applied.{center}"
@@ -157,17 +207,18 @@ def _applied(check: "_Checker", section: Any, recipe: Recipe) -> dict[str, Appli
             kept = parse_ranges(entry["indices"])
         except ValueError as exc:
             raise check.fail(str(exc), f"{key}.indices", entry, "indices") from None
-        channels, count = entry["channels"], entry["kept"]
-        if not (isinstance(channels, int) and isinstance(count, int) and count == len(kept)
-                and (kept < channels).all()):
-            raise check.fail(f"indices list {len(kept)} channels below {channels}; 'kept' says {count}",
+        channels = check.integer(entry, "channels", f"{key}.channels", 1)
+        count = check.integer(entry, "kept", f"{key}.kept", 1)
+        sparsity = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
+        if count != len(kept) or kept[-1] >= channels:
+            raise check.fail(f"indices list {len(kept)} channels up to {kept[-1]}; expected {count} below {channels}",
                              key, section, center)
-        out[str(center)] = Applied(channels, kept, float(entry["sparsity"]))
+        out[str(center)] = Applied(channels, kept, sparsity)
         now = recipe.sparsity_of(str(center))
-        if abs(now - out[str(center)].sparsity) > 1e-12:
+        if abs(now - sparsity) > 1e-12:
             where = f"groups.{center}" if str(center) in recipe.sparsity else "settings.default_sparsity"
             raise check.fail(f"the applied section no longer matches: sparsity is now {now:g} but "
-                             f"{entry['sparsity']:g} was applied; prune again to apply a new sparsity",
+                             f"{sparsity:g} was applied; prune again to apply a new sparsity",
                              where if where in check.lines else key)
     return out
 

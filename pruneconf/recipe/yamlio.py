@@ -44,15 +44,32 @@ def load_document(path: str | os.PathLike) -> Any:
     return parse_document(text, path)
 
 
+def _refuse_object_syntax(yaml: YAML, text: str, path: str) -> None:
+    """Anchors, aliases and tags can build objects or blow up in size: recipes are plain data."""
+    from ruamel.yaml.events import AliasEvent
+
+    for event in yaml.parse(text):
+        anchor, tag = getattr(event, "anchor", None), getattr(event, "tag", None)
+        if anchor is not None or tag is not None or isinstance(event, AliasEvent):
+            what = f"tag '{tag}'" if tag is not None else f"anchor or alias '{anchor}'"
+            raise ConfigError(f"YAML {what} is not allowed in a recipe: write plain values",
+                              path=path, line=event.start_mark.line + 1, column=event.start_mark.column + 1)
+
+
 def parse_document(text: str, path: str = "<recipe>") -> Any:
+    """Parse recipe text keeping comments; anything but plain YAML data is a located error."""
+    yaml = round_trip_yaml()
     try:
-        return round_trip_yaml().load(text)
+        _refuse_object_syntax(yaml, text, path)
+        return yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         column = mark.column + 1 if mark else None
         problem = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         raise ConfigError(f"invalid YAML: {problem}", path=path, line=line, column=column) from None
+    except ConfigError:
+        raise
     except Exception as exc:  # ruamel raises a few non-marked errors (e.g. bad tags)
         raise ConfigError(f"invalid YAML: {exc}", path=path) from None
 

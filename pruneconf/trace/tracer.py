@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
+from .._gc import paused_gc
 from ..errors import TraceError
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
@@ -66,6 +67,7 @@ class _Trace:
     def __init__(self, model: nn.Module) -> None:
         self.records: list[Record] = []
         self.names: set[str] = set()
+        self.suffix: dict[str, int] = {}
         self.tensors: dict[int, tuple[weakref.ref, Ref]] = {}
         self.module_names: dict[int, str] = {}
         self.leaf: set[int] = set()
@@ -97,10 +99,12 @@ class _Trace:
 
     # -- naming -----------------------------------------------------------------------
     def unique(self, base: str) -> str:
-        name, k = base, 0
+        """``base``, or ``base_k`` with the next free k (a counter per base keeps this O(1))."""
+        name, k = base, self.suffix.get(base, 0)
         while name in self.names:
             k += 1
             name = f"{base}_{k}"
+        self.suffix[base] = k
         self.names.add(name)
         return name
 
@@ -309,9 +313,10 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
     try:
-        with _preserved_rng(), torch.no_grad(), _Recorder(state):
-            out = _call(model, example_inputs)
-        state.add_output(out)
+        with paused_gc():
+            with _preserved_rng(), torch.no_grad(), _Recorder(state):
+                out = _call(model, example_inputs)
+            state.add_output(out)
     except TraceError:
         raise
     except Exception as exc:
@@ -323,7 +328,8 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
         pre.remove()
         post.remove()
         _restore(state, saved)
-    return _build_graph(state.records, model, state.layers)
+    with paused_gc():
+        return _build_graph(state.records, model, state.layers)
 
 
 def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]) -> nx.DiGraph:
