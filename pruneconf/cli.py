@@ -50,6 +50,17 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="keyword argument for the model constructor; repeatable")
 
 
+def _add_recipe_options(p: argparse.ArgumentParser, recipe_help: str, weights_help: str) -> None:
+    p.add_argument("recipe", help=recipe_help)
+    p.add_argument("--model", help="MODEL, if not the recipe's `model:`")
+    p.add_argument("--weights", help=weights_help)
+
+
+def _add_output(p: argparse.ArgumentParser, output_help: str) -> None:
+    p.add_argument("-o", "--output", required=True, help=output_help)
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from .recipe import write_atomic, write_recipe
 
@@ -198,11 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("prune", help="prune a model as RECIPE says; write its weights and the applied recipe")
-    p.add_argument("recipe", help="recipe file (from `pruneconf init`, edited)")
-    p.add_argument("--model", help="MODEL, if not the recipe's `model:`")
-    p.add_argument("--weights", help="state dict to load first (torch.save of model.state_dict())")
-    p.add_argument("-o", "--output", required=True, help="pruned weights (.pt); the applied recipe goes beside it as .yaml")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    _add_recipe_options(p, "recipe file (from `pruneconf init`, edited)",
+                        "state dict to load first (torch.save of model.state_dict())")
+    _add_output(p, "pruned weights (.pt); the applied recipe goes beside it as .yaml")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
@@ -211,18 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("export", help="rebuild a pruned model from its applied recipe and export it")
-    p.add_argument("recipe", help="applied recipe (written by `pruneconf prune`)")
-    p.add_argument("--weights", help="weights written by `pruneconf prune`")
-    p.add_argument("--model", help="MODEL, if not the recipe's `model:`")
+    _add_recipe_options(p, "applied recipe (written by `pruneconf prune`)", "weights written by `pruneconf prune`")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    _add_output(p, "the exported model")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("graph", help="export MODEL's traced op graph (.graphml or .dot)")
     _add_model_options(p)
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    _add_output(p, "graph file (.graphml or .dot)")
     p.set_defaults(func=cmd_graph)
     return parser
 
