@@ -18,6 +18,7 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
+from .distributed import broadcast_model
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Masks, PruningPlan, make_plan, register_masks
@@ -109,9 +110,12 @@ class Pruner:
         With ``verify`` the shrunk model must reproduce the masked model's outputs on the
         example inputs in eval mode (max error ≤ ``atol`` × output scale); otherwise the
         model is restored as it was before this call and :class:`VerificationError` raised.
+        Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
+        every rank ends with the same shrunk model (call it on ``ddp_model.module``).
         """
         plan = self.plan()
         masks = self.register_masks()
+        broadcast_model(self.model)
         training = self.model.training
         self.model.eval()
         try:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..groups import ChannelGroups
+from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
 from .importance import METRICS
@@ -60,7 +61,7 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     score = METRICS[recipe.settings.metric]
     tensors = model_tensors(model)
     kept, requested = {}, {}
-    for g in groups.prunable:
+    for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
         requested[g.center] = sparsity
         if sparsity <= 0:
