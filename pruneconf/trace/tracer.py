@@ -21,6 +21,7 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
 from .._gc import paused_gc
+from .._progress import progress_bar
 from ..errors import TraceError
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
@@ -96,6 +97,7 @@ class _Trace:
         self.calls: dict[str, int] = {}
         self.func_names: dict[Any, tuple[OpName, str]] = {}
         self.seen: list[Ref] = []
+        self.bar = progress_bar(len(self.leaf), "tracing")  # one tick per leaf module call
 
     # -- naming -----------------------------------------------------------------------
     def unique(self, base: str) -> str:
@@ -240,6 +242,8 @@ class _Trace:
             return
         _, name, first = self.scopes.pop()
         self._set_scope()
+        if id(module) in self.leaf:
+            self.bar.update()
         first_out = out if isinstance(out, torch.Tensor) else next(iter_tensors(out), None)
         ref = self.lookup(first_out) if first_out is not None else None
         # Name the node that produced a module's output after the module, so the graph
@@ -327,6 +331,7 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     finally:
         pre.remove()
         post.remove()
+        state.bar.close()
         _restore(state, saved)
     with paused_gc():
         return _build_graph(state.records, model, state.layers)
