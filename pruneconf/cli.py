@@ -119,7 +119,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     from .pruner import Pruner
     from .recipe.load import load_recipe
-    from .reproduce import read_state_dict
+    from .reproduce import load_weights
 
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
@@ -127,11 +127,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     model, inputs = _recipe_model(recipe, args.model)
     if args.weights:
-        try:
-            model.load_state_dict(read_state_dict(args.weights))
-        except RuntimeError as exc:
-            raise ConfigError(f"does not fit the model: {str(exc).splitlines()[0]}", path=args.weights,
-                              key="--weights") from None
+        load_weights(model, args.weights)
     pruner = Pruner(model, inputs, recipe)
     before = pruner.report()
     plan = pruner.apply_masks()
@@ -170,20 +166,16 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
-    from .models import build_model
     from .recipe.load import load_recipe
-    from .reproduce import load_pruned, recipe_inputs
+    from .reproduce import load_pruned, load_weights
 
     _refuse_overwrite(args)
     recipe = load_recipe(args.recipe)
-    model = build_model(args.model or recipe.model, recipe.model_args)
-    inputs = recipe_inputs(recipe)
+    model, inputs = _recipe_model(recipe, args.model)
     if recipe.applied:
         load_pruned(model, recipe, args.weights, inputs)
     elif args.weights:
-        from .reproduce import read_state_dict
-
-        model.load_state_dict(read_state_dict(args.weights))
+        load_weights(model, args.weights)
     export(model, inputs, args.output, args.format)
     log.info("wrote %s (%s)", args.output, args.format)
     return 0

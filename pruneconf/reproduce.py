@@ -37,6 +37,15 @@ def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
         raise ConfigError(f"not a weights-only state dict: {exc}", path=str(path), key="weights") from None
 
 
+def load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a weights-only state dict into ``model`` strictly; a misfit is a located error."""
+    try:
+        model.load_state_dict(read_state_dict(path))
+    except RuntimeError as exc:
+        raise ConfigError(f"does not fit the model: {str(exc).splitlines()[0]}", path=str(path),
+                          key="weights") from None
+
+
 def applied_plan(recipe: Recipe, model: nn.Module, inputs: Any) -> PruningPlan:
     """The plan the recipe's ``applied`` section describes, checked against ``model``."""
     if not recipe.applied:

@@ -56,3 +56,11 @@ def test_cli_exports_from_an_applied_recipe(tmp_path):
     state = torch.load(tmp_path / "p.pt", weights_only=True)
     assert state["conv1.weight"].shape[0] == 32
     assert main(["export", str(tmp_path / "p.yaml"), "--weights", str(tmp_path / "p.pt"), "-o", str(onnx_path)]) == 2
+
+
+def test_cli_export_without_a_model_is_bad_input(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    write_atomic(recipe, write_recipe(recipe, Pruner(torchvision.models.resnet18(), torch.randn(2, 3, 32, 32), {}).groups,
+                                      input_shapes=[[2, 3, 32, 32]]))
+    assert main(["export", str(recipe), "-o", str(tmp_path / "m.onnx")]) == 2
+    assert "'model': no model to build" in capsys.readouterr().err

@@ -42,7 +42,6 @@ def unsupported_layer(model: nn.Module, params: list[str]) -> str | None:
 class Shrunk:
     """What :func:`shrink` replaced, to undo it."""
 
-    model: nn.Module
     replaced: list[tuple[nn.Module, str, Any, bool]]  # module, attr, old value, is_param
     attrs: list[tuple[nn.Module, dict]]
 
@@ -89,7 +88,7 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
             else:
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
-    shrunk = Shrunk(model, replaced, list(touched.values()))
+    shrunk = Shrunk(replaced, list(touched.values()))
     path = {id(m): n for n, m in model.named_modules()}
     for module, old in touched.values():
         resize = resizer_for(module)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Mapping
 
@@ -26,12 +27,13 @@ class PruningPlan:
     kept: dict[str, np.ndarray]
     requested: dict[str, float]
 
-    @property
+    @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
         """Keep masks of every parameter dimension the plan shrinks, keyed ``(param, dim)``.
 
         A dimension may span several groups (a conv after a ``cat``): an index survives
-        unless the group it belongs to drops its channel.
+        unless the group it belongs to drops its channel. Computed once: masking and
+        shrinking both read it.
         """
         shapes = self.groups.graph.graph["params"]
         out: dict[tuple[str, int], np.ndarray] = {}
