@@ -55,8 +55,9 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
                         seed: int = 0, atol: float = 1e-5) -> int:
     """Pick channels of every prunable group, cut them off at every consumer, then scramble
     their producers: the outputs must not move. A consumer the grouping missed would let
-    the scrambled channels through. Groups noted for channel statistics (LayerNorm over
-    channels) are skipped: their pruned channels must be masked, not just cut off.
+    the scrambled channels through. Noted groups are skipped: their exactness rests on pruned
+    channels being masked to zero, not just cut off (statistics of a LayerNorm over channels,
+    attention's q·k over pruned head dims); masked ≡ applied checks those.
 
     Returns the number of channels scrambled.
     """

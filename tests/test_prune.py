@@ -174,7 +174,41 @@ class HardCoded(nn.Module):
         return self.fc(self.conv(x).reshape(x.shape[0], 8 * 36))
 
 
-def test_a_shrunk_model_that_breaks_is_rolled_back():
+def test_a_group_whose_shrinking_breaks_the_model_is_left_whole():
+    x = torch.randn(2, 3, 6, 6)
+    model = HardCoded()
+    reference = outputs(model, x)
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.apply_masks()
+    assert list(pruner.dropped) == ["conv"] and "fails to run" in pruner.dropped["conv"]
+    assert model.conv.out_channels == 8 and model.fc.in_features == 8 * 36
+    assert torch.equal(outputs(model, x), reference)
+
+
+def test_the_dry_run_finds_each_breaking_group_and_keeps_the_rest():
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.hard = HardCoded()
+            self.a = nn.Conv2d(3, 8, 3, padding=1)
+            self.b = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.hard(x) + self.b(self.a(x)).mean((2, 3))
+
+    x = torch.randn(2, 3, 6, 6)
+    model = TwoBranches()
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.apply_masks()
+    assert list(pruner.dropped) == ["hard.conv"]
+    assert model.a.out_channels == 4 and model.hard.conv.out_channels == 8
+
+
+def test_a_shrunk_model_that_breaks_is_rolled_back(monkeypatch):
+    """Should a break slip past the dry run, apply's own check restores the masked model."""
+    import pruneconf.pruner
+
+    monkeypatch.setattr(pruneconf.pruner, "drop_breaking_groups", lambda model, x, plan: (plan, {}))
     x = torch.randn(2, 3, 6, 6)
     model = HardCoded()
     pruner = Pruner(model, x, {"sparsity": 0.5})

@@ -56,12 +56,25 @@ def _matmul(attrs: dict, graph: nx.DiGraph) -> int:
 
 @_macs("multi_head_attention_forward")
 def _mha(attrs: dict, graph: nx.DiGraph) -> int:
-    """Query/key/value and output projections plus the two attention products."""
+    """Query/key/value and output projections plus the two attention products.
+
+    Sizes come from the weights, so a pruned inner (head) dimension counts as such.
+    Inputs are sequence-first here: ``(length, batch, dim)`` or unbatched ``(length, dim)``.
+    """
     q, k = _shape(graph, attrs["args"][0]), _shape(graph, attrs["args"][1])
-    length, source, embed = q[0], k[0], q[-1]
+    length, source = q[0], k[0]
     batch = q[1] if len(q) == 3 else 1
-    return batch * (2 * length * embed * embed + 2 * source * embed * embed
-                    + 2 * length * source * embed)
+    if _arg(attrs, 17, "use_separate_proj_weight", False):
+        projections = [_shape(graph, _arg(attrs, i, name)) for i, name in
+                       ((18, "q_proj_weight"), (19, "k_proj_weight"), (20, "v_proj_weight"))]
+    else:
+        rows, cols = _shape(graph, _arg(attrs, 5, "in_proj_weight"))
+        projections = [(rows // 3, cols)] * 3
+    inner = projections[0][0]
+    out_rows = _shape(graph, _arg(attrs, 11, "out_proj_weight"))[0]
+    per_batch = (length * math.prod(projections[0]) + source * (math.prod(projections[1]) + math.prod(projections[2]))
+                 + 2 * length * source * inner + length * out_rows * inner)
+    return batch * per_batch
 
 
 @_macs("scaled_dot_product_attention")

@@ -6,8 +6,10 @@ with the reason, rather than shrunk into an inconsistent module.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .._registry import Registry
@@ -85,3 +87,24 @@ def _prelu(module: nn.Module, old: dict) -> None:
 @register_resizer(nn.Embedding)
 def _embedding(module: nn.Module, old: dict) -> None:
     module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+@register_resizer(nn.MultiheadAttention)
+def _multihead_attention(module: nn.MultiheadAttention, old: dict) -> None:
+    """Heads keep their number and lose dims evenly (see the attention rule).
+
+    The layer scales scores by ``1/sqrt(head_dim)``; the masked model used the old head
+    dim, so the query projection is multiplied by ``sqrt(new / old)`` to keep the scores.
+    """
+    packed = module.in_proj_weight is not None
+    query_rows = module.in_proj_weight if packed else module.q_proj_weight
+    module.embed_dim = (query_rows.shape[0] // 3) if packed else query_rows.shape[0]
+    module.head_dim = module.embed_dim // module.num_heads
+    module.kdim = module.embed_dim if packed else module.k_proj_weight.shape[1]
+    module.vdim = module.embed_dim if packed else module.v_proj_weight.shape[1]
+    factor = math.sqrt(module.head_dim / old["head_dim"])
+    if factor != 1.0:
+        with torch.no_grad():
+            query_rows[:module.embed_dim].mul_(factor)
+            if module.in_proj_bias is not None:
+                module.in_proj_bias[:module.embed_dim].mul_(factor)

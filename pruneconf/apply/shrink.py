@@ -13,15 +13,13 @@ import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
+from .attributes import size_attribute_changes
 from .resize import needs_resizer, resizer_for
 
 log = logging.getLogger("pruneconf")
 
 TAGS = {nn.modules.conv._ConvNd: "CONV", nn.Linear: "FC", nn.modules.batchnorm._NormBase: "BN",
         nn.GroupNorm: "GN", nn.LayerNorm: "LN", nn.Embedding: "EMB", nn.PReLU: "PRELU"}
-SIZE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
-              "num_channels", "embedding_dim", "num_parameters")
-RESTORED = ("groups", "num_groups", "normalized_shape", "num_embeddings", "in1_features", "in2_features")
 
 
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -52,9 +50,9 @@ class Shrunk:
             else:
                 module._buffers[attr] = value
         for module, old in self.attrs:
-            for key in SIZE_ATTRS + RESTORED:
-                if key in old:
-                    setattr(module, key, old[key])
+            for key, value in old.items():  # sizes a resizer changed (public attributes)
+                if not key.startswith("_") and getattr(module, key, value) is not value:
+                    setattr(module, key, value)
 
 
 def _tag(module: nn.Module) -> str:
@@ -88,8 +86,12 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
             else:
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
-    shrunk = Shrunk(replaced, list(touched.values()))
     path = {id(m): n for n, m in model.named_modules()}
+    for module, name, value in size_attribute_changes(model, plan):
+        touched.setdefault(id(module), (module, dict(module.__dict__)))
+        log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), "?"), name, getattr(module, name), value)
+        setattr(module, name, value)
+    shrunk = Shrunk(replaced, list(touched.values()))
     for module, old in touched.values():
         resize = resizer_for(module)
         if resize is not None:

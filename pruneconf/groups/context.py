@@ -46,8 +46,11 @@ class Note:
 class RuleContext:
     """Shared state of one analysis; ``node`` is the op the current rule is looking at."""
 
-    def __init__(self, graph: nx.DiGraph) -> None:
+    def __init__(self, graph: nx.DiGraph, whole_blocks: frozenset[str] = frozenset()) -> None:
         self.graph = graph
+        self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
+        self.splits: dict[int, str] = {}  # first carrier label of a split reshape -> its node
+        self.contracted_splits: set[str] = set()
         self.space = LabelSpace()
         self.tensors: dict[tuple[str, int], TensorLabels] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
@@ -151,6 +154,15 @@ class RuleContext:
         name = self.param_name(ref)
         self.roles.setdefault((name, dim, role), Role(name, dim, role, self.node))
         return self.param_dim(ref, dim)
+
+    def block_contracted(self, labels: np.ndarray, reason: str) -> None:
+        """Block a dim two activations contract over (q·k). If the dim is what a split
+        reshape carried (a head dim), remember the split: keeping its blocks (heads) whole
+        instead makes the contraction harmless, and :func:`find_groups` tries that next."""
+        split = self.splits.get(int(labels[0])) if labels.size else None
+        if split is not None:
+            self.contracted_splits.add(split)
+        self.block(labels, reason)
 
     def note(self, labels: np.ndarray, kind: str) -> None:
         self.notes.append(Note(np.asarray(labels), kind, self.node))

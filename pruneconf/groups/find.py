@@ -129,15 +129,25 @@ def find_groups(graph: nx.DiGraph) -> ChannelGroups:
 
 
 def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
-    ctx = RuleContext(graph)
-    for node in _live_nodes(graph):
+    """Run the rules; where a split reshape's carrier dim gets contracted (attention heads
+    split off a projection), run them again with those splits keeping whole blocks."""
+    nodes = _live_nodes(graph)
+    ctx = _run_rules(graph, nodes, frozenset())
+    while not ctx.contracted_splits <= ctx.whole_blocks:
+        ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits)
+    roots = ctx.space.solve()
+    return _assemble(graph, ctx, roots)
+
+
+def _run_rules(graph: nx.DiGraph, nodes: list[str], whole_blocks: frozenset[str]) -> RuleContext:
+    ctx = RuleContext(graph, whole_blocks)
+    for node in nodes:
         ctx.at(node)
         _apply_rule(ctx)
         for i, shape in enumerate(ctx.out_shapes):
             if not ctx.has_out(i):  # a rule that says nothing about an output: be safe
                 ctx.set_out(ctx.blocked_labels(shape, f"no channel rule for output {i} of '{node}'"), i)
-    roots = ctx.space.solve()
-    return _assemble(graph, ctx, roots)
+    return ctx
 
 
 def _apply_rule(ctx: RuleContext) -> None:

@@ -46,6 +46,11 @@ class PruningPlan:
                 keep[m.index] &= np.isin(m.channels, kept)
         return {k: v for k, v in out.items() if not v.all()}
 
+    def restricted(self, centers) -> "PruningPlan":
+        """The same plan pruning only the groups in ``centers``."""
+        keep = set(centers)
+        return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested)
+
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = dict(model.named_parameters(remove_duplicate=False))

@@ -58,7 +58,7 @@ def matmul(ctx: RuleContext) -> None:
     else:
         for lab in (la.get(ka), lb.get(kb)):
             if lab is not None and lab.size > 1:
-                ctx.block(lab, f"contracted by '{ctx.op}' between two activations")
+                ctx.block_contracted(lab, f"contracted by '{ctx.op}' between two activations")
     nd = len(so)
     out = broadcast(ctx, (a, b), so, trailing=2, labels=(la, lb))
     if (lab := la.get(len(sa) - 2)) is not None:

@@ -1,0 +1,64 @@
+"""Sizes kept in plain Python attributes of the user's modules (``self.num_heads``).
+
+Model code often reshapes with sizes it stored at construction:
+``qkv.reshape(B, N, 3, self.num_heads, self.head_dim)``. When a group shrinks a dim such a
+reshape produces, the module's integer attributes holding the old size of that dim are set
+to the new size. This is a guess (the trace sees the number, not where it came from), so
+it is only ever a candidate: the dry run and apply's own check compare the result with the
+masked model, and a group whose shrinking still breaks the model is left whole.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import networkx as nx
+import numpy as np
+from torch import nn
+
+from ..masks.plan import PruningPlan
+
+RESHAPES = ("view", "reshape")
+
+
+def _size_args(attrs: dict) -> tuple:
+    args = attrs["args"][1:] or (attrs["kwargs"].get("shape", ()),)
+    return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
+
+
+def _kept_positions(plan: PruningPlan, group_index: np.ndarray, channel: np.ndarray) -> int:
+    """How many positions of a dim survive the plan (positions in no group always do)."""
+    survive = np.ones(len(group_index), dtype=bool)
+    for gi in np.unique(group_index[group_index >= 0]).tolist():
+        kept = plan.kept.get(plan.groups.groups[gi].center)
+        if kept is not None:
+            at = group_index == gi
+            survive[at] = np.isin(channel[at], kept)
+    return int(survive.sum())
+
+
+def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int]]:
+    """``(module path, old size, new size)`` of every literal reshape size the plan changes."""
+    for node, attrs in graph.nodes(data=True):
+        if attrs["kind"] != "call" or attrs["op"] not in RESHAPES or not attrs.get("module"):
+            continue
+        sizes = _size_args(attrs)
+        for dim, (group_index, channel) in plan.groups.channel_map(node).items():
+            old = attrs["out_shapes"][0][dim]
+            if dim < len(sizes) and sizes[dim] == old:
+                new = _kept_positions(plan, group_index, channel)
+                if new != old:
+                    yield attrs["module"], old, new
+
+
+def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn.Module, str, int]]:
+    """``(module, attribute, new value)`` for integer attributes equal to a size that shrinks."""
+    changes: dict[tuple[int, str], tuple[nn.Module, str, int]] = {}
+    for path, old, new in _resized_reshape_dims(plan.groups.graph, plan):
+        module = model.get_submodule(path)
+        for name, value in vars(module).items():
+            if not name.startswith("_") and type(value) is int and value == old:
+                changes.setdefault((id(module), name), (module, name, new))
+    return list(changes.values())
+
+
+__all__ = ["size_attribute_changes"]

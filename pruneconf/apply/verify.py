@@ -1,0 +1,130 @@
+"""Is the shrunk model the masked model? Compare them, and find the groups that break it.
+
+Channel rules see shapes, not the Python that computed them. Model code that derives a
+size from an attribute or from another tensor (``reshape(B, N, self.heads, C // heads)``)
+can stop running, or compute something else, once a group shrinks. Such groups are found
+by a dry run on a copy of the model before any mask touches the real one, and left whole.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..masks.plan import PruningPlan
+from ..masks.register import register_masks
+from ..trace.refs import iter_tensors
+from ..trace.tracer import _call
+from .shrink import shrink
+
+log = logging.getLogger("pruneconf")
+
+
+def model_outputs(model: nn.Module, example: Any) -> list[torch.Tensor]:
+    """Every tensor the model returns, detached and copied."""
+    with torch.no_grad():
+        return [t.detach().clone() for t in iter_tensors(_call(model, example))]
+
+
+def max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    """Largest absolute difference over the outputs, relative to each output's scale (≥ 1)."""
+    if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(a, b):
+        if not x.is_floating_point():
+            if not torch.equal(x, y):
+                return float("inf")
+        elif x.numel():
+            scale = max(1.0, float(x.abs().max()))
+            worst = max(worst, float((x - y).abs().max()) / scale)
+    return worst
+
+
+def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: list[torch.Tensor],
+                   atol: float):
+    """Shrink ``model`` (masks already removed) and compare with ``expected``.
+
+    Returns ``(Shrunk, problem)``: ``problem`` is None when the outputs agree within ``atol``.
+    """
+    done = shrink(model, plan)
+    try:
+        error = max_relative_error(expected, model_outputs(model, example))
+        problem = None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
+    except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
+        problem = f"fails to run: {type(exc).__name__}: {exc}"
+    return done, problem
+
+
+class DryRun:
+    """Masks then shrinks a private copy of the model, as often as needed, and says what broke."""
+
+    def __init__(self, model: nn.Module, example: Any, atol: float) -> None:
+        self.model = copy.deepcopy(model).eval()
+        self.example = example
+        self.atol = atol
+        self.state = {k: v.clone() for k, v in self.model.state_dict(keep_vars=False).items()}
+
+    def problem(self, plan: PruningPlan) -> str | None:
+        """Why shrinking by ``plan`` would not reproduce the masked model, or None."""
+        masks = register_masks(self.model, plan)
+        try:
+            expected = model_outputs(self.model, self.example)
+        finally:
+            masks.remove()
+        done, problem = compare_shrunk(self.model, self.example, plan, expected, self.atol)
+        done.undo()
+        self.model.load_state_dict(self.state)
+        return problem
+
+
+def _first_failing_prefix(centers: list[str], fails: Callable[[list[str]], bool]) -> int:
+    """Smallest ``k`` with ``fails(centers[:k])``, knowing ``fails(centers)``: binary search."""
+    lo, hi = 0, len(centers)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fails(centers[:mid]):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan,
+                         atol: float = 1e-5) -> tuple[PruningPlan, dict[str, str]]:
+    """``plan`` without the groups whose shrinking breaks the model, and why each was dropped.
+
+    Groups are added in graph order; the first prefix that fails names one culprit (found in
+    ``log2(n)`` dry runs), which is dropped before searching again. A clean plan costs one.
+    """
+    if not plan.kept:
+        return plan, {}
+    run = DryRun(model, example, atol)
+    problem = run.problem(plan)
+    if problem is None:
+        return plan, {}
+    centers = [g.center for g in plan.groups if g.center in plan.kept]
+    problems: dict[tuple[str, ...], str | None] = {}
+
+    def fails(subset: list[str]) -> bool:
+        key = tuple(subset)
+        if key not in problems:
+            problems[key] = run.problem(plan.restricted(subset))
+        return problems[key] is not None
+
+    problems[tuple(centers)] = problem
+    dropped: dict[str, str] = {}
+    while centers and fails(centers):
+        k = _first_failing_prefix(centers, fails)
+        culprit = centers.pop(k - 1)
+        dropped[culprit] = (f"shrinking it breaks the model (the shrunk model "
+                            f"{problems[tuple(centers[:k - 1]) + (culprit,)]}); the model's code "
+                            f"likely fixes a size this group would change")
+        log.warning("group %s left whole: %s", culprit, dropped[culprit])
+    return plan.restricted(centers), dropped
+
+
+__all__ = ["DryRun", "compare_shrunk", "drop_breaking_groups", "max_relative_error", "model_outputs"]

@@ -1,0 +1,183 @@
+"""Attention: ``nn.MultiheadAttention`` (consistent head dims) and hand-written attention
+(whole heads), each pruned with masked ≡ applied, sparsity 0 ≡ original, MACs reduced."""
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import analyse
+from pruneconf import Pruner, trace
+from pruneconf.analysis import total_macs
+
+
+def outputs(model, *x):
+    with torch.no_grad():
+        out = model.eval()(*x)
+    return out if isinstance(out, tuple) else (out,)
+
+
+def prune_checked(model, x, sparsity=0.5, groups=None):
+    """Prune, check masked ≡ applied; return (pruner, MACs before, MACs after)."""
+    x = x if isinstance(x, tuple) else (x,)
+    example = x if len(x) > 1 else x[0]
+    before = total_macs(trace(model, example))
+    pruner = Pruner(model, example, {"sparsity": sparsity, "groups": groups or {}})
+    pruner.register_masks()
+    masked = outputs(model, *x)
+    pruner.apply_masks()  # raises unless the shrunk model reproduces the masked one
+    after = outputs(model, *x)
+    for a, b in zip(masked, after):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    return pruner, before, total_macs(trace(model, example))
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-projection, ``nn.MultiheadAttention`` with a residual, an MLP, a head."""
+
+    def __init__(self, embed=32, heads=4, batch_first=True, **kw):
+        super().__init__()
+        self.inp = nn.Linear(12, embed)
+        self.attn = nn.MultiheadAttention(embed, heads, batch_first=batch_first, **kw)
+        self.mlp = nn.Sequential(nn.Linear(embed, 48), nn.GELU(), nn.Linear(48, embed))
+        self.head = nn.Linear(embed, 3)
+        self.batch_first = batch_first
+
+    def forward(self, x):
+        x = self.inp(x)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        x = x + self.attn(x, x, x, need_weights=False)[0]
+        x = x + self.mlp(x)
+        return self.head(x.mean(1 if self.batch_first else 0))
+
+
+def test_multihead_attention_couples_dim_j_of_every_head_with_the_embedding():
+    model, x = SelfAttentionBlock(), torch.randn(2, 7, 12)
+    group = analyse(model, x)["inp"]
+    assert group.prunable and group.channels == 32 // 4  # one channel = dim j of all 4 heads
+    rows = [m for m in group.members if m.param == "attn.in_proj_weight" and m.dim == 0]
+    assert rows and rows[0].size == 3 * 32  # q, k and v rows of every head
+    assert {"attn.out_proj.weight", "attn.in_proj_bias", "mlp.2.weight"} <= {m.param for m in group.members}
+
+
+@pytest.mark.parametrize("kw", [{}, {"bias": False}, {"add_bias_kv": True}, {"batch_first": False},
+                                {"add_zero_attn": True}])
+def test_multihead_attention_prunes_exactly(kw):
+    torch.manual_seed(0)
+    model, x = SelfAttentionBlock(**kw), torch.randn(2, 7, 12)
+    _, before, after = prune_checked(model, x)
+    attn = model.attn
+    assert (attn.embed_dim, attn.head_dim, attn.num_heads) == (16, 4, 4)
+    assert attn.in_proj_weight.shape == (48, 16) and attn.out_proj.weight.shape == (16, 16)
+    assert after < before
+    fresh = nn.MultiheadAttention(16, 4, batch_first=attn.batch_first, bias=attn.in_proj_bias is not None,
+                                  add_bias_kv=attn.bias_k is not None, add_zero_attn=attn.add_zero_attn)
+    fresh.load_state_dict(attn.state_dict())  # the pruned layer is an ordinary, smaller layer
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+
+
+def test_multihead_attention_trains_with_masks_after_pruning():
+    model, x = SelfAttentionBlock(), torch.randn(2, 7, 12)
+    prune_checked(model, x)
+    model.train()
+    model(x).sum().backward()
+    assert model.attn.in_proj_weight.grad.shape == (48, 16)
+
+
+class CrossAttention(nn.Module):
+    """Keys and values of other sizes (``kdim``/``vdim``), weights returned too."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(12, 32), nn.Linear(10, 20), nn.Linear(10, 24)
+        self.attn = nn.MultiheadAttention(32, 4, kdim=20, vdim=24, batch_first=True)
+        self.head = nn.Linear(32, 3)
+
+    def forward(self, x, y):
+        out, weights = self.attn(self.q(x), self.k(y), self.v(y))
+        return self.head(torch.relu(out)).mean(1), weights
+
+
+def test_cross_attention_with_kdim_and_vdim_prunes_exactly():
+    torch.manual_seed(0)
+    model, x = CrossAttention(), (torch.randn(2, 7, 12), torch.randn(2, 5, 10))
+    groups = analyse(model, *x)
+    assert groups["k"].channels == 20 and groups["v"].channels == 24  # key/value inputs: own groups
+    _, before, after = prune_checked(model, x)
+    assert (model.attn.embed_dim, model.attn.kdim, model.attn.vdim) == (16, 10, 12)
+    assert after < before
+
+
+def test_sparsity_zero_leaves_attention_untouched():
+    torch.manual_seed(0)
+    model, x = SelfAttentionBlock(), torch.randn(2, 7, 12)
+    reference = outputs(model, x)
+    Pruner(model, x, {"sparsity": 0.0}).apply_masks()
+    assert torch.equal(outputs(model, x)[0], reference[0]) and model.attn.embed_dim == 32
+
+
+class HandWrittenAttention(nn.Module):
+    """The timm/Hugging Face pattern: one qkv projection split into heads, sizes kept as
+    attributes, fused or explicit attention, heads merged before the projection."""
+
+    def __init__(self, dim=24, heads=4, head_dim=8, fused=True, dynamic=False):
+        super().__init__()
+        self.num_heads, self.head_dim, self.attn_dim = heads, head_dim, heads * head_dim
+        self.scale = head_dim ** -0.5
+        self.fused, self.dynamic = fused, dynamic
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim)
+        self.proj = nn.Linear(self.attn_dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        head_dim = C // self.num_heads if self.dynamic else self.head_dim
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = (q * self.scale @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+
+class Transformer(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.embed = nn.Linear(10, 24)
+        self.attn = HandWrittenAttention(**kw)
+        self.fc1, self.fc2 = nn.Linear(24, 40), nn.Linear(40, 24)
+        self.head = nn.Linear(24, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = x + self.attn(x)
+        x = x + self.fc2(F.gelu(self.fc1(x)))
+        return self.head(x[:, 0])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_hand_written_attention_prunes_whole_heads_and_updates_the_head_count(fused):
+    torch.manual_seed(0)
+    model, x = Transformer(fused=fused), torch.randn(2, 6, 10)
+    group = analyse(model, x)["attn.qkv"]
+    assert group.prunable and group.channels == 4  # one channel per head (its q, k, v and outputs)
+    pruner, before, after = prune_checked(model, x)
+    assert not pruner.dropped
+    assert (model.attn.num_heads, model.attn.head_dim, model.attn.attn_dim) == (2, 8, 16)
+    assert model.attn.qkv.out_features == 48 and model.attn.proj.in_features == 16
+    assert after < before
+
+
+def test_hand_written_attention_that_derives_sizes_from_the_input_is_left_whole():
+    """``C // num_heads`` ties the head dim to the embedding: pruning heads while the
+    embedding stays breaks the model, which the dry run finds before any mask is set; the
+    rest still prunes."""
+    torch.manual_seed(0)
+    model, x = Transformer(head_dim=6, dynamic=True), torch.randn(2, 6, 10)
+    pruner, before, after = prune_checked(model, x, groups={"embed": 0.0})
+    assert "attn.qkv" in pruner.dropped and "breaks the model" in pruner.dropped["attn.qkv"]
+    assert model.attn.num_heads == 4 and model.attn.qkv.out_features == 72
+    assert model.fc1.out_features == 20 and after < before
