@@ -17,7 +17,7 @@ import numpy as np
 
 from .._gc import paused_gc
 from . import rules  # noqa: F401  (registers the rules)
-from .context import SOURCE, RuleContext, TensorLabels
+from .context import FOLLOWER, SOURCE, Role, RuleContext, TensorLabels
 from .labels import connected_roots
 from .registry import rule_for, unsupported
 
@@ -201,9 +201,18 @@ def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int
     return start + len(fresh)
 
 
+def _implicit_followers(graph: nx.DiGraph, ctx: RuleContext) -> list[Role]:
+    """Parameter and buffer dims combined with channels by ops that declare no role
+    (``x + self.pos_embed``, ``x * self.gamma``): they follow those channels, so they are
+    sliced with them (and masked, for parameters)."""
+    declared = {(r.param, r.dim) for r in ctx.roles.values()}
+    node_of = {attrs["target"]: n for n, attrs in graph.nodes(data=True) if attrs["kind"] in ("param", "buffer")}
+    return [Role(p, d, FOLLOWER, node_of[p]) for p, d in ctx.params if (p, d) not in declared]
+
+
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     layer_name = graph.graph["layers"].__getitem__
-    roles = sorted(ctx.roles.values(), key=lambda r: graph.nodes[r.node]["order"])
+    roles = sorted([*ctx.roles.values(), *_implicit_followers(graph, ctx)], key=lambda r: graph.nodes[r.node]["order"])
     sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
     # Sources whose channels meet form one group: link every root of a source to its first.
     left = np.concatenate([rl for _, rl in sources]) if sources else np.empty(0, np.int64)

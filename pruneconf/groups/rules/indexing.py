@@ -76,12 +76,34 @@ def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLa
     return out
 
 
+def _gathered(ctx: RuleContext, x: Ref, index: Any) -> TensorLabels | None:
+    """Labels of ``x[..., idx, ...]`` with one integer index tensor and whole dims elsewhere
+    (a relative-position table indexed by a buffer), or None for other advanced indexing.
+
+    The indexed dim's positions are gathered by constant indices (a channel dim there is
+    blocked); the index's own dims carry no channels; the other dims keep theirs.
+    """
+    items = index if isinstance(index, tuple) else (index,)
+    shape = ctx.shape(x)
+    refs = [k for k, i in enumerate(items) if isinstance(i, Ref)]
+    if len(refs) != 1 or "int" not in ctx.graph.nodes[items[refs[0]].node]["out_dtypes"][items[refs[0]].index]:
+        return None
+    d = refs[0]
+    if any(not _full_slice(i, shape[k]) for k, i in enumerate(items) if k != d):
+        return None
+    labels, grown = ctx.labels(x), len(ctx.shape(items[d])) - 1
+    if (lab := labels.get(d)) is not None and lab.size > 1:
+        ctx.block(lab, PARTIAL.format(op=ctx.op))
+    return {(k if k < d else k + grown): lab for k, lab in labels.items() if k != d}
+
+
 @register("getitem")
 def getitem(ctx: RuleContext) -> None:
     x, index = ctx.args[0], ctx.args[1]
     plan = index_plan(ctx.shape(x), index)
     if plan is None:
-        return unsupported(ctx)
+        gathered = _gathered(ctx, x, index)
+        return unsupported(ctx) if gathered is None else ctx.set_out(gathered)
     ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0]))
 
 
