@@ -2,8 +2,9 @@
 
 Convention ("standard MACs"): convolutions ``out_elements * in_channels / groups * kernel``,
 linear layers and matrix products ``out_elements * reduced_dim``, attention's projections
-and its two matrix products; biases, norms, activations and pooling count nothing. This is
-the convention of fvcore/ptflops-style counters for the layers that dominate cost.
+and its two matrix products, recurrent layers their gate and projection products per time
+step; biases, norms, activations, gate math and pooling count nothing. This is the
+convention of fvcore/ptflops-style counters for the layers that dominate cost.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import networkx as nx
 
 from .._registry import Registry
 from ..groups.find import ChannelGroups
+from ..groups.rules.recurrent import RecurrentCall
 
 MacRule = Callable[[dict, nx.DiGraph], int]
 _MACS = Registry("MAC counter")
@@ -68,6 +70,28 @@ def _mha(attrs: dict, graph: nx.DiGraph) -> int:
 def _sdpa(attrs: dict, graph: nx.DiGraph) -> int:
     q, v = _shape(graph, attrs["args"][0]), _shape(graph, attrs["args"][2])
     return math.prod(q) * v[-2] + math.prod(q[:-1]) * v[-2] * v[-1]
+
+
+@_macs("lstm", "gru", "rnn_tanh", "rnn_relu")
+def _recurrent(attrs: dict, graph: nx.DiGraph) -> int:
+    """Per time step, layer and direction: the gate products ``gates·H·(in + R)`` plus the
+    projection ``H·R`` with ``proj_size`` (``R`` = projected or hidden size); gate math is free."""
+    call = RecurrentCall.parse(attrs["args"])
+    steps = math.prod(_shape(graph, call.x)[:-1])  # (T, B), (B, T), (T,) or packed (sum of lengths,)
+    projections = sum(math.prod(_shape(graph, w.w_hr)) for w in call.layers if w.w_hr is not None)
+    return steps * (sum(_gate_macs(graph, w.w_ih, w.w_hh) for w in call.layers) + projections)
+
+
+@_macs("lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell")
+def _recurrent_cell(attrs: dict, graph: nx.DiGraph) -> int:
+    args = attrs["args"]
+    return math.prod(_shape(graph, args[0])[:-1]) * _gate_macs(graph, args[2], args[3])
+
+
+def _gate_macs(graph: nx.DiGraph, w_ih, w_hh) -> int:
+    """One step of the gate pre-activations: ``W_ih·x + W_hh·h``."""
+    ih, hh = _shape(graph, w_ih), _shape(graph, w_hh)
+    return ih[0] * (ih[1] + hh[1])
 
 
 def node_macs(graph: nx.DiGraph, node: str) -> int:

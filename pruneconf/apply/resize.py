@@ -85,3 +85,21 @@ def _prelu(module: nn.Module, old: dict) -> None:
 @register_resizer(nn.Embedding)
 def _embedding(module: nn.Module, old: dict) -> None:
     module.num_embeddings, module.embedding_dim = module.weight.shape
+
+
+@register_resizer(nn.RNNBase)
+def _recurrent(module: nn.Module, old: dict) -> None:
+    """``nn.LSTM``/``GRU``/``RNN``: one size for all layers and directions; the flat weight
+    list the forward reads (and cuDNN's packed copy) must point at the new parameters."""
+    module.input_size = module.weight_ih_l0.shape[1]
+    if module.proj_size:
+        module.proj_size, module.hidden_size = module.weight_hr_l0.shape
+    else:
+        module.hidden_size = module.weight_hh_l0.shape[1]
+    module._init_flat_weights()
+    module.flatten_parameters()
+
+
+@register_resizer(nn.RNNCellBase)
+def _recurrent_cell(module: nn.Module, old: dict) -> None:
+    module.input_size, module.hidden_size = module.weight_ih.shape[1], module.weight_hh.shape[1]

@@ -20,8 +20,10 @@ log = logging.getLogger("pruneconf")
 TAGS = {nn.modules.conv._ConvNd: "CONV", nn.Linear: "FC", nn.modules.batchnorm._NormBase: "BN",
         nn.GroupNorm: "GN", nn.LayerNorm: "LN", nn.Embedding: "EMB", nn.PReLU: "PRELU"}
 SIZE_ATTRS = ("in_channels", "out_channels", "in_features", "out_features", "num_features",
-              "num_channels", "embedding_dim", "num_parameters")
-RESTORED = ("groups", "num_groups", "normalized_shape", "num_embeddings", "in1_features", "in2_features")
+              "num_channels", "embedding_dim", "num_parameters", "input_size", "hidden_size", "proj_size")
+# ``_flat_weights``: the parameter list recurrent layers run on, rebuilt by their resizer.
+RESTORED = ("groups", "num_groups", "normalized_shape", "num_embeddings", "in1_features", "in2_features",
+            "_flat_weights")
 
 
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -99,8 +101,10 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
 
 
 def _log_change(name: str, module: nn.Module, old: dict) -> None:
-    pairs = [("input", ("in_channels", "in_features")), ("output", ("out_channels", "out_features")),
-             ("channel", ("num_features", "num_channels", "embedding_dim", "num_parameters"))]
+    pairs = [("input", ("in_channels", "in_features", "input_size")),
+             ("output", ("out_channels", "out_features")),
+             ("channel", ("num_features", "num_channels", "embedding_dim", "num_parameters")),
+             ("hidden", ("hidden_size",)), ("projection", ("proj_size",))]
     for label, keys in pairs:
         for key in keys:
             if key in old and getattr(module, key) != old[key]:
