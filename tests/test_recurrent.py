@@ -62,6 +62,22 @@ class InitialState(nn.Module):
         return self.head(y[:, -1])
 
 
+class Packed(nn.Module):
+    """Variable-length sequences through ``pack_padded_sequence``, classified from ``h_n``."""
+
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(12, 16)
+        self.rnn = nn.GRU(16, 24, num_layers=2, bidirectional=True, batch_first=True)
+        self.head = nn.Linear(48, 3)
+
+    def forward(self, x):
+        lengths = [x.shape[1] - k for k in range(x.shape[0])]
+        y, h = self.rnn(nn.utils.rnn.pack_padded_sequence(self.inp(x), lengths, batch_first=True))
+        padded, _ = nn.utils.rnn.pad_packed_sequence(y, batch_first=True)
+        return self.head(padded).mean(1) + self.head(torch.cat([h[-2], h[-1]], 1))
+
+
 class CellLoop(nn.Module):
     """A cell stepped over time in Python, as in a decoder."""
 
@@ -91,6 +107,7 @@ MODELS = {  # name: (model, example input, hidden size, projected size)
     "rnn-relu": (lambda: Seq(nn.RNN(16, 24, nonlinearity="relu", bidirectional=True, bias=False)),
                  lambda: torch.randn(5, 2, 40), 24, None),
     "text-lstm": (Text, lambda: torch.randint(0, 50, (2, 7)), 48, None),
+    "gru-packed": (Packed, lambda: torch.randn(3, 5, 12), 24, None),
     "initial-state": (InitialState, lambda: torch.randn(2, 5, 12), 24, None),
     "lstm-cell": (lambda: CellLoop(nn.LSTMCell(16, 24)), lambda: torch.randn(2, 4, 12), 24, None),
     "gru-cell": (lambda: CellLoop(nn.GRUCell(16, 24)), lambda: torch.randn(2, 4, 12), 24, None),
@@ -156,8 +173,10 @@ def test_must_show_model_figures():
     """2-layer bidirectional LSTM (64→96) between two Linears, batch 2 × 6 steps, 50%."""
     make, example, _, _ = MODELS["lstm-2layer-bidir"]
     model, x = make(), example()
+    assert model.training  # traced with dropout between the layers active; verified in eval mode
     before = total_macs(trace(model, x))
     Pruner(model, x, {"sparsity": 0.5}).apply_masks()
+    assert model.training
     # 12 steps·(2 dirs·(4·96·(64+96) + 4·96·(192+96))) + 12·40·64 + 2·192·10, then with 48 units and 32 inputs
     assert (before, total_macs(trace(model, x))) == (4_163_328, 1_049_472)
     assert (model.rnn.input_size, model.rnn.hidden_size, model.head.in_features) == (32, 48, 96)
@@ -236,3 +255,11 @@ def test_undo_restores_the_layer():
     assert (rnn.input_size, rnn.hidden_size, rnn.proj_size) == (16, 24, 8)
     assert all(w is getattr(rnn, n) for w, n in zip(rnn._flat_weights, rnn._flat_weights_names))
     torch.testing.assert_close(outputs(model, x), expected, rtol=0, atol=0)
+
+
+def test_projection_not_below_hidden_size_is_warned(caplog):
+    """nn.LSTM runs with proj_size >= hidden_size but cannot be constructed so: say it."""
+    model, x = Seq(nn.LSTM(16, 24, proj_size=8)), torch.randn(5, 2, 40)
+    Pruner(model, x, {"sparsity": 0.0, "groups": {"rnn": 0.8}}).apply_masks()
+    assert (model.rnn.hidden_size, model.rnn.proj_size) == (5, 8)
+    assert "proj_size 8 >= hidden_size 5" in caplog.text

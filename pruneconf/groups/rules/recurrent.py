@@ -1,4 +1,5 @@
-"""Recurrent layers: ``lstm``, ``gru``, ``rnn_tanh``/``rnn_relu`` and their ``*_cell`` ops.
+"""Recurrent layers: ``lstm``, ``gru``, ``rnn_tanh``/``rnn_relu``, their ``*_cell`` ops, and
+the packing ops of variable-length sequences around them.
 
 A hidden unit ``j`` owns one row per gate (rows ``j, H+j, 2H+j, 3H+j`` of an LSTM's
 ``weight_ih``/``weight_hh``/biases; three gates for a GRU, one for a plain RNN) and is read
@@ -164,3 +165,27 @@ def recurrent_cell(ctx: RuleContext) -> None:
     _couple_states(ctx, list(hx) if isinstance(hx, (list, tuple)) else [hx], [units, units])
     for i, shape in enumerate(ctx.out_shapes):
         ctx.set_out({len(shape) - 1: units}, i)
+
+
+@register("_pack_padded_sequence")
+def pack_padded_sequence(ctx: RuleContext) -> None:
+    """``(input, lengths, batch_first)`` → ``(data, batch_sizes)``: time and batch merge into
+    dim 0 of ``data``; the feature dims keep their channels, one dim to the left."""
+    x = ctx.arg(0, "input")
+    labels = ctx.labels(x)
+    block_dims(ctx, labels, (0, 1), "sequence or batch position packed by 'pack_padded_sequence'")
+    ctx.set_out({d - 1: lab for d, lab in labels.items() if d >= 2}, 0)
+    ctx.set_out({}, 1)
+
+
+@register("_pad_packed_sequence")
+def pad_packed_sequence(ctx: RuleContext) -> None:
+    """``(data, batch_sizes, batch_first, padding_value, total_length)`` → ``(padded, lengths)``.
+
+    Padding fills every channel of a padded position, a pruned one too; the consumer's
+    columns of pruned channels are zero, so it does not matter."""
+    data = ctx.arg(0, "data")
+    labels = ctx.labels(data)
+    block_dims(ctx, labels, (0,), "packed sequence position of 'pad_packed_sequence'")
+    ctx.set_out({d + 1: lab for d, lab in labels.items() if d >= 1}, 0)
+    ctx.set_out({}, 1)
