@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from helpers import analyse, assert_no_influence
-from pruneconf import Pruner, trace
-from pruneconf.analysis import total_macs
+from pruneconf import Pruner, find_groups, trace
+from pruneconf.analysis import group_costs, total_macs
 from pruneconf.apply import shrink
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
@@ -180,6 +180,19 @@ def test_must_show_model_figures():
     # 12 steps·(2 dirs·(4·96·(64+96) + 4·96·(192+96))) + 12·40·64 + 2·192·10, then with 48 units and 32 inputs
     assert (before, total_macs(trace(model, x))) == (4_163_328, 1_049_472)
     assert (model.rnn.input_size, model.rnn.hidden_size, model.head.in_features) == (32, 48, 96)
+
+
+def test_group_costs_split_the_layer_by_weight():
+    """The hidden units touch every LSTM weight and the head: all MACs but the input layer's;
+    the input group owns the input layer and the first LSTM layer's ``weight_ih`` products."""
+    make, example, _, _ = MODELS["lstm-2layer-bidir"]
+    model, x = make(), example()
+    graph = trace(model, x)
+    costs = group_costs(find_groups(graph))
+    inp_macs = 12 * 40 * 64
+    assert costs["rnn"].macs == total_macs(graph) - inp_macs == 4_132_608
+    assert costs["inp"].macs == inp_macs + 12 * 2 * 4 * 96 * 64
+    assert costs["rnn"].params == sum(p.numel() for p in model.rnn.parameters()) + model.head.weight.numel()
 
 
 @pytest.mark.parametrize("kind, gates", [(nn.LSTM, 4), (nn.GRU, 3), (nn.RNN, 1)])

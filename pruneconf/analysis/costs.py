@@ -118,36 +118,45 @@ class GroupCost:
     params: int
 
 
-def _param_macs(graph: nx.DiGraph) -> dict[str, int]:
-    """MACs of the ops that use each parameter (summed over calls when shared)."""
-    out: dict[str, int] = {}
+def _param_macs(graph: nx.DiGraph) -> dict[str, float]:
+    """MACs of the ops that use each weight matrix (summed over calls when shared).
+
+    An op with several weight matrices (an LSTM's ``weight_ih``/``weight_hh`` of every layer,
+    attention's projections) splits its MACs among them by size, which is exact for
+    recurrent layers; biases and other vectors cost nothing.
+    """
+    out: dict[str, float] = {}
     for node in graph:
         macs = node_macs(graph, node)
-        if macs:
-            for pred in graph.predecessors(node):
-                if graph.nodes[pred]["kind"] == "param":
-                    target = graph.nodes[pred]["target"]
-                    out[target] = out.get(target, 0) + macs
+        if not macs:
+            continue
+        sizes = {graph.nodes[p]["target"]: math.prod(graph.nodes[p]["out_shapes"][0])
+                 for p in graph.predecessors(node)
+                 if graph.nodes[p]["kind"] == "param" and len(graph.nodes[p]["out_shapes"][0]) >= 2}
+        total = sum(sizes.values())
+        for target, size in sizes.items():
+            out[target] = out.get(target, 0) + macs * size / total
     return out
 
 
 def group_costs(groups: ChannelGroups) -> dict[str, GroupCost]:
     """Per group center: the MACs and parameters its channels touch.
 
-    A member dimension contributes the fraction of its parameter (and of its op's MACs)
-    that lies on the group's channels. Shares of different groups overlap: a conv counts
-    for the group of its output channels and for the groups of its input channels.
+    A parameter contributes the fraction of its entries (and of its op's MACs) that lie on
+    the group's channels; where the group spans two of its dims (an LSTM's ``weight_hh``
+    rows and columns) an entry counts once. Shares of different groups overlap: a conv
+    counts for the group of its output channels and for the groups of its input channels.
     """
     graph = groups.graph
     param_macs = _param_macs(graph)
     shapes = graph.graph["params"]
     out = {}
     for g in groups:
-        macs = params = 0.0
+        untouched: dict[str, float] = {}  # per parameter: the fraction of entries off the group
         for m in g.members:
-            fraction = m.size / max(m.length, 1)
-            params += fraction * math.prod(shapes[m.param])
-            macs += fraction * param_macs.get(m.param, 0)
+            untouched[m.param] = untouched.get(m.param, 1.0) * (1 - m.size / max(m.length, 1))
+        params = sum((1 - rest) * math.prod(shapes[name]) for name, rest in untouched.items())
+        macs = sum((1 - rest) * param_macs.get(name, 0) for name, rest in untouched.items())
         out[g.center] = GroupCost(int(round(macs)), int(round(params)))
     return out
 
