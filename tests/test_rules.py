@@ -54,6 +54,11 @@ def with_extra(fn, **modules):
     return build
 
 
+def packed_lstm(m, y):
+    packed = nn.utils.rnn.pack_padded_sequence(y, [5, 3], batch_first=True)
+    return nn.utils.rnn.pad_packed_sequence(m.extra["lstm"](packed)[0], batch_first=True)[0]
+
+
 CASES = [
     Case("unary", lambda: Between(lambda m, y: F.hardswish(F.dropout(y.float(), 0.1, False)), conv(), conv(8, 2)), channels=8),
     Case("nary", lambda: Between(lambda m, y: torch.where(y > 0, y, y * 0.1) - y.mean((2, 3), keepdim=True), conv(), conv(8, 2)), channels=8),
@@ -71,6 +76,11 @@ CASES = [
     Case("matmul", lambda: Between(lambda m, y: y @ y.transpose(1, 2), nn.Linear(6, 8), nn.Linear(5, 2)), shape=(2, 5, 6), blocked="contracted by 'matmul'"),
     Case("multi_head_attention", lambda: Between(lambda m, y: m.extra["mha"](y, y, y)[0], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=4, notes=["masked_contraction"]),  # dim j of both heads: one channel
     Case("scaled_dot_product_attention", lambda: Between(lambda m, y: F.scaled_dot_product_attention(y, y, y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), blocked="contracted inside attention"),
+    Case("recurrent", lambda: Between(lambda m, y: m.extra["lstm"](y)[0], nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=8),
+    Case("recurrent", lambda: Between(lambda m, y: m.extra["lstm"](y)[0], nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=5, center="extra.lstm"),
+    Case("pack_padded_sequence", lambda: Between(lambda m, y: packed_lstm(m, y), nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=8),
+    Case("pad_packed_sequence", lambda: Between(lambda m, y: packed_lstm(m, y), nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=5, center="extra.lstm"),
+    Case("recurrent_cell", lambda: Between(lambda m, y: m.extra["cell"](y[:, 0])[0], nn.Linear(6, 8), nn.Linear(5, 2)), shape=(2, 5, 6), channels=5, center="extra.cell"),
     Case("batch_norm", lambda: Between(lambda m, y: m.extra["bn"](y), conv(), conv(8, 2)), channels=8),
     Case("group_norm", lambda: Between(lambda m, y: m.extra["gn"](y), conv(), conv(8, 2)), channels=4),
     Case("layer_norm", lambda: Between(lambda m, y: m.extra["ln"](y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=8, notes=["channel_stats"]),
@@ -126,7 +136,8 @@ class KeepHalf(nn.Module):
 
 EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "mha": lambda: nn.MultiheadAttention(8, 2, batch_first=True),
           "bn": lambda: nn.BatchNorm2d(8), "gn": lambda: nn.GroupNorm(4, 8), "ln": lambda: nn.LayerNorm(8),
-          "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1)}
+          "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1),
+          "lstm": lambda: nn.LSTM(8, 5, batch_first=True, bidirectional=True), "cell": lambda: nn.LSTMCell(8, 5)}
 
 
 def build(case: Case) -> nn.Module:

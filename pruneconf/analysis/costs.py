@@ -2,8 +2,9 @@
 
 Convention ("standard MACs"): convolutions ``out_elements * in_channels / groups * kernel``,
 linear layers and matrix products ``out_elements * reduced_dim``, attention's projections
-and its two matrix products; biases, norms, activations and pooling count nothing. This is
-the convention of fvcore/ptflops-style counters for the layers that dominate cost.
+and its two matrix products, recurrent layers their gate and projection products per time
+step; biases, norms, activations, gate math and pooling count nothing. This is the
+convention of fvcore/ptflops-style counters for the layers that dominate cost.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import networkx as nx
 
 from .._registry import Registry
 from ..groups.find import ChannelGroups
+from ..groups.rules.recurrent import RecurrentCall
 
 MacRule = Callable[[dict, nx.DiGraph], int]
 _MACS = Registry("MAC counter")
@@ -83,6 +85,28 @@ def _sdpa(attrs: dict, graph: nx.DiGraph) -> int:
     return math.prod(q) * v[-2] + math.prod(q[:-1]) * v[-2] * v[-1]
 
 
+@_macs("lstm", "gru", "rnn_tanh", "rnn_relu")
+def _recurrent(attrs: dict, graph: nx.DiGraph) -> int:
+    """Per time step, layer and direction: the gate products ``gates·H·(in + R)`` plus the
+    projection ``H·R`` with ``proj_size`` (``R`` = projected or hidden size); gate math is free."""
+    call = RecurrentCall.parse(attrs["args"])
+    steps = math.prod(_shape(graph, call.x)[:-1])  # (T, B), (B, T), (T,) or packed (sum of lengths,)
+    projections = sum(math.prod(_shape(graph, w.w_hr)) for w in call.layers if w.w_hr is not None)
+    return steps * (sum(_gate_macs(graph, w.w_ih, w.w_hh) for w in call.layers) + projections)
+
+
+@_macs("lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell")
+def _recurrent_cell(attrs: dict, graph: nx.DiGraph) -> int:
+    args = attrs["args"]
+    return math.prod(_shape(graph, args[0])[:-1]) * _gate_macs(graph, args[2], args[3])
+
+
+def _gate_macs(graph: nx.DiGraph, w_ih, w_hh) -> int:
+    """One step of the gate pre-activations: ``W_ih·x + W_hh·h``."""
+    ih, hh = _shape(graph, w_ih), _shape(graph, w_hh)
+    return ih[0] * (ih[1] + hh[1])
+
+
 def node_macs(graph: nx.DiGraph, node: str) -> int:
     attrs = graph.nodes[node]
     rule = _MACS.get(attrs["op"]) if attrs["kind"] == "call" else None
@@ -107,36 +131,45 @@ class GroupCost:
     params: int
 
 
-def _param_macs(graph: nx.DiGraph) -> dict[str, int]:
-    """MACs of the ops that use each parameter (summed over calls when shared)."""
-    out: dict[str, int] = {}
+def _param_macs(graph: nx.DiGraph) -> dict[str, float]:
+    """MACs of the ops that use each weight matrix (summed over calls when shared).
+
+    An op with several weight matrices (an LSTM's ``weight_ih``/``weight_hh`` of every layer,
+    attention's projections) splits its MACs among them by size, which is exact for
+    recurrent layers; biases and other vectors cost nothing.
+    """
+    out: dict[str, float] = {}
     for node in graph:
         macs = node_macs(graph, node)
-        if macs:
-            for pred in graph.predecessors(node):
-                if graph.nodes[pred]["kind"] == "param":
-                    target = graph.nodes[pred]["target"]
-                    out[target] = out.get(target, 0) + macs
+        if not macs:
+            continue
+        sizes = {graph.nodes[p]["target"]: math.prod(graph.nodes[p]["out_shapes"][0])
+                 for p in graph.predecessors(node)
+                 if graph.nodes[p]["kind"] == "param" and len(graph.nodes[p]["out_shapes"][0]) >= 2}
+        total = sum(sizes.values())
+        for target, size in sizes.items():
+            out[target] = out.get(target, 0) + macs * size / total
     return out
 
 
 def group_costs(groups: ChannelGroups) -> dict[str, GroupCost]:
     """Per group center: the MACs and parameters its channels touch.
 
-    A member dimension contributes the fraction of its parameter (and of its op's MACs)
-    that lies on the group's channels. Shares of different groups overlap: a conv counts
-    for the group of its output channels and for the groups of its input channels.
+    A parameter contributes the fraction of its entries (and of its op's MACs) that lie on
+    the group's channels; where the group spans two of its dims (an LSTM's ``weight_hh``
+    rows and columns) an entry counts once. Shares of different groups overlap: a conv
+    counts for the group of its output channels and for the groups of its input channels.
     """
     graph = groups.graph
     param_macs = _param_macs(graph)
     shapes = graph.graph["params"]
     out = {}
     for g in groups:
-        macs = params = 0.0
+        untouched: dict[str, float] = {}  # per parameter: the fraction of entries off the group
         for m in g.members:
-            fraction = m.size / max(m.length, 1)
-            params += fraction * math.prod(shapes[m.param])
-            macs += fraction * param_macs.get(m.param, 0)
+            untouched[m.param] = untouched.get(m.param, 1.0) * (1 - m.size / max(m.length, 1))
+        params = sum((1 - rest) * math.prod(shapes[name]) for name, rest in untouched.items())
+        macs = sum((1 - rest) * param_macs.get(name, 0) for name, rest in untouched.items())
         out[g.center] = GroupCost(int(round(macs)), int(round(params)))
     return out
 

@@ -6,6 +6,7 @@ with the reason, rather than shrunk into an inconsistent module.
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Callable
 
@@ -15,6 +16,7 @@ from torch import nn
 from .._registry import Registry
 
 Resizer = Callable[[nn.Module, dict], None]
+log = logging.getLogger("pruneconf")
 _RESIZERS = Registry("resizer")
 register_resizer = _RESIZERS.register  # register_resizer(nn.Conv2d, ...) decorates an updater
 
@@ -108,3 +110,25 @@ def _multihead_attention(module: nn.MultiheadAttention, old: dict) -> None:
             query_rows[:module.embed_dim].mul_(factor)
             if module.in_proj_bias is not None:
                 module.in_proj_bias[:module.embed_dim].mul_(factor)
+
+
+@register_resizer(nn.RNNBase)
+def _recurrent(module: nn.Module, old: dict) -> None:
+    """``nn.LSTM``/``GRU``/``RNN``: one size for all layers and directions; the flat weight
+    list the forward reads (and cuDNN's packed copy) must point at the new parameters."""
+    module.input_size = module.weight_ih_l0.shape[1]
+    if module.proj_size:
+        module.proj_size, module.hidden_size = module.weight_hr_l0.shape
+        if module.proj_size >= module.hidden_size:
+            log.warning("%s now has proj_size %d >= hidden_size %d: it runs, but nn.LSTM refuses to be "
+                        "built with these sizes; prune its projections more or its hidden units less",
+                        type(module).__name__, module.proj_size, module.hidden_size)
+    else:
+        module.hidden_size = module.weight_hh_l0.shape[1]
+    module._init_flat_weights()
+    module.flatten_parameters()
+
+
+@register_resizer(nn.RNNCellBase)
+def _recurrent_cell(module: nn.Module, old: dict) -> None:
+    module.input_size, module.hidden_size = module.weight_ih.shape[1], module.weight_hh.shape[1]

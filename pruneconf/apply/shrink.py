@@ -20,6 +20,8 @@ log = logging.getLogger("pruneconf")
 
 TAGS = {nn.modules.conv._ConvNd: "CONV", nn.Linear: "FC", nn.modules.batchnorm._NormBase: "BN",
         nn.GroupNorm: "GN", nn.LayerNorm: "LN", nn.Embedding: "EMB", nn.PReLU: "PRELU"}
+# ``_flat_weights``: the parameter list recurrent layers run on, rebuilt by their resizer.
+RESTORED_PRIVATE = ("_flat_weights",)
 
 
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -51,7 +53,8 @@ class Shrunk:
                 module._buffers[attr] = value
         for module, old in self.attrs:
             for key, value in old.items():  # sizes a resizer changed (public attributes)
-                if not key.startswith("_") and getattr(module, key, value) is not value:
+                restored = not key.startswith("_") or key in RESTORED_PRIVATE
+                if restored and getattr(module, key, value) is not value:
                     setattr(module, key, value)
 
 
@@ -101,8 +104,10 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
 
 
 def _log_change(name: str, module: nn.Module, old: dict) -> None:
-    pairs = [("input", ("in_channels", "in_features")), ("output", ("out_channels", "out_features")),
-             ("channel", ("num_features", "num_channels", "embedding_dim", "num_parameters"))]
+    pairs = [("input", ("in_channels", "in_features", "input_size")),
+             ("output", ("out_channels", "out_features")),
+             ("channel", ("num_features", "num_channels", "embedding_dim", "num_parameters")),
+             ("hidden", ("hidden_size",)), ("projection", ("proj_size",))]
     for label, keys in pairs:
         for key in keys:
             if key in old and getattr(module, key) != old[key]:

@@ -210,6 +210,14 @@ def _implicit_followers(graph: nx.DiGraph, ctx: RuleContext) -> list[Role]:
     return [Role(p, d, FOLLOWER, node_of[p]) for p, d in ctx.params if (p, d) not in declared]
 
 
+def _center_name(layer: str, param: str, taken: set[str]) -> str:
+    """A group is named by its center layer; a layer that heads two groups (an LSTM's hidden
+    units and its projections) names the second one by the parameter, so names stay unique."""
+    name = param if layer in taken else layer
+    taken.add(name)
+    return name
+
+
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     layer_name = graph.graph["layers"].__getitem__
     roles = sorted([*ctx.roles.values(), *_implicit_followers(graph, ctx)], key=lambda r: graph.nodes[r.node]["order"])
@@ -225,11 +233,13 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
 
     channel_of_root = np.full(len(roots), -1, dtype=np.int64)
     by_comp: dict[int, Group] = {}
+    centers: set[str] = set()
     for r, rl in sources:
         c = int(comp[rl[0]])
         group = by_comp.get(c)
         if group is None:
-            group = by_comp[c] = Group(center=layer_name(r.param), channels=0, sources=[], members=[],
+            center = _center_name(layer_name(r.param), r.param, centers)
+            group = by_comp[c] = Group(center=center, channels=0, sources=[], members=[],
                                        reasons=blocked.get(c, []), notes=notes.get(c, []),
                                        order=graph.nodes[r.node]["order"])
         group.sources.append(layer_name(r.param))
