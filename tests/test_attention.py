@@ -1,5 +1,6 @@
 """Attention: ``nn.MultiheadAttention`` (consistent head dims) and hand-written attention
 (whole heads), each pruned with masked ≡ applied, sparsity 0 ≡ original, MACs reduced."""
+import copy
 import io
 
 import pytest
@@ -181,3 +182,27 @@ def test_hand_written_attention_that_derives_sizes_from_the_input_is_left_whole(
     assert "attn.qkv" in pruner.dropped and "breaks the model" in pruner.dropped["attn.qkv"]
     assert model.attn.num_heads == 4 and model.attn.qkv.out_features == 72
     assert model.fc1.out_features == 20 and after < before
+
+
+@pytest.mark.parametrize("make", [lambda: Transformer(fused=False), lambda: Transformer(head_dim=6, dynamic=True),
+                                  lambda: SelfAttentionBlock()])
+def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make):
+    """``load_pruned`` redoes head counts, folded scales and left-whole groups from the recipe."""
+    from pruneconf import load_pruned
+    from pruneconf.recipe import write_atomic, write_recipe
+
+    torch.manual_seed(0)
+    model, x = make(), torch.randn(2, 6, 10 if isinstance(make(), Transformer) else 12)
+    fresh = copy.deepcopy(model)
+    recipe, applied, weights = tmp_path / "r.yaml", tmp_path / "applied.yaml", tmp_path / "w.pt"
+    groups = Pruner(model, x, {}).groups
+    write_atomic(recipe, write_recipe(recipe, groups, input_shapes=[list(x.shape)],
+                                      settings={"default_sparsity": 0.5}))
+    text = recipe.read_text().replace("  embed:\n    sparsity: 0.5", "  embed:\n    sparsity: 0.0")
+    recipe.write_text(text)
+    pruner = Pruner(model, x, str(recipe))
+    pruner.apply_masks()
+    pruner.write_applied(recipe, applied)
+    torch.save(model.state_dict(), weights)
+    load_pruned(fresh, applied, weights)
+    assert torch.equal(outputs(fresh, x)[0], outputs(model, x)[0])
