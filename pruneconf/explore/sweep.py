@@ -7,6 +7,7 @@ row, so the table and plot show the trade-off against the starting point.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -61,6 +62,19 @@ def recipe_name(sparsity: float) -> str:
     return f"sparsity_{sparsity:.2f}.yaml"
 
 
+@contextlib.contextmanager
+def _without_layer_logs():
+    """Per-layer resize lines for every point would bury the progress; ``--debug`` keeps them."""
+    logger = logging.getLogger("pruneconf")
+    level = logger.level
+    if logger.getEffectiveLevel() >= logging.INFO:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _measure(model: nn.Module, inputs: Any, with_latency: bool) -> tuple[int, int, float | None]:
     from ..analysis import total_macs, total_params
     from ..trace import trace
@@ -83,7 +97,8 @@ def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
         recipe = recipe_from_document(doc, str(path))
         write_atomic(path, dump_document(doc))
         pruned = copy.deepcopy(model)
-        Pruner(pruned, inputs, recipe).apply_masks()
+        with _without_layer_logs():
+            Pruner(pruned, inputs, recipe).apply_masks()
         points.append(SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency)))
         log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{points[-1].macs:,}", f"{points[-1].params:,}")
     return points
