@@ -185,7 +185,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
             load_weights(model, args.weights)
         return Pruner(model, inputs, recipe)
 
-    pruner = pruner_for(_plan_document(doc, args, None, pruner_for))
+    recipe = _plan_document(doc, args, None, pruner_for)
+    pruner = pruner_for(recipe)
     model = pruner.model
     before = pruner.report()
     plan = pruner.apply_masks()

@@ -185,3 +185,25 @@ def test_overrides_settings_groups_and_errors():
         overridden_recipe(build_recipe(groups), ["mode=local"], "<test>")
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
         apply_overrides(build_recipe(groups), ["b"])
+
+
+def test_sensitivity_leaves_the_model_untouched_and_budget_prunes_least_sensitive_first():
+    from pruneconf.explore.sensitivity import analyse_sensitivity, budget_by_sensitivity
+
+    model = calibrated(Widths(), X)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    dense = outputs(model)
+
+    def closeness(m):  # higher is better; pruning any channel of group 'b' costs 10
+        penalty = 10.0 if bool((m.b.weight.flatten(1).abs().sum(1) == 0).any()) else 0.0
+        return -float((m(X) - dense).abs().mean()) - penalty
+
+    groups = Pruner(copy.deepcopy(model), X).groups
+    result = analyse_sensitivity(model, groups, recipe(), closeness, [0.25, 0.5])
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not model._forward_pre_hooks and torch.equal(outputs(model), dense)
+    assert result.ranking()[-1] == "b" and set(result.scores) == {"a", "b", "c"}
+    assert result.kept["a"] == {0.25: 15, 0.5: 10}
+    kept = budget_by_sensitivity(result, groups, recipe(), 0.8)
+    assert "b" not in kept
+    assert abs(CostModel(groups).macs(kept) / CostModel(groups).macs({}) - 0.8) < 0.05
