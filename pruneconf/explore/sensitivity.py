@@ -2,7 +2,7 @@
 
 The metric is any ``fn(model) -> float``, higher is better (accuracy, negative loss...),
 named as ``module:function`` on the command line; it is called on a masked copy of the
-model in eval mode (masked channels are exactly zero, so it computes what the shrunk model
+model in eval mode under ``torch.no_grad()`` (masked channels are exactly zero, so it computes what the shrunk model
 would). The model passed in is never changed. A group's sensitivity is its mean metric
 drop over the tested sparsities; a MAC budget is then spent on the least sensitive groups
 first (:func:`budget_by_sensitivity`).
@@ -16,6 +16,7 @@ import io
 import logging
 from typing import Callable, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from .._progress import progress
@@ -54,7 +55,8 @@ def _single_group(recipe: Recipe, center: str, sparsity: float) -> Recipe:
 
 
 def _metric(evaluate: Evaluate, model: nn.Module) -> float:
-    value = evaluate(model)
+    with torch.no_grad():
+        value = evaluate(model)
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -129,6 +129,6 @@ def sweep_csv(points: Sequence[SweepPoint]) -> str:
     headers, rows = _rows(points)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([h.replace(" ", "_").replace("%", "pct").lower() for h in headers])
+    writer.writerow([h.replace(" ", "_").replace("-", "_").replace("%", "pct").lower() for h in headers])
     writer.writerows(rows)
     return out.getvalue()
