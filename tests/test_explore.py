@@ -108,6 +108,9 @@ def test_global_ranking_honours_fraction_caps_exclude_and_round_to():
                ((kept.get("a", 20), 20), (kept.get("b", 36), 36)))
     removed = (20 - kept.get("a", 20)) + (36 - kept.get("b", 36))
     assert abs(removed - 28) <= 4  # half of 56 channels, up to rounding
+    rows = {r.center: r for r in build_report(pruner.groups, pruner.applied, pruner.recipe).rows}
+    assert (rows["a"].requested, rows["b"].requested, rows["c"].requested) == (0.5, 0.5, 0.0)
+    assert rows["a"].realised == pytest.approx(1 - kept.get("a", 20) / 20)
 
 
 def test_global_ranking_is_scale_free_per_group_and_zero_is_dense():

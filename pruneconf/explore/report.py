@@ -48,9 +48,16 @@ def build_report(groups: ChannelGroups, plan: PruningPlan, recipe: Recipe) -> Re
     model = CostModel(groups)
     kept = {center: len(indices) for center, indices in plan.kept.items()}
     before, after = model.costs({}), model.costs(kept)
-    rows = [_row(g.center, g.channels, recipe.sparsity_of(g.center), kept.get(g.center, g.channels),
+    rows = [_row(g.center, g.channels, _requested(recipe, g.center), kept.get(g.center, g.channels),
                  before, after) for g in groups.prunable]
     return Report(rows, (before.params, after.params), (before.macs, after.macs), recipe.settings.mode)
+
+
+def _requested(recipe: Recipe, center: str) -> float:
+    """Global mode asks every group for the model-wide fraction; per-group values are not used."""
+    if recipe.settings.mode == "global":
+        return 0.0 if recipe.is_excluded(center) else recipe.settings.default_sparsity
+    return recipe.sparsity_of(center)
 
 
 def _row(center: str, channels: int, requested: float, keep: int, before: Costs, after: Costs) -> GroupRow:
