@@ -56,23 +56,75 @@ def _add_recipe_options(p: argparse.ArgumentParser, recipe_help: str, weights_he
     p.add_argument("--weights", help=weights_help)
 
 
+def _add_set(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting (default_sparsity=0.3, mode=global) or a group's sparsity "
+                        "(features.1.conv.1=0); repeatable")
+
+
+def _add_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-macs", type=float, metavar="FRACTION",
+                   help="choose per-group sparsities so the model keeps this fraction of its MACs (e.g. 0.5)")
+
+
+def _add_explore_options(p: argparse.ArgumentParser) -> None:
+    _add_model_options(p)
+    p.add_argument("--weights", help="state dict to load first (torch.save of model.state_dict())")
+    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma"))
+    p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
+    _add_set(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--force", action="store_true", help="replace existing output files")
+
+
 def _add_output(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("-o", "--output", required=True, help=output_help)
     p.add_argument("--force", action="store_true", help="replace existing output files")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from .recipe import write_atomic, write_recipe
+    from .recipe import build_recipe, load_document, write_atomic
+    from .recipe.yamlio import dump_document
 
     model_args = _model_args(args.model_arg)
     graph, groups, shapes = analyse_model(args.model, args.input_shape, model_args)
     settings = {k: v for k, v in (("default_sparsity", args.sparsity), ("metric", args.metric),
                                   ("round_to", args.round_to)) if v is not None}
-    text = write_recipe(args.output, groups, model=args.model, model_args=model_args,
-                        input_shapes=shapes, settings=settings)
-    write_atomic(args.output, text)
+    existing = load_document(args.output) if Path(args.output).is_file() else None
+    doc = build_recipe(groups, model=args.model, model_args=model_args, input_shapes=shapes, settings=settings,
+                       existing=existing)
+    _plan_document(doc, args, [g.center for g in groups.prunable],
+                   lambda recipe: _pruner_for_init(args, model_args, recipe))
+    write_atomic(args.output, dump_document(doc))
     log.info("wrote %s: %d groups, %d prunable", args.output, len(groups), len(groups.prunable))
     return 0
+
+
+def _pruner_for_init(args: argparse.Namespace, model_args: Mapping[str, Any], recipe):
+    from .models import build_model, example_inputs, parse_input_shape
+    from .pruner import Pruner
+
+    inputs = example_inputs([parse_input_shape(s) for s in args.input_shape])
+    return Pruner(build_model(args.model, model_args), inputs, recipe)
+
+
+def _plan_document(doc, args: argparse.Namespace, centers: Sequence[str] | None, make_pruner):
+    """Apply ``--set`` then ``--target-macs`` to a recipe document, in place.
+
+    ``make_pruner(recipe)`` builds the model a budget is planned on. Returns the checked recipe.
+    """
+    from .explore.budget import plan_budget, write_budget
+    from .explore.overrides import overridden_recipe
+    from .recipe.load import recipe_from_document
+
+    path = str(args.output if args.command == "init" else args.recipe)
+    recipe = overridden_recipe(doc, args.set, path, centers)
+    if args.target_macs is None:
+        return recipe
+    pruner = make_pruner(recipe)
+    kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
+    write_budget(doc, pruner.groups, kept, args.target_macs, recipe.settings.round_to)
+    return recipe_from_document(doc, path)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -117,29 +169,148 @@ def _recipe_model(recipe, model_spec: str | None):
 def cmd_prune(args: argparse.Namespace) -> int:
     import torch
 
+    from .explore.report import build_report, format_report
     from .pruner import Pruner
-    from .recipe.load import load_recipe
+    from .recipe import load_document
     from .reproduce import load_weights
 
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
     _refuse_overwrite(args, applied_path)
-    recipe = load_recipe(args.recipe)
-    model, inputs = _recipe_model(recipe, args.model)
-    if args.weights:
-        load_weights(model, args.weights)
-    pruner = Pruner(model, inputs, recipe)
+    doc = load_document(args.recipe)
+
+    def pruner_for(recipe):
+        model, inputs = _recipe_model(recipe, args.model)
+        if args.weights:
+            load_weights(model, args.weights)
+        return Pruner(model, inputs, recipe)
+
+    recipe = _plan_document(doc, args, None, pruner_for)
+    pruner = pruner_for(recipe)
+    model = pruner.model
     before = pruner.report()
     plan = pruner.apply_masks()
     after = pruner.report()
     tmp = output.with_name(f".{output.name}.tmp")
     torch.save(model.state_dict(), tmp)
     tmp.replace(output)
-    pruner.write_applied(args.recipe, applied_path)
+    pruner.write_applied(doc, applied_path)
+    print(format_report(build_report(pruner.groups, plan, recipe)))
     log.info("pruned %d groups: MACs %s -> %s (%+.2f%%), params %s -> %s (%+.2f%%)", len(plan.kept),
              f"{before['macs']:,}", f"{after['macs']:,}", 100 * (after["macs"] / before["macs"] - 1),
              f"{before['params']:,}", f"{after['params']:,}", 100 * (after["params"] / before["params"] - 1))
     log.info("wrote %s and %s", output, applied_path)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .explore.overrides import overridden_recipe
+    from .explore.report import build_report, format_report, report_csv
+    from .pruner import Pruner
+    from .recipe import load_document, write_atomic
+    from .reproduce import applied_plan, load_weights
+
+    if args.csv:
+        _refuse_overwrite(argparse.Namespace(output=args.csv, force=args.force))
+    recipe = overridden_recipe(load_document(args.recipe), args.set, args.recipe)
+    model, inputs = _recipe_model(recipe, args.model)
+    if args.weights:
+        load_weights(model, args.weights)
+    if recipe.applied:
+        plan = applied_plan(recipe, model, inputs)
+    else:
+        plan = Pruner(model, inputs, recipe).plan()
+    report = build_report(plan.groups, plan, recipe)
+    print(format_report(report))
+    if args.csv:
+        write_atomic(args.csv, report_csv(report))
+        log.info("wrote %s", args.csv)
+    return 0
+
+
+def _explore_setup(args: argparse.Namespace):
+    """The model (weights loaded), example inputs, a pruner on them, and the recipe builder."""
+    from .models import build_model, example_inputs, parse_input_shape
+    from .pruner import Pruner
+    from .reproduce import load_weights
+
+    model_args = _model_args(args.model_arg)
+    parsed = [parse_input_shape(s) for s in args.input_shape]
+    model = build_model(args.model, model_args)
+    if args.weights:
+        load_weights(model, args.weights)
+    inputs = example_inputs(parsed)
+    pruner = Pruner(model, inputs)
+    centers = [g.center for g in pruner.groups.prunable]
+
+    def make_doc(settings: Mapping[str, Any]):
+        from .explore.overrides import apply_overrides
+        from .recipe import build_recipe
+
+        fixed = {k: v for k, v in (("metric", args.metric), ("round_to", args.round_to)) if v is not None}
+        doc = build_recipe(pruner.groups, model=args.model, model_args=model_args,
+                           input_shapes=[list(s) for s, _ in parsed], settings={**fixed, **settings})
+        return apply_overrides(doc, args.set, centers)
+
+    return model, inputs, pruner, make_doc
+
+
+def _refuse_outputs(directory: Path, names: Sequence[str], force: bool) -> None:
+    for name in names:
+        if (directory / name).exists() and not force:
+            raise ConfigError("exists; pass --force to overwrite it", path=str(directory / name), key="--output")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .explore.plot import plot_sweep, require_matplotlib
+    from .explore.sweep import parse_sparsities, recipe_name, run_sweep, sweep_csv, sweep_markdown
+    from .recipe import write_atomic
+
+    sparsities = parse_sparsities(args.sparsity)
+    if any(pair.partition("=")[0].strip() == "default_sparsity" for pair in args.set):
+        raise ConfigError("the sweep sets default_sparsity at each point; use --sparsity", key="--set")
+    require_matplotlib()
+    out = Path(args.output)
+    _refuse_outputs(out, [recipe_name(s) for s in sparsities] + ["table.md", "table.csv", "plot.png"], args.force)
+    model, inputs, _, make_doc = _explore_setup(args)
+    points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
+                       with_latency=args.latency)
+    write_atomic(out / "table.md", sweep_markdown(points))
+    write_atomic(out / "table.csv", sweep_csv(points))
+    plot_sweep(points, out / "plot.png", title=args.model)
+    print(sweep_markdown(points), end="")
+    log.info("wrote %d recipes, table.md, table.csv and plot.png to %s", len(sparsities), out)
+    return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .explore.budget import write_budget
+    from .explore.plot import plot_sensitivity, require_matplotlib
+    from .explore.sensitivity import analyse_sensitivity, budget_by_sensitivity, sensitivity_csv
+    from .explore.sweep import parse_sparsities
+    from .models import load_callable
+    from .recipe import write_atomic
+    from .recipe.load import recipe_from_document
+    from .recipe.yamlio import dump_document
+
+    sparsities = parse_sparsities(args.sparsities)
+    evaluate = load_callable(args.eval, key="--eval")
+    require_matplotlib()
+    out = Path(args.output)
+    names = ["sensitivity.csv", "sensitivity.png"] + (["recipe.yaml"] if args.budget is not None else [])
+    _refuse_outputs(out, names, args.force)
+    model, _, pruner, make_doc = _explore_setup(args)
+    doc = make_doc({"default_sparsity": 0.0})
+    recipe = recipe_from_document(doc, str(out / "recipe.yaml"))
+    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped())
+    write_atomic(out / "sensitivity.csv", sensitivity_csv(result, pruner.groups))
+    plot_sensitivity(result, out / "sensitivity.png")
+    if args.budget is not None:
+        kept = budget_by_sensitivity(result, pruner.groups, recipe, args.budget)
+        write_budget(doc, pruner.groups, kept, args.budget, recipe.settings.round_to)
+        recipe_from_document(doc, str(out / "recipe.yaml"))
+        write_atomic(out / "recipe.yaml", dump_document(doc))
+    log.info("wrote %s to %s", ", ".join(names), out)
     return 0
 
 
@@ -194,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparsity", type=float, help="default sparsity of every group (default 0.5)")
     p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma"))
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
+    _add_set(p)
+    _add_target(p)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("show", help="print a recipe's groups as a table")
@@ -204,7 +377,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recipe_options(p, "recipe file (from `pruneconf init`, edited)",
                         "state dict to load first (torch.save of model.state_dict())")
     _add_output(p, "pruned weights (.pt); the applied recipe goes beside it as .yaml")
+    _add_set(p)
+    _add_target(p)
     p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("report", help="per group: requested vs realised sparsity, channels, params and MACs")
+    _add_recipe_options(p, "recipe file (an applied one reports what was applied)",
+                        "state dict to rank channels with (global mode)")
+    _add_set(p)
+    p.add_argument("--csv", help="also write the report as CSV to this file")
+    p.add_argument("--force", action="store_true", help="replace an existing CSV file")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="one recipe per sparsity, a table and a plot of MACs/params/latency")
+    _add_explore_options(p)
+    p.add_argument("--sparsity", default="0.1:0.9:0.1", help="START:STOP:STEP (stop included) or a list a,b,c")
+    p.add_argument("--latency", action="store_true", help="also time each pruned model on the CPU")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("sensitivity", help="prune each group alone, record a metric, plan a budget")
+    _add_explore_options(p)
+    p.add_argument("--eval", required=True, metavar="MODULE:FUNCTION",
+                   help="fn(model) -> float, higher is better (e.g. accuracy on a held-out batch)")
+    p.add_argument("--sparsities", default="0.25,0.5,0.75", help="sparsities to test per group")
+    p.add_argument("--budget", type=float, metavar="FRACTION",
+                   help="also write recipe.yaml keeping this fraction of the MACs, least sensitive groups first")
+    p.set_defaults(func=cmd_sensitivity)
 
     p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
     _add_model_options(p)

@@ -24,11 +24,11 @@ DTYPES = {"float": torch.float32, "float32": torch.float32, "float16": torch.flo
           "bool": torch.bool}
 
 
-def _import(module: str) -> Any:
+def _import(module: str, key: str = "MODEL") -> Any:
     if module.endswith(".py") or "/" in module or "\\" in module:
         path = Path(module)
         if not path.is_file():
-            raise ConfigError(f"no such file: {module}", key="MODEL")
+            raise ConfigError(f"no such file: {module}", key=key)
         spec = importlib.util.spec_from_file_location(f"pruneconf_user_{path.stem}", path)
         mod = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = mod
@@ -37,21 +37,27 @@ def _import(module: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise ConfigError(f"cannot import '{module}': {exc}", key="MODEL") from None
+        raise ConfigError(f"cannot import '{module}': {exc}", key=key) from None
+
+
+def load_callable(spec: str, key: str = "MODEL") -> Any:
+    """Import ``module:callable`` or ``file.py:callable`` (the callable may be dotted)."""
+    module, sep, attr = spec.rpartition(":")
+    if not sep or not module or not attr:
+        raise ConfigError(f"expected {key} as 'module:callable' or 'file.py:callable', got '{spec}'", key=key)
+    obj = _import(module, key)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"'{module}' has no attribute '{attr}'", key=key)
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"'{spec}' is not callable", key=key)
+    return obj
 
 
 def build_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
     """Import and call ``module:callable`` (the callable may be dotted) to build the model."""
-    module, sep, attr = spec.rpartition(":")
-    if not sep or not module or not attr:
-        raise ConfigError(f"expected MODEL as 'module:callable' or 'file.py:callable', got '{spec}'",
-                          key="MODEL")
-    obj = _import(module)
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"'{module}' has no attribute '{attr}'", key="MODEL")
-        obj = getattr(obj, part)
-    model = obj(**dict(kwargs or {}))
+    model = load_callable(spec)(**dict(kwargs or {}))
     if not isinstance(model, nn.Module):
         raise ConfigError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module", key="MODEL")
     return model

@@ -124,15 +124,15 @@ class Pruner:
         self.applied = plan
         return plan
 
-    def write_applied(self, recipe_path: str | os.PathLike, output: str | os.PathLike) -> None:
-        """Write ``recipe_path`` plus an ``applied`` section (kept channels per group) to ``output``."""
+    def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
+        """Write the recipe (a path or a loaded document) plus an ``applied`` section to ``output``."""
         from .recipe import load_document, write_atomic
         from .recipe.applied import applied_section
         from .recipe.yamlio import dump_document
 
         if self.applied is None:
             raise PruneconfError("nothing applied yet: call apply_masks() first")
-        doc = load_document(recipe_path)
+        doc = load_document(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
         doc["applied"] = applied_section(self.applied)
         write_atomic(output, dump_document(doc))
 

@@ -64,7 +64,11 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
 
     ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
     Ties break by channel index, so the same weights and recipe always keep the same channels.
+    A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
+    if recipe.settings.mode == "global":
+        from .global_rank import make_global_plan
+        return make_global_plan(model, groups, recipe, skip)
     score = METRICS[recipe.settings.metric]
     tensors = model_tensors(model)
     kept, requested = {}, {}

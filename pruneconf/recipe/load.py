@@ -14,7 +14,9 @@ from .applied import Applied, parse_ranges
 from .yamlio import load_document
 
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
-SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed")
+MODES = ("uniform", "global")
+SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs")
+GROUP_KEYS = ("sparsity", "max_sparsity")
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
              "settings", "groups", "layers", "applied")
 
@@ -26,6 +28,9 @@ class Settings:
     round_to: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
+    mode: str = "uniform"       # "global": default_sparsity of all channels, ranked across groups
+    max_sparsity: float = 0.9   # the most a group may lose in global mode or under a MAC budget
+    target_macs: float | None = None  # the MAC budget (fraction of dense) the group values were chosen for
 
 
 @dataclasses.dataclass
@@ -35,6 +40,7 @@ class Recipe:
     path: str
     settings: Settings
     sparsity: dict[str, float]  # group center -> sparsity
+    max_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)  # group center -> cap
     model: str | None = None
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     input_shapes: list[list[int]] = dataclasses.field(default_factory=list)
@@ -43,10 +49,16 @@ class Recipe:
     layers: dict[str, str] = dataclasses.field(default_factory=dict)
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
 
+    def is_excluded(self, center: str) -> bool:
+        return any(fnmatch.fnmatchcase(center, pattern) for pattern in self.settings.exclude)
+
     def sparsity_of(self, center: str) -> float:
-        if any(fnmatch.fnmatchcase(center, pattern) for pattern in self.settings.exclude):
+        if self.is_excluded(center):
             return 0.0
         return self.sparsity.get(center, self.settings.default_sparsity)
+
+    def max_sparsity_of(self, center: str) -> float:
+        return self.max_sparsity.get(center, self.settings.max_sparsity)
 
     def error(self, message: str, key: str) -> ConfigError:
         return ConfigError(message, path=self.path, line=self.lines.get(key), key=key)
@@ -135,6 +147,19 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
         settings.round_to = check.integer(raw, "round_to", "settings.round_to", 1)
     if "seed" in raw:
         settings.seed = check.integer(raw, "seed", "settings.seed", 0)
+    if "mode" in raw:
+        if raw["mode"] not in MODES:
+            raise check.fail(f"unknown mode {raw['mode']!r}; expected one of {', '.join(MODES)}",
+                             "settings.mode", raw, "mode")
+        settings.mode = raw["mode"]
+    if "max_sparsity" in raw:
+        settings.max_sparsity = check.number(raw, "max_sparsity", "settings.max_sparsity", 0, 1)
+    if raw.get("target_macs") is not None:
+        target = raw["target_macs"]
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+            raise check.fail(f"expected a fraction of the dense MACs in (0, 1], got {target!r}",
+                             "settings.target_macs", raw, "target_macs")
+        settings.target_macs = float(target)
     if raw.get("exclude") is not None:
         exclude = raw["exclude"]
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
@@ -143,9 +168,10 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
     return settings
 
 
-def _sparsities(check: _Checker, doc: Mapping) -> dict[str, float]:
+def _group_values(check: _Checker, doc: Mapping) -> dict[str, dict[str, float]]:
+    """``groups.<center>.sparsity`` and ``.max_sparsity``, each a number in [0, 1)."""
     groups = check.mapping(doc, "groups", "groups", "a mapping of group centers")
-    sparsity = {}
+    values: dict[str, dict[str, float]] = {name: {} for name in GROUP_KEYS}
     for center, entry in groups.items():
         key = f"groups.{center}"
         check.lines[key] = _line(groups, center)
@@ -154,11 +180,11 @@ def _sparsities(check: _Checker, doc: Mapping) -> dict[str, float]:
         if not isinstance(entry, Mapping):
             raise check.fail("expected a mapping like `sparsity: 0.5`", key, groups, center)
         for name in entry:
-            if name != "sparsity":
-                raise check.fail("unknown key; expected 'sparsity'", f"{key}.{name}", entry, name)
-        if "sparsity" in entry:
-            sparsity[str(center)] = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
-    return sparsity
+            if name not in GROUP_KEYS:
+                raise check.fail(f"unknown key; expected one of {', '.join(GROUP_KEYS)}", f"{key}.{name}",
+                                 entry, name)
+            values[name][str(center)] = check.number(entry, name, f"{key}.{name}", 0, 1)
+    return values
 
 
 def _input_shapes(check: _Checker, doc: Mapping) -> list[list[int]]:
@@ -184,7 +210,9 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
         if isinstance(doc.get(key), (dict, list)):
             raise check.fail("expected a version string", key, doc, key)
     layers = check.mapping(doc, "layers", "layers", "a mapping of parameter shapes")
-    recipe = Recipe(path=path, settings=_settings(check, doc), sparsity=_sparsities(check, doc),
+    values = _group_values(check, doc)
+    recipe = Recipe(path=path, settings=_settings(check, doc), sparsity=values["sparsity"],
+                    max_sparsity=values["max_sparsity"],
                     model=check.string(doc, "model", "model"),
                     model_args={str(k): v for k, v in check.mapping(doc, "model_args", "model_args",
                                                                      "a mapping of keyword arguments").items()},
@@ -231,7 +259,7 @@ def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
             f"fingerprint {recipe.fingerprint}, this model traces to {actual}"
         raise recipe.error(f"the recipe was made for another model: {change}; run `pruneconf init` again",
                            "fingerprint")
-    for center in recipe.sparsity:
+    for center in {**recipe.sparsity, **recipe.max_sparsity}:
         if center in groups.by_center and groups[center].prunable:
             continue
         owner = next(iter(groups.groups_of_layer(center)), None)

@@ -1,0 +1,122 @@
+"""``pruneconf sensitivity``: prune one group at a time and watch the user's metric.
+
+The metric is any ``fn(model) -> float``, higher is better (accuracy, negative loss...),
+named as ``module:function`` on the command line; it is called on a masked copy of the
+model in eval mode under ``torch.no_grad()`` (masked channels are exactly zero, so it computes what the shrunk model
+would). The model passed in is never changed. A group's sensitivity is its mean metric
+drop over the tested sparsities; a MAC budget is then spent on the least sensitive groups
+first (:func:`budget_by_sensitivity`).
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import logging
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .._progress import progress
+from ..errors import ConfigError
+from ..groups import ChannelGroups
+from ..masks import make_plan, register_masks
+from ..masks.global_rank import taking_part
+from ..recipe.load import Recipe
+from ..recipe.plan import kept_channels
+from .predict import CostModel
+
+log = logging.getLogger(__name__)
+
+Evaluate = Callable[[nn.Module], float]
+
+
+@dataclasses.dataclass
+class Sensitivity:
+    baseline: float
+    sparsities: tuple[float, ...]
+    scores: dict[str, dict[float, float]]  # group center -> sparsity -> metric
+    kept: dict[str, dict[float, int]]
+
+    def drop(self, center: str) -> float:
+        """Mean metric lost over the tested sparsities (larger is more sensitive)."""
+        return sum(self.baseline - v for v in self.scores[center].values()) / len(self.sparsities)
+
+    def ranking(self) -> list[str]:
+        """Group centers, least sensitive first (ties keep model order)."""
+        return sorted(self.scores, key=self.drop)
+
+
+def _single_group(recipe: Recipe, center: str, sparsity: float) -> Recipe:
+    settings = dataclasses.replace(recipe.settings, default_sparsity=0.0, mode="uniform", exclude=())
+    return dataclasses.replace(recipe, settings=settings, sparsity={center: sparsity})
+
+
+def _metric(evaluate: Evaluate, model: nn.Module) -> float:
+    with torch.no_grad():
+        value = evaluate(model)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"the eval function returned {type(value).__name__}, expected a number",
+                          key="--eval") from None
+
+
+def analyse_sensitivity(model: nn.Module, groups: ChannelGroups, recipe: Recipe, evaluate: Evaluate,
+                        sparsities: Sequence[float], skip: Mapping[str, str] | None = None) -> Sensitivity:
+    """Metric of the model with each group alone pruned at each sparsity (channels ranked by the recipe's metric)."""
+    work = copy.deepcopy(model).eval()
+    dense = {k: v.detach().clone() for k, v in work.state_dict().items()}
+    result = Sensitivity(_metric(evaluate, work), tuple(sparsities), {}, {})
+    for g in progress(taking_part(groups, recipe, skip or {}), "sensitivity"):
+        result.scores[g.center], result.kept[g.center] = {}, {}
+        for sparsity in sparsities:
+            plan = make_plan(work, groups, _single_group(recipe, g.center, sparsity))
+            masks = register_masks(work, plan)
+            try:
+                result.scores[g.center][sparsity] = _metric(evaluate, work)
+            finally:
+                masks.remove()
+                work.load_state_dict(dense)
+            result.kept[g.center][sparsity] = len(plan.kept.get(g.center, range(g.channels)))
+        log.debug("%s: mean drop %.4g", g.center, result.drop(g.center))
+    return result
+
+
+def sensitivity_csv(result: Sensitivity, groups: ChannelGroups) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["group", "channels", "sparsity", "kept", "metric", "drop"])
+    writer.writerow(["(dense)", "", 0.0, "", result.baseline, 0.0])
+    for center in result.scores:
+        for sparsity, value in result.scores[center].items():
+            writer.writerow([center, groups[center].channels, sparsity, result.kept[center][sparsity], value,
+                             result.baseline - value])
+    return out.getvalue()
+
+
+def budget_by_sensitivity(result: Sensitivity, groups: ChannelGroups, recipe: Recipe,
+                          target: float) -> dict[str, int]:
+    """Kept channels per group: least sensitive groups go to their largest tested sparsity
+    (capped by ``max_sparsity``) until the MACs reach ``target`` of dense; the group that
+    crosses the target gets the count that lands closest to it."""
+    if not 0 < target <= 1:
+        raise ConfigError(f"expected a fraction of the dense MACs in (0, 1], got {target!r}", key="--budget")
+    costs, round_to = CostModel(groups), recipe.settings.round_to
+    goal = target * costs.macs({})
+    kept: dict[str, int] = {}
+    for center in result.ranking():
+        g = groups[center]
+        deepest = min(max(result.sparsities), recipe.max_sparsity_of(center))
+        floor = kept_channels(g.channels, deepest, round_to)
+        if costs.macs({**kept, center: floor}) > goal:
+            kept[center] = floor
+            continue
+        options = sorted({max(floor, kept_channels(g.channels, i / g.channels, round_to)) for i in range(g.channels)})
+        kept[center] = min(options, key=lambda k: abs(costs.macs({**kept, center: k}) - goal))
+        return {c: k for c, k in kept.items() if k < groups[c].channels}
+    raise ConfigError(f"pruning every group to its largest tested sparsity leaves "
+                      f"{costs.macs(kept) / costs.macs({}):.1%} of the MACs, above the budget {target:.1%}; "
+                      "test larger sparsities or raise the budget", key="--budget")

@@ -1,0 +1,134 @@
+"""``pruneconf sweep``: one recipe per sparsity, each applied to a copy of the model and measured.
+
+Every point writes ``sparsity_0.10.yaml`` (a recipe to keep and edit), prunes a deep copy of
+the model with it (verified, like ``pruneconf prune``) and counts the MACs and parameters of
+the shrunk copy; with ``latency`` it also times it on the CPU. The dense model is the first
+row, so the table and plot show the trade-off against the starting point.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import dataclasses
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ruamel.yaml.comments import CommentedMap
+from torch import nn
+
+from .._progress import progress
+from ..errors import ConfigError
+from ..recipe.load import recipe_from_document
+from ..recipe.yamlio import dump_document, write_atomic
+from ..table import format_table
+from .latency import latency_ms
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPoint:
+    sparsity: float
+    recipe: str | None  # file name, None for the dense row
+    macs: int
+    params: int
+    latency_ms: float | None = None
+
+
+def parse_sparsities(text: str) -> list[float]:
+    """``0.1:0.9:0.1`` (start:stop:step, stop included) or ``0.25,0.5``; each in (0, 1)."""
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            values = [round(start + i * step, 10) for i in range(max(count, 0))]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected START:STOP:STEP or a comma-separated list, got '{text}'",
+                          key="--sparsity") from None
+    if not values or any(not 0 < v < 1 for v in values):
+        raise ConfigError(f"expected sparsities in (0, 1), got '{text}'", key="--sparsity")
+    return values
+
+
+def recipe_name(sparsity: float) -> str:
+    return f"sparsity_{sparsity:.2f}.yaml"
+
+
+@contextlib.contextmanager
+def _without_layer_logs():
+    """Per-layer resize lines for every point would bury the progress; ``--debug`` keeps them."""
+    logger = logging.getLogger("pruneconf")
+    level = logger.level
+    if logger.getEffectiveLevel() >= logging.INFO:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _measure(model: nn.Module, inputs: Any, with_latency: bool) -> tuple[int, int, float | None]:
+    from ..analysis import total_macs, total_params
+    from ..trace import trace
+
+    graph = trace(model, inputs)
+    return total_macs(graph), total_params(graph), latency_ms(model, inputs) if with_latency else None
+
+
+def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
+              make_doc: Callable[[float], CommentedMap], out_dir: str | Path,
+              with_latency: bool = False) -> list[SweepPoint]:
+    """Write, apply and measure one recipe per sparsity; ``model`` itself is left untouched."""
+    from ..pruner import Pruner
+
+    out_dir = Path(out_dir)
+    points = [SweepPoint(0.0, None, *_measure(model, inputs, with_latency))]
+    for sparsity in progress(sparsities, "sweep"):
+        doc = make_doc(sparsity)
+        path = out_dir / recipe_name(sparsity)
+        recipe = recipe_from_document(doc, str(path))
+        write_atomic(path, dump_document(doc))
+        pruned = copy.deepcopy(model)
+        with _without_layer_logs():
+            Pruner(pruned, inputs, recipe).apply_masks()
+        points.append(SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency)))
+        log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{points[-1].macs:,}", f"{points[-1].params:,}")
+    return points
+
+
+def _rows(points: Sequence[SweepPoint]) -> tuple[list[str], list[list[Any]]]:
+    dense = points[0]
+    timed = all(p.latency_ms is not None for p in points)
+    headers = ["sparsity", "recipe", "MACs", "MACs %", "params", "params %"]
+    headers += ["latency ms", "speed-up"] if timed else []
+    rows = []
+    for p in points:
+        row = [f"{p.sparsity:.2f}", p.recipe or "(dense)", p.macs, f"{100 * p.macs / dense.macs:.1f}",
+               p.params, f"{100 * p.params / dense.params:.1f}"]
+        if timed:
+            row += [f"{p.latency_ms:.3f}", f"{dense.latency_ms / p.latency_ms:.2f}x"]
+        rows.append(row)
+    return headers, rows
+
+
+def sweep_markdown(points: Sequence[SweepPoint]) -> str:
+    headers, rows = _rows(points)
+    cells = [[f"{v:,}" if isinstance(v, int) else v for v in row] for row in rows]
+    return format_table(headers, cells, numeric=[h != "recipe" for h in headers]) + "\n"
+
+
+def sweep_csv(points: Sequence[SweepPoint]) -> str:
+    headers, rows = _rows(points)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([h.replace(" ", "_").replace("-", "_").replace("%", "pct").lower() for h in headers])
+    writer.writerows(rows)
+    return out.getvalue()

@@ -1,0 +1,129 @@
+"""`pruneconf sweep`, `sensitivity`, `report`, and `--set` / `--target-macs` on init and prune."""
+import csv
+
+import pytest
+import torch
+
+from pruneconf.cli import main
+from pruneconf.recipe import load_document
+from pruneconf.recipe.load import load_recipe
+
+NET = '''
+import torch
+import torch.nn as nn
+
+def build(width=16):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+                         nn.Conv2d(width, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 32, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+
+def closeness(model):
+    """Deterministic metric, higher is better: minus the distance to the dense model's outputs."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        return -float((model(x) - build().eval()(x)).abs().mean())
+'''
+SHAPE = ["--input-shape", "2,3,8,8"]
+
+
+@pytest.fixture
+def net(tmp_path):
+    path = tmp_path / "net.py"
+    path.write_text(NET)
+    return str(path)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_sweep_writes_recipes_table_and_plot_with_falling_macs(tmp_path, net, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", f"{net}:build", *SHAPE, "--sparsity", "0.2:0.8:0.3", "-o", str(out), "--latency",
+                 "--set", "round_to=2"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["plot.png", "sparsity_0.20.yaml", "sparsity_0.50.yaml", "sparsity_0.80.yaml",
+                     "table.csv", "table.md"]
+    rows = read_csv(out / "table.csv")
+    assert [r["sparsity"] for r in rows] == ["0.00", "0.20", "0.50", "0.80"]
+    macs = [int(r["macs"]) for r in rows]
+    assert all(a > b for a, b in zip(macs, macs[1:])) and all(float(r["latency_ms"]) > 0 for r in rows)
+    assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_recipe(out / "sparsity_0.50.yaml").settings.round_to == 2
+    assert "sparsity_0.50.yaml" in capsys.readouterr().out
+    # outputs are not replaced without --force
+    assert main(["sweep", f"{net}:build", *SHAPE, "--sparsity", "0.5", "-o", str(out)]) == 2
+    assert main(["sweep", f"{net}:build", *SHAPE, "--sparsity", "0.5", "-o", str(out), "--force"]) == 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sparsity", "0.5:0.1:x"], "START:STOP:STEP"),
+    (["--sparsity", "0.5,1.2"], "sparsities in (0, 1)"),
+    (["--set", "default_sparsity=0.3"], "use --sparsity"),
+    (["--set", "roundto=2"], "did you mean 'round_to'"),
+])
+def test_sweep_bad_input_is_one_line(tmp_path, net, capsys, argv, message):
+    assert main(["sweep", f"{net}:build", *SHAPE, "-o", str(tmp_path / "s"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_init_with_set_and_target_then_prune_prints_the_report(tmp_path, net, capsys):
+    recipe = tmp_path / "r.yaml"
+    assert main(["init", f"{net}:build", *SHAPE, "-o", str(recipe), "--set", "round_to=4",
+                 "--set", "0.max_sparsity=0.5", "--target-macs", "0.5"]) == 0
+    doc = load_document(recipe)
+    assert doc["settings"]["target_macs"] == 0.5 and doc["groups"]["0"]["max_sparsity"] == 0.5
+    out = tmp_path / "p.pt"
+    assert main(["prune", str(recipe), "-o", str(out), "--set", "3=0"]) == 0
+    text = capsys.readouterr().out
+    assert "| group " in text and "total (model)" in text and "| 3 " in text
+    applied = load_recipe(tmp_path / "p.yaml")
+    assert applied.sparsity["3"] == 0 and "3" not in applied.applied
+    assert torch.load(out, weights_only=True)["3.weight"].shape[0] == 24
+
+
+def test_prune_to_a_mac_budget_and_report_it_as_csv(tmp_path, net, capsys):
+    recipe = tmp_path / "r.yaml"
+    assert main(["init", f"{net}:build", *SHAPE, "-o", str(recipe)]) == 0
+    assert main(["prune", str(recipe), "-o", str(tmp_path / "p.pt"), "--target-macs", "0.4"]) == 0
+    capsys.readouterr()
+    table = tmp_path / "report.csv"
+    assert main(["report", str(tmp_path / "p.yaml"), "--csv", str(table)]) == 0
+    rows = read_csv(table)
+    total = rows[-1]
+    assert total["group"] == "total" and abs(int(total["macs_after"]) / int(total["macs_before"]) - 0.4) < 0.05
+    assert "requested" in capsys.readouterr().out
+    assert main(["report", str(recipe), "--csv", str(table)]) == 2  # exists: needs --force
+
+
+def test_sensitivity_csv_plot_and_budget_recipe(tmp_path, net):
+    out = tmp_path / "sens"
+    assert main(["sensitivity", f"{net}:build", *SHAPE, "--eval", f"{net}:closeness", "--sparsities", "0.25,0.5",
+                 "--budget", "0.6", "-o", str(out)]) == 0
+    rows = read_csv(out / "sensitivity.csv")
+    assert rows[0]["group"] == "(dense)" and float(rows[0]["drop"]) == 0
+    assert {r["group"] for r in rows[1:]} == {"0", "3", "5"} and len(rows) == 1 + 3 * 2
+    assert all(float(r["drop"]) >= 0 for r in rows[1:])
+    assert (out / "sensitivity.png").read_bytes()[:4] == b"\x89PNG"
+    recipe = load_recipe(out / "recipe.yaml")
+    assert recipe.settings.target_macs == 0.6 and recipe.settings.default_sparsity == 0
+    pruned = tmp_path / "p.pt"
+    assert main(["prune", str(out / "recipe.yaml"), "-o", str(pruned)]) == 0
+    total = read_csv_report(tmp_path, pruned)
+    assert abs(total - 0.6) < 0.05
+
+
+def read_csv_report(tmp_path, pruned):
+    table = tmp_path / "t.csv"
+    assert main(["report", str(pruned.with_suffix(".yaml")), "--csv", str(table)]) == 0
+    total = read_csv(table)[-1]
+    return int(total["macs_after"]) / int(total["macs_before"])
+
+
+def test_sensitivity_needs_a_callable_eval(tmp_path, net, capsys):
+    assert main(["sensitivity", f"{net}:build", *SHAPE, "--eval", f"{net}:nothing", "-o", str(tmp_path)]) == 2
+    assert "'--eval'" in capsys.readouterr().err
