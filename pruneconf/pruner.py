@@ -87,9 +87,7 @@ class Pruner:
         """Prunable groups pruneconf still leaves whole, with the reason."""
         out = {}
         for g in self.groups.prunable:
-            if g.notes:
-                out[g.center] = "statistics across channels (LayerNorm) need masked statistics: not supported yet"
-            elif (why := unsupported_layer(self.model, [m.param for m in g.members])) is not None:
+            if (why := unsupported_layer(self.model, [m.param for m in g.members])) is not None:
                 out[g.center] = why
         return out
 

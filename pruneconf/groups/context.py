@@ -25,6 +25,9 @@ SOURCE = "source"      # output channels of a weight layer: the group prunes the
 CONSUMER = "consumer"  # input channels of a weight layer: pruned columns (conv, linear)
 FOLLOWER = "follower"  # per-channel parameters that follow a channel (norms, biases, depthwise)
 
+# Note kinds.
+CHANNEL_STATS = "channel_stats"  # normalised by statistics across channels (LayerNorm/RMSNorm)
+
 
 @dataclasses.dataclass(frozen=True)
 class Role:

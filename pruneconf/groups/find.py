@@ -58,8 +58,9 @@ class Group:
     sources: list[str]
     members: list[Member]
     reasons: list[str]
-    notes: list[str]
+    notes: list[str]   # kinds of the notes on the group's channels, e.g. ``channel_stats``
     order: int
+    noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
 
     @property
     def prunable(self) -> bool:
@@ -203,6 +204,8 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
     is_group[[comp[rl[0]] for _, rl in sources]] = True
     blocked = _findings(ctx.space.blocks, comp, roots, is_group)
     notes = _findings(((n.labels, n.kind) for n in ctx.notes), comp, roots, is_group)
+    noted_at = {kind: _findings(((n.labels, n.node) for n in ctx.notes if n.kind == kind), comp, roots, is_group)
+                for kind in dict.fromkeys(n.kind for n in ctx.notes)}
 
     channel_of_root = np.full(len(roots), -1, dtype=np.int64)
     by_comp: dict[int, Group] = {}
@@ -212,7 +215,8 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
         if group is None:
             group = by_comp[c] = Group(center=layer_name(r.param), channels=0, sources=[], members=[],
                                        reasons=blocked.get(c, []), notes=notes.get(c, []),
-                                       order=graph.nodes[r.node]["order"])
+                                       order=graph.nodes[r.node]["order"],
+                                       noted_at={kind: at[c] for kind, at in noted_at.items() if c in at})
         group.sources.append(layer_name(r.param))
         group.channels = _number_channels(rl, channel_of_root, group.channels)
     for group in by_comp.values():

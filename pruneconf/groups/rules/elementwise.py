@@ -38,8 +38,18 @@ def unary(ctx: RuleContext) -> None:
 
 @register(*NARY)
 def nary(ctx: RuleContext) -> None:
-    """Broadcasting elementwise ops: every operand spanning a dim shares its channels."""
-    ctx.set_out(broadcast(ctx, ctx.tensor_args(), ctx.out_shapes[0]))
+    """Broadcasting elementwise ops: every operand spanning a dim shares its channels.
+
+    A parameter operand (a layer scale, a position embedding) follows the channels it
+    spans, so shrinking slices it along with them.
+    """
+    refs = ctx.tensor_args()
+    for ref in refs:
+        if ctx.is_param(ref):
+            for dim, size in enumerate(ctx.shape(ref)):
+                if size > 1:
+                    ctx.role(ref, dim, FOLLOWER)
+    ctx.set_out(broadcast(ctx, refs, ctx.out_shapes[0]))
 
 
 @register("max", "min")

@@ -3,11 +3,17 @@
 BatchNorm and InstanceNorm compute statistics per channel, so pruning is exact as is.
 GroupNorm computes them per group of channels: whole groups are pruned together.
 LayerNorm/RMSNorm over a channel dim compute statistics across channels; the channels
-stay prunable but are noted (``channel_stats``) so masking can exclude pruned ones.
+stay prunable but are noted (``channel_stats``, with the op node) so the masked model can
+compute those statistics over the kept channels only (``pruneconf.masks.norms``).
 """
 from __future__ import annotations
 
-from ..context import FOLLOWER, RuleContext
+from typing import Any
+
+import numpy as np
+
+from ...trace.refs import Ref
+from ..context import CHANNEL_STATS, FOLLOWER, RuleContext
 from ..registry import register
 from .common import block_union, channel_labels
 
@@ -37,19 +43,68 @@ def group_norm(ctx: RuleContext) -> None:
     ctx.set_out(ctx.labels(x))
 
 
-@register("layer_norm", "rms_norm")
+NORM_OPS = ("layer_norm", "rms_norm")
+
+
+def normalized_dims(normalized: Any) -> tuple[int, ...]:
+    """``normalized_shape`` as a tuple (an int means one trailing dim)."""
+    return (normalized,) if isinstance(normalized, int) else tuple(normalized)
+
+
+def _couple_affine(ctx: RuleContext, tensor: Any, dim: int, labels: np.ndarray) -> None:
+    """The norm's weight or bias scales the normalised channels one for one.
+
+    A parameter becomes a follower member; a computed affine tensor (``self.g * 2``)
+    carries its own labels, which are coupled, so the parameter it came from is pruned too.
+    """
+    if ctx.is_param(tensor):
+        ctx.union(ctx.role(tensor, dim, FOLLOWER), labels)
+    elif isinstance(tensor, Ref):
+        own = ctx.labels(tensor).get(dim)
+        if own is None:
+            ctx.block(labels, f"'{ctx.op}' scales them by a tensor whose channels cannot be followed")
+        else:
+            ctx.union(own, labels)
+
+
+def _unidentifiable(ctx: RuleContext, weight: Any) -> str | None:
+    """Why masking could not find this call again at run time, or None.
+
+    Masks recognise a norm call by its weight parameter (see ``pruneconf.masks.norms``).
+    Without one, the call is recognised as the only norm call in its module's forward,
+    which holds only if the trace saw no other norm call in that module.
+    """
+    if ctx.is_param(weight):
+        return None
+    module = ctx.attrs["module"]
+    calls = sum(1 for _, a in ctx.graph.nodes(data=True)
+                if a["kind"] == "call" and a["op"] in NORM_OPS and a["module"] == module)
+    if calls == 1:
+        return None
+    return (f"'{ctx.op}' without a weight parameter is one of {calls} norm calls in "
+            f"'{module or '<root>'}': masked statistics cannot tell them apart")
+
+
+@register(*NORM_OPS)
 def layer_norm(ctx: RuleContext) -> None:
-    x, normalized = ctx.arg(0, "input"), ctx.arg(1, "normalized_shape")
-    weight = ctx.arg(2, "weight")
+    """Statistics across the normalised dims: their channels are prunable only if the masked
+    model leaves the pruned ones out of mean and variance; the note tells masking where."""
+    x, weight = ctx.arg(0, "input"), ctx.arg(2, "weight")
     bias = ctx.arg(3, "bias") if ctx.op == "layer_norm" else None
-    nd, k = len(ctx.shape(x)), len(tuple(normalized))
+    nd, k = len(ctx.shape(x)), len(normalized_dims(ctx.arg(1, "normalized_shape")))
     labels = ctx.labels(x)
+    stats = []
     for pd, d in enumerate(range(nd - k, nd)):
         lab = labels.get(d)
         if lab is None or lab.size <= 1:
             continue
-        ctx.note(lab, "channel_stats")
-        for p in (weight, bias):
-            if ctx.is_param(p):
-                ctx.union(ctx.role(p, pd, FOLLOWER), lab)
+        stats.append(lab)
+        for tensor in (weight, bias):
+            _couple_affine(ctx, tensor, pd, lab)
+    why = _unidentifiable(ctx, weight) if stats else None
+    for lab in stats:
+        if why is None:
+            ctx.note(lab, CHANNEL_STATS)
+        else:
+            ctx.block(lab, why)
     ctx.set_out(labels)
