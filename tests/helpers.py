@@ -10,6 +10,8 @@ from torch import nn
 from pruneconf import find_groups, trace
 from pruneconf.groups import ChannelGroups
 from pruneconf.groups.context import CONSUMER
+from pruneconf.masks.norms import attach_masked_norms, masked_norms
+from pruneconf.masks.plan import PruningPlan
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
@@ -55,8 +57,9 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
                         seed: int = 0, atol: float = 1e-5) -> int:
     """Pick channels of every prunable group, cut them off at every consumer, then scramble
     their producers: the outputs must not move. A consumer the grouping missed would let
-    the scrambled channels through. Groups noted for channel statistics (LayerNorm over
-    channels) are skipped: their pruned channels must be masked, not just cut off.
+    the scrambled channels through. Norms with statistics across the picked channels
+    (LayerNorm over channels, noted ``channel_stats``) run masked, as under
+    ``register_masks``, so they must leave the picked channels out too.
 
     Returns the number of channels scrambled.
     """
@@ -66,8 +69,6 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
     params.update(dict(model.named_buffers()))
     picks = {}
     for g in groups.prunable:
-        if g.notes:
-            continue
         k = max(1, int(g.channels * fraction))
         picks[g.center] = gen.choice(g.channels, size=min(k, g.channels - 1), replace=False)
     def members(role_is_consumer: bool):
@@ -82,6 +83,8 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
         for m, p, idx in members(True):
             p.index_fill_(m.dim, idx, 0.0)
 
+    kept = {c: np.setdiff1d(np.arange(groups[c].channels), drop) for c, drop in picks.items()}
+    handles = attach_masked_norms(model, masked_norms(PruningPlan(groups, kept, {})))
     with torch.no_grad():
         cut_consumers()
         before = _flat(_call(model, example))
@@ -92,6 +95,8 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
             p.index_copy_(m.dim, idx, scrambled)
         cut_consumers()  # a source row may span a consumer column of another group
         after = _flat(_call(model, example))
+    for handle in handles:
+        handle.remove()
     for a, b in zip(before, after):
         scale = max(1.0, float(a.abs().max()))
         assert torch.allclose(a, b, atol=atol * scale, rtol=0), \
