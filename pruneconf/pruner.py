@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
-from .apply import shrink, unsupported_layer
+from .apply import shrink, unresizable_norm, unsupported_layer
 from .distributed import broadcast_model
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
+from .groups.context import CHANNEL_STATS
 from .masks import Masks, PruningPlan, make_plan, register_masks
 from .recipe.load import Recipe, Settings, check_against, load_recipe
 from .trace import trace
@@ -87,7 +88,9 @@ class Pruner:
         """Prunable groups pruneconf still leaves whole, with the reason."""
         out = {}
         for g in self.groups.prunable:
-            if (why := unsupported_layer(self.model, [m.param for m in g.members])) is not None:
+            why = (unsupported_layer(self.model, [m.param for m in g.members])
+                   or unresizable_norm(self.model, self.graph, g.noted_at.get(CHANNEL_STATS, ())))
+            if why is not None:
                 out[g.center] = why
         return out
 

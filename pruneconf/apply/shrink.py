@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -35,6 +35,22 @@ def unsupported_layer(model: nn.Module, params: list[str]) -> str | None:
         module, _ = owner(model, name)
         if needs_resizer(module) and resizer_for(module) is None:
             return f"cannot resize {type(module).__name__} layers yet ('{name}')"
+    return None
+
+
+def unresizable_norm(model: nn.Module, graph: Any, nodes: Iterable[str]) -> str | None:
+    """Why the normalised shape of these norm calls (graph nodes) would not shrink, or None.
+
+    Resizing updates ``normalized_shape`` of LayerNorm/RMSNorm layers (subclasses too, such
+    as torchvision's ``LayerNorm2d``); a norm called from other code passes whatever shape
+    that code computes, which may be a constant.
+    """
+    for node in nodes:
+        path = graph.nodes[node]["module"]
+        module = model.get_submodule(path)
+        if not isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            return (f"'{graph.nodes[node]['op']}' called in '{path or '<root>'}' ({type(module).__name__}), "
+                    f"not in a LayerNorm/RMSNorm layer: its normalized_shape cannot be resized")
     return None
 
 

@@ -12,9 +12,9 @@ their ``C1*C2`` elements), so any mix of pruned and whole dims is exact. The cal
 replaced by a ``TorchFunctionMode`` that is active only during the forward of the module
 the norm ran in (entered by a forward pre-hook, left by an ``always_call`` forward hook, so
 also on exceptions): the rest of the model pays nothing. It recognises the call by its
-weight parameter or, for a norm without one, as the only norm call of that module (the
-rule blocks any other case). Everything is differentiable: gradients reach the kept
-inputs and affine parameters only, as in the shrunk model.
+weight parameter (the rule blocks norms without one) and the normalised size; anything
+else runs unchanged. Everything is differentiable: gradients reach the kept inputs and
+affine parameters only, as in the shrunk model.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import PruneconfError
 from ..groups.context import CHANNEL_STATS
 from ..groups.rules.norm import NORM_OPS, normalized_dims
 from ..trace.refs import Ref
@@ -45,7 +44,7 @@ class MaskedNorm:
     """One norm call to compute over kept channels: where it runs and which elements it keeps."""
 
     module: str          # path of the module whose forward makes the call ("" is the model)
-    weight: str | None   # the weight parameter that identifies the call; None: the module's only norm
+    weight: str          # the weight parameter that identifies the call
     kept: torch.Tensor   # indices kept among the flattened normalised elements, ascending
 
 
@@ -80,26 +79,20 @@ def _masked_norm(plan: PruningPlan, node: str) -> MaskedNorm | None:
     keep = functools.reduce(np.multiply.outer, per_dim).reshape(-1)
     if keep.all():
         return None
-    weight = _arg(attrs, 2, "weight")
-    weight_node = graph.nodes[weight.node] if isinstance(weight, Ref) else None
-    name = weight_node["target"] if weight_node is not None and weight_node["kind"] == "param" else None
-    return MaskedNorm(attrs["module"], name, torch.as_tensor(np.flatnonzero(keep)))
+    weight = graph.nodes[_arg(attrs, 2, "weight").node]["target"]
+    return MaskedNorm(attrs["module"], weight, torch.as_tensor(np.flatnonzero(keep)))
 
 
 def masked_norms(plan: PruningPlan) -> list[MaskedNorm]:
     """Every norm call the plan's pruned groups were noted at (``channel_stats``), once each."""
     nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
                           for node in g.noted_at.get(CHANNEL_STATS, ()))
-    found: dict[tuple[str, str | None], MaskedNorm] = {}
+    found: dict[tuple[str, str], MaskedNorm] = {}
     for node in nodes:
         norm = _masked_norm(plan, node)
         if norm is None:
             continue
-        key = (norm.module, norm.weight)
-        if key in found and not torch.equal(found[key].kept, norm.kept):
-            raise PruneconfError(f"norm calls of '{norm.module}' sharing weight '{norm.weight}' keep "
-                                 f"different channels; cannot mask them")
-        found[key] = norm
+        found[(norm.module, norm.weight)] = norm  # calls sharing a weight share its channels
     return list(found.values())
 
 
@@ -124,41 +117,41 @@ def _norm_over(op: str, kept: torch.Tensor, bound: dict) -> torch.Tensor:
 
 
 class _MaskedNormMode(TorchFunctionMode):
-    """Replaces the recognised norm calls; every other call runs unchanged."""
+    """Replaces the norm calls of known weights; every other call runs unchanged."""
 
-    def __init__(self, by_weight: dict[int, tuple[torch.Tensor, torch.Tensor]],
-                 only: torch.Tensor | None) -> None:
+    def __init__(self, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
-        self.by_weight = by_weight  # id(weight) -> (weight, kept)
-        self.only = only            # kept of the module's only, weightless norm call
+        self.kept = kept  # id(weight) -> (weight, kept indices)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         op = getattr(func, "__name__", None)
         if op in NORM_OPS:
             bound = dict(zip(_SIGNATURES[op], args), **kwargs)
-            kept = self._kept_of(bound.get("weight"))
+            kept = self._kept_of(bound)
             if kept is not None:
                 return _norm_over(op, kept, bound)
         return func(*args, **kwargs)
 
-    def _kept_of(self, weight: Any) -> torch.Tensor | None:
-        if weight is not None:
-            entry = self.by_weight.get(id(weight))
-            if entry is not None and entry[0] is weight:
-                return entry[1]
-        return self.only
+    def _kept_of(self, bound: dict) -> torch.Tensor | None:
+        """Kept indices when the call's weight is a masked one and the input fits it (an input
+        that does not fit runs unchanged, so torch reports the mismatch as usual)."""
+        weight = bound.get("weight")
+        entry = self.kept.get(id(weight))
+        if entry is None or entry[0] is not weight or weight.dim() > bound["input"].dim():
+            return None
+        return entry[1] if bound["input"].shape[-weight.dim():] == weight.shape else None
 
 
 class _Scope:
     """The forward hooks of one module: enter the mode before forward, leave it after."""
 
-    def __init__(self, by_weight: dict, only: torch.Tensor | None) -> None:
-        self.by_weight, self.only = by_weight, only
+    def __init__(self, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.kept = kept
         self.active: list[_MaskedNormMode] = []  # a stack: the module may run inside itself
 
     def enter(self, module: nn.Module, args: Any) -> None:
-        mode = _MaskedNormMode(self.by_weight, self.only)
+        mode = _MaskedNormMode(self.kept)
         mode.__enter__()
         self.active.append(mode)
 
@@ -170,18 +163,14 @@ class _Scope:
 def attach_masked_norms(model: nn.Module, norms: list[MaskedNorm]) -> list:
     """Hook every module that runs one of ``norms``; returns the hook handles."""
     tensors = model_tensors(model)
-    scopes: dict[str, tuple[dict, list]] = {}
+    scopes: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
     for norm in norms:
-        by_weight, only = scopes.setdefault(norm.module, ({}, []))
-        if norm.weight is None:
-            only.append(norm.kept)
-        else:
-            weight = tensors[norm.weight]
-            by_weight[id(weight)] = (weight, norm.kept)
+        weight = tensors[norm.weight]
+        scopes.setdefault(norm.module, {})[id(weight)] = (weight, norm.kept)
     handles = []
-    for path, (by_weight, only) in scopes.items():
+    for path, kept in scopes.items():
         module = model.get_submodule(path)
-        scope = _Scope(by_weight, only[0] if only else None)
+        scope = _Scope(kept)
         handles.append(module.register_forward_pre_hook(scope.enter))
         handles.append(module.register_forward_hook(scope.leave, prepend=True, always_call=True))
     return handles

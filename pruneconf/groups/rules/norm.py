@@ -52,37 +52,14 @@ def normalized_dims(normalized: Any) -> tuple[int, ...]:
 
 
 def _couple_affine(ctx: RuleContext, tensor: Any, dim: int, labels: np.ndarray) -> None:
-    """The norm's weight or bias scales the normalised channels one for one.
-
-    A parameter becomes a follower member; a computed affine tensor (``self.g * 2``)
-    carries its own labels, which are coupled, so the parameter it came from is pruned too.
-    """
+    """The norm's weight or bias scales the normalised channels one for one: a parameter
+    becomes a follower member. Masking finds the norm call by its weight parameter
+    (``pruneconf.masks.norms``), so a norm without one, or with computed affine tensors, is
+    left whole: the shrunk model could not be checked against a masked one."""
     if ctx.is_param(tensor):
         ctx.union(ctx.role(tensor, dim, FOLLOWER), labels)
     elif isinstance(tensor, Ref):
-        own = ctx.labels(tensor).get(dim)
-        if own is None:
-            ctx.block(labels, f"'{ctx.op}' scales them by a tensor whose channels cannot be followed")
-        else:
-            ctx.union(own, labels)
-
-
-def _unidentifiable(ctx: RuleContext, weight: Any) -> str | None:
-    """Why masking could not find this call again at run time, or None.
-
-    Masks recognise a norm call by its weight parameter (see ``pruneconf.masks.norms``).
-    Without one, the call is recognised as the only norm call in its module's forward,
-    which holds only if the trace saw no other norm call in that module.
-    """
-    if ctx.is_param(weight):
-        return None
-    module = ctx.attrs["module"]
-    calls = sum(1 for _, a in ctx.graph.nodes(data=True)
-                if a["kind"] == "call" and a["op"] in NORM_OPS and a["module"] == module)
-    if calls == 1:
-        return None
-    return (f"'{ctx.op}' without a weight parameter is one of {calls} norm calls in "
-            f"'{module or '<root>'}': masked statistics cannot tell them apart")
+        ctx.block(labels, f"'{ctx.op}' scales them by a computed tensor, not a parameter")
 
 
 @register(*NORM_OPS)
@@ -93,18 +70,13 @@ def layer_norm(ctx: RuleContext) -> None:
     bias = ctx.arg(3, "bias") if ctx.op == "layer_norm" else None
     nd, k = len(ctx.shape(x)), len(normalized_dims(ctx.arg(1, "normalized_shape")))
     labels = ctx.labels(x)
-    stats = []
     for pd, d in enumerate(range(nd - k, nd)):
         lab = labels.get(d)
         if lab is None or lab.size <= 1:
             continue
-        stats.append(lab)
+        ctx.note(lab, CHANNEL_STATS)
+        if weight is None:
+            ctx.block(lab, f"'{ctx.op}' without a weight parameter: masked statistics find a norm by its weight")
         for tensor in (weight, bias):
             _couple_affine(ctx, tensor, pd, lab)
-    why = _unidentifiable(ctx, weight) if stats else None
-    for lab in stats:
-        if why is None:
-            ctx.note(lab, CHANNEL_STATS)
-        else:
-            ctx.block(lab, why)
     ctx.set_out(labels)
