@@ -18,9 +18,10 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unresizable_norm, unsupported_layer
+from .apply.trial import fails_when_shrunk
 from .distributed import broadcast_model
 from .errors import PruneconfError
-from .groups import ChannelGroups, find_groups
+from .groups import ChannelGroups, Group, find_groups
 from .groups.context import CHANNEL_STATS
 from .masks import Masks, PruningPlan, make_plan, register_masks
 from .recipe.load import Recipe, Settings, check_against, load_recipe
@@ -83,16 +84,25 @@ class Pruner:
         self.masks: Masks | None = None
         self.applied: PruningPlan | None = None
         self._plan: PruningPlan | None = None
+        self._skipped: dict[str, str] | None = None
 
     def skipped(self) -> dict[str, str]:
-        """Prunable groups pruneconf still leaves whole, with the reason."""
-        out = {}
-        for g in self.groups.prunable:
-            why = (unsupported_layer(self.model, [m.param for m in g.members])
-                   or unresizable_norm(self.model, self.graph, g.noted_at.get(CHANNEL_STATS, ())))
-            if why is not None:
-                out[g.center] = why
-        return out
+        """Prunable groups pruneconf still leaves whole, with the reason (computed once)."""
+        if self._skipped is None:
+            self._skipped = {g.center: why for g in self.groups.prunable if (why := self._why_whole(g))}
+        return self._skipped
+
+    def _why_whole(self, group: Group) -> str | None:
+        """Layers we cannot resize; for groups through LayerNorm (the residual streams of
+        transformers, whose attention code often derives sizes from the stream's width) also
+        a trial shrink, when the recipe prunes them."""
+        why = unsupported_layer(self.model, [m.param for m in group.members])
+        norms = group.noted_at.get(CHANNEL_STATS, ())
+        if why is None and norms:
+            why = unresizable_norm(self.model, self.graph, norms)
+            if why is None and self.recipe.sparsity_of(group.center) > 0:
+                why = fails_when_shrunk(self.model, self.example_inputs, self.groups, group.center)
+        return why
 
     def plan(self) -> PruningPlan:
         if self._plan is None:

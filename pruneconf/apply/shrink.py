@@ -80,7 +80,7 @@ def _tag(module: nn.Module) -> str:
     return type(module).__name__.upper()
 
 
-def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
+def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shrunk:
     """Slice every parameter and buffer the plan prunes and update its layer's attributes."""
     tensors = model_tensors(model)
     sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
@@ -110,7 +110,8 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
         resize = resizer_for(module)
         if resize is not None:
             resize(module, old)
-        _log_change(path.get(id(module), "?"), module, old)
+        if log_changes:
+            _log_change(path.get(id(module), "?"), module, old)
     return shrunk
 
 

@@ -40,16 +40,10 @@ def unary(ctx: RuleContext) -> None:
 def nary(ctx: RuleContext) -> None:
     """Broadcasting elementwise ops: every operand spanning a dim shares its channels.
 
-    A parameter operand (a layer scale, a position embedding) follows the channels it
-    spans, so shrinking slices it along with them.
+    A parameter operand (a layer scale, a position embedding) needs no declared role: it
+    becomes a follower of the channels it spans (``RuleContext.all_roles``).
     """
-    refs = ctx.tensor_args()
-    for ref in refs:
-        if ctx.is_param(ref):
-            for dim, size in enumerate(ctx.shape(ref)):
-                if size > 1:
-                    ctx.role(ref, dim, FOLLOWER)
-    ctx.set_out(broadcast(ctx, refs, ctx.out_shapes[0]))
+    ctx.set_out(broadcast(ctx, ctx.tensor_args(), ctx.out_shapes[0]))
 
 
 @register("max", "min")
