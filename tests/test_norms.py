@@ -299,3 +299,40 @@ def test_per_channel_norms_are_exact():
     assert assert_no_influence(model, x, groups) > 0
     check_exact(model, x)
     assert model.bn3.num_features == model.inorm.num_features == 4 and model.head.in_features == 16
+
+
+class WidthTiedAttention(nn.Module):
+    """Attention-like code that reshapes qkv with the residual width read from a shape, as
+    Swin does: the trace sees plain ints, so shrinking the residual stream breaks it."""
+
+    def __init__(self, dim: int = 8) -> None:
+        super().__init__()
+        self.embed, self.norm, self.qkv = nn.Linear(6, dim), nn.LayerNorm(dim), nn.Linear(dim, 3 * dim)
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 2)
+
+    def forward(self, x):
+        y = self.embed(x)
+        b, n, c = y.shape
+        q, k, v = self.qkv(self.norm(y)).reshape(b, n, 3, c).unbind(2)
+        return self.head(y + self.proj(q * k + v))
+
+
+def test_group_whose_shrinking_breaks_the_code_is_left_whole():
+    model, x = WidthTiedAttention(), torch.randn(2, 5, 6)
+    pruner = Pruner(model, x, {"sparsity": 0.5, "groups": {"qkv": 0.0}})  # qkv's own reshape is fixed too
+    assert "fails to run with it shrunk" in pruner.skipped()["embed"]
+    pruner.apply_masks()
+    assert model.embed.out_features == 8
+
+
+@pytest.mark.parametrize("name, kwargs", [("convnext_atto", {}), ("vit_tiny_patch16_224", {"img_size": 32})])
+def test_timm_residual_streams_prune(name, kwargs):
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model, x = timm.create_model(name, pretrained=False, **kwargs), torch.randn(2, 3, 32, 32)
+    groups = analyse(model, x)
+    stream = [g for g in groups.prunable if g.notes]
+    assert stream
+    assert assert_no_influence(model, x, groups, fraction=0.25) > 0
+    pruner = check_exact(model, x)
+    assert all(g.center in pruner.plan().kept for g in stream)
