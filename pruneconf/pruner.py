@@ -63,16 +63,14 @@ class Pruner:
         self.applied: PruningPlan | None = None
         self._plan: PruningPlan | None = None
         self.dropped: dict[str, str] = {}
+        self._skipped: dict[str, str] | None = None
 
     def skipped(self) -> dict[str, str]:
-        """Prunable groups pruneconf still leaves whole, with the reason."""
-        out = {}
-        for g in self.groups.prunable:
-            if "channel_stats" in g.notes:
-                out[g.center] = "statistics across channels (LayerNorm) need masked statistics: not supported yet"
-            elif (why := unsupported_layer(self.model, [m.param for m in g.members])) is not None:
-                out[g.center] = why
-        return out
+        """Prunable groups with layers pruneconf cannot resize, with the reason (computed once)."""
+        if self._skipped is None:
+            self._skipped = {g.center: why for g in self.groups.prunable
+                             if (why := unsupported_layer(self.model, [m.param for m in g.members]))}
+        return self._skipped
 
     def plan(self) -> PruningPlan:
         """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the

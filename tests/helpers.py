@@ -10,6 +10,8 @@ from torch import nn
 from pruneconf import find_groups, trace
 from pruneconf.groups import ChannelGroups
 from pruneconf.groups.context import CONSUMER
+from pruneconf.masks.norms import attach_masked_norms, masked_norms
+from pruneconf.masks.plan import PruningPlan
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
@@ -55,9 +57,11 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
                         seed: int = 0, atol: float = 1e-5) -> int:
     """Pick channels of every prunable group, cut them off at every consumer, then scramble
     their producers: the outputs must not move. A consumer the grouping missed would let
-    the scrambled channels through. Noted groups are skipped: their exactness rests on pruned
-    channels being masked to zero, not just cut off (statistics of a LayerNorm over channels,
-    attention's q·k over pruned head dims); masked ≡ applied checks those.
+    the scrambled channels through. Norms with statistics across the picked channels
+    (LayerNorm over channels, noted ``channel_stats``) run masked, as under
+    ``register_masks``, so they must leave the picked channels out too. Groups whose
+    exactness rests on pruned channels being zero on both sides of a product (attention's
+    q·k over pruned head dims, noted ``masked_contraction``) are left to masked ≡ applied.
 
     Returns the number of channels scrambled.
     """
@@ -67,7 +71,7 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
     params.update(dict(model.named_buffers()))
     picks = {}
     for g in groups.prunable:
-        if g.notes:
+        if "masked_contraction" in g.notes:
             continue
         k = max(1, int(g.channels * fraction))
         picks[g.center] = gen.choice(g.channels, size=min(k, g.channels - 1), replace=False)
@@ -83,6 +87,8 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
         for m, p, idx in members(True):
             p.index_fill_(m.dim, idx, 0.0)
 
+    kept = {c: np.setdiff1d(np.arange(groups[c].channels), drop) for c, drop in picks.items()}
+    handles = attach_masked_norms(model, masked_norms(PruningPlan(groups, kept, {})))
     with torch.no_grad():
         cut_consumers()
         before = _flat(_call(model, example))
@@ -93,6 +99,8 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
             p.index_copy_(m.dim, idx, scrambled)
         cut_consumers()  # a source row may span a consumer column of another group
         after = _flat(_call(model, example))
+    for handle in handles:
+        handle.remove()
     for a, b in zip(before, after):
         scale = max(1.0, float(a.abs().max()))
         assert torch.allclose(a, b, atol=atol * scale, rtol=0), \

@@ -65,7 +65,7 @@ def _tag(module: nn.Module) -> str:
     return type(module).__name__.upper()
 
 
-def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
+def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shrunk:
     """Slice every parameter and buffer the plan prunes and update its layer's attributes."""
     tensors = model_tensors(model)
     sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
@@ -92,14 +92,16 @@ def shrink(model: nn.Module, plan: PruningPlan) -> Shrunk:
     path = {id(m): n for n, m in model.named_modules()}
     for module, name, value in size_attribute_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
-        log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), "?"), name, getattr(module, name), value)
+        if log_changes:
+            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), "?"), name, getattr(module, name), value)
         setattr(module, name, value)
     shrunk = Shrunk(replaced, list(touched.values()))
     for module, old in touched.values():
         resize = resizer_for(module)
         if resize is not None:
             resize(module, old)
-        _log_change(path.get(id(module), "?"), module, old)
+        if log_changes:
+            _log_change(path.get(id(module), "?"), module, old)
     return shrunk
 
 

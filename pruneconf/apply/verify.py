@@ -45,12 +45,12 @@ def max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 
 
 def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: list[torch.Tensor],
-                   atol: float):
+                   atol: float, log_changes: bool = True):
     """Shrink ``model`` (masks already removed) and compare with ``expected``.
 
     Returns ``(Shrunk, problem)``: ``problem`` is None when the outputs agree within ``atol``.
     """
-    done = shrink(model, plan)
+    done = shrink(model, plan, log_changes=log_changes)
     try:
         error = max_relative_error(expected, model_outputs(model, example))
         problem = None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
@@ -75,7 +75,7 @@ class DryRun:
             expected = model_outputs(self.model, self.example)
         finally:
             masks.remove()
-        done, problem = compare_shrunk(self.model, self.example, plan, expected, self.atol)
+        done, problem = compare_shrunk(self.model, self.example, plan, expected, self.atol, log_changes=False)
         done.undo()
         self.model.load_state_dict(self.state)
         return problem

@@ -25,6 +25,9 @@ SOURCE = "source"      # output channels of a weight layer: the group prunes the
 CONSUMER = "consumer"  # input channels of a weight layer: pruned columns (conv, linear)
 FOLLOWER = "follower"  # per-channel parameters that follow a channel (norms, biases, depthwise)
 
+# Note kinds.
+CHANNEL_STATS = "channel_stats"  # normalised by statistics across channels (LayerNorm/RMSNorm)
+
 
 @dataclasses.dataclass(frozen=True)
 class Role:
@@ -54,6 +57,7 @@ class RuleContext:
         self.space = LabelSpace()
         self.tensors: dict[tuple[str, int], TensorLabels] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
+        self.first_use: dict[tuple[str, int], str] = {}  # (param, dim) -> op node that first used it
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
         self.node = ""
@@ -121,7 +125,17 @@ class RuleContext:
         labels = self.params.get(key)
         if labels is None:
             labels = self.params[key] = self.space.new(self.shape(ref)[dim])
+            self.first_use[key] = self.node
         return labels
+
+    def all_roles(self) -> list[Role]:
+        """Declared roles, plus a follower role for every parameter dimension no rule gave
+        one: its channels still flow somewhere (a layer scale reshaped before it multiplies),
+        so if they join a group the dimension must be sliced with it."""
+        declared = {(r.param, r.dim) for r in self.roles.values()}
+        implicit = [Role(name, dim, FOLLOWER, self.first_use[(name, dim)])
+                    for name, dim in self.params if (name, dim) not in declared]
+        return [*self.roles.values(), *implicit]
 
     def blocked_labels(self, shape: Iterable[int], reason: str) -> TensorLabels:
         """Fresh labels on every dimension of ``shape``, all blocked with ``reason``."""

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._gc import paused_gc
 from . import rules  # noqa: F401  (registers the rules)
-from .context import FOLLOWER, SOURCE, Role, RuleContext, TensorLabels
+from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
 from .registry import rule_for, unsupported
 
@@ -58,8 +58,9 @@ class Group:
     sources: list[str]
     members: list[Member]
     reasons: list[str]
-    notes: list[str]
+    notes: list[str]   # kinds of the notes on the group's channels, e.g. ``channel_stats``
     order: int
+    noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
 
     @property
     def prunable(self) -> bool:
@@ -201,15 +202,6 @@ def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int
     return start + len(fresh)
 
 
-def _implicit_followers(graph: nx.DiGraph, ctx: RuleContext) -> list[Role]:
-    """Parameter and buffer dims combined with channels by ops that declare no role
-    (``x + self.pos_embed``, ``x * self.gamma``): they follow those channels, so they are
-    sliced with them (and masked, for parameters)."""
-    declared = {(r.param, r.dim) for r in ctx.roles.values()}
-    node_of = {attrs["target"]: n for n, attrs in graph.nodes(data=True) if attrs["kind"] in ("param", "buffer")}
-    return [Role(p, d, FOLLOWER, node_of[p]) for p, d in ctx.params if (p, d) not in declared]
-
-
 def _center_name(layer: str, param: str, taken: set[str]) -> str:
     """A group is named by its center layer; a layer that heads two groups (an LSTM's hidden
     units and its projections) names the second one by the parameter, so names stay unique."""
@@ -220,7 +212,7 @@ def _center_name(layer: str, param: str, taken: set[str]) -> str:
 
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     layer_name = graph.graph["layers"].__getitem__
-    roles = sorted([*ctx.roles.values(), *_implicit_followers(graph, ctx)], key=lambda r: graph.nodes[r.node]["order"])
+    roles = sorted(ctx.all_roles(), key=lambda r: graph.nodes[r.node]["order"])
     sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
     # Sources whose channels meet form one group: link every root of a source to its first.
     left = np.concatenate([rl for _, rl in sources]) if sources else np.empty(0, np.int64)
@@ -230,6 +222,8 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
     is_group[[comp[rl[0]] for _, rl in sources]] = True
     blocked = _findings(ctx.space.blocks, comp, roots, is_group)
     notes = _findings(((n.labels, n.kind) for n in ctx.notes), comp, roots, is_group)
+    noted_at = {kind: _findings(((n.labels, n.node) for n in ctx.notes if n.kind == kind), comp, roots, is_group)
+                for kind in dict.fromkeys(n.kind for n in ctx.notes)}
 
     channel_of_root = np.full(len(roots), -1, dtype=np.int64)
     by_comp: dict[int, Group] = {}
@@ -241,7 +235,8 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
             center = _center_name(layer_name(r.param), r.param, centers)
             group = by_comp[c] = Group(center=center, channels=0, sources=[], members=[],
                                        reasons=blocked.get(c, []), notes=notes.get(c, []),
-                                       order=graph.nodes[r.node]["order"])
+                                       order=graph.nodes[r.node]["order"],
+                                       noted_at={kind: at[c] for kind, at in noted_at.items() if c in at})
         group.sources.append(layer_name(r.param))
         group.channels = _number_channels(rl, channel_of_root, group.channels)
     for group in by_comp.values():

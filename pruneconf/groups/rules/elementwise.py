@@ -38,7 +38,11 @@ def unary(ctx: RuleContext) -> None:
 
 @register(*NARY)
 def nary(ctx: RuleContext) -> None:
-    """Broadcasting elementwise ops: every operand spanning a dim shares its channels."""
+    """Broadcasting elementwise ops: every operand spanning a dim shares its channels.
+
+    A parameter operand (a layer scale, a position embedding) needs no declared role: it
+    becomes a follower of the channels it spans (``RuleContext.all_roles``).
+    """
     ctx.set_out(broadcast(ctx, ctx.tensor_args(), ctx.out_shapes[0]))
 
 

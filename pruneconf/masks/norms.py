@@ -1,0 +1,179 @@
+"""Masked statistics: LayerNorm/RMSNorm over pruned channels, computed as the shrunk layer will.
+
+Zeroing a pruned channel is not enough in front of a norm whose mean and variance run
+across channels: the zeros would still count, so the masked model would differ from the
+shrunk one. While masks are registered, each such norm call (noted ``channel_stats`` by
+its channel rule) is computed over the kept channels only and gives 0 at pruned ones::
+
+    out = zeros; out[..., kept] = layer_norm(x[..., kept], (k,), w[kept], b[kept], eps)
+
+Several normalised dims are flattened first (a norm over ``(C1, C2)`` is the norm over
+their ``C1*C2`` elements), so any mix of pruned and whole dims is exact. The call is
+replaced by a ``TorchFunctionMode`` that is active only during the forward of the module
+the norm ran in (entered by a forward pre-hook, left by an ``always_call`` forward hook, so
+also on exceptions): the rest of the model pays nothing. It recognises the call by its
+weight parameter (the rule blocks norms without one) and the normalised size; anything
+else runs unchanged. Everything is differentiable: gradients reach the kept inputs and
+affine parameters only, as in the shrunk model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..groups.context import CHANNEL_STATS
+from ..groups.rules.norm import NORM_OPS, normalized_dims
+from ..trace.refs import Ref
+from .plan import PruningPlan, model_tensors
+
+# Positional parameters of torch.nn.functional.layer_norm / rms_norm (and torch.layer_norm).
+_SIGNATURES = {"layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+               "rms_norm": ("input", "normalized_shape", "weight", "eps")}
+_DEFAULT_EPS = {"layer_norm": 1e-5, "rms_norm": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedNorm:
+    """One norm call to compute over kept channels: where it runs and which elements it keeps."""
+
+    module: str          # path of the module whose forward makes the call ("" is the model)
+    weight: str          # the weight parameter that identifies the call
+    kept: torch.Tensor   # indices kept among the flattened normalised elements, ascending
+
+
+def _arg(attrs: dict, index: int, name: str, default: Any = None) -> Any:
+    args, kwargs = attrs["args"], attrs["kwargs"]
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
+def _kept_along(plan: PruningPlan, x: Ref, dim: int, size: int) -> np.ndarray:
+    """Which positions along ``dim`` of tensor ``x`` survive the plan (all groups spanning it)."""
+    keep = np.ones(size, dtype=bool)
+    found = plan.groups.channel_map(x.node, x.index).get(dim)
+    if found is None:
+        return keep
+    group_index, channel = found
+    for gi in np.unique(group_index[group_index >= 0]).tolist():
+        kept = plan.kept.get(plan.groups.groups[gi].center)
+        if kept is not None:
+            at = group_index == gi
+            keep[at] = np.isin(channel[at], kept)
+    return keep
+
+
+def _masked_norm(plan: PruningPlan, node: str) -> MaskedNorm | None:
+    """The masked form of norm call ``node``, or None when the plan prunes none of its channels."""
+    graph = plan.groups.graph
+    attrs = graph.nodes[node]
+    x = _arg(attrs, 0, "input")
+    shape = graph.nodes[x.node]["out_shapes"][x.index]
+    k = len(normalized_dims(_arg(attrs, 1, "normalized_shape")))
+    per_dim = [_kept_along(plan, x, d, shape[d]) for d in range(len(shape) - k, len(shape))]
+    keep = functools.reduce(np.multiply.outer, per_dim).reshape(-1)
+    if keep.all():
+        return None
+    weight = graph.nodes[_arg(attrs, 2, "weight").node]["target"]
+    return MaskedNorm(attrs["module"], weight, torch.as_tensor(np.flatnonzero(keep)))
+
+
+def masked_norms(plan: PruningPlan) -> list[MaskedNorm]:
+    """Every norm call the plan's pruned groups were noted at (``channel_stats``), once each."""
+    nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
+                          for node in g.noted_at.get(CHANNEL_STATS, ()))
+    found: dict[tuple[str, str], MaskedNorm] = {}
+    for node in nodes:
+        norm = _masked_norm(plan, node)
+        if norm is None:
+            continue
+        found[(norm.module, norm.weight)] = norm  # calls sharing a weight share its channels
+    return list(found.values())
+
+
+def _norm_over(op: str, kept: torch.Tensor, bound: dict) -> torch.Tensor:
+    """``op`` over the ``kept`` elements of the normalised dims; 0 elsewhere."""
+    x = bound["input"]
+    shape = normalized_dims(bound["normalized_shape"])
+    flat = x.flatten(-len(shape)) if len(shape) > 1 else x
+    kept = kept.to(x.device)
+    n = (kept.numel(),)
+    weight = bound.get("weight")
+    weight = weight.flatten().index_select(0, kept) if weight is not None else None
+    eps = bound.get("eps", _DEFAULT_EPS[op])
+    if op == "layer_norm":
+        bias = bound.get("bias")
+        bias = bias.flatten().index_select(0, kept) if bias is not None else None
+        y = F.layer_norm(flat.index_select(-1, kept), n, weight, bias, eps)
+    else:
+        y = F.rms_norm(flat.index_select(-1, kept), n, weight, eps)
+    out = y.new_zeros(flat.shape).index_copy(flat.dim() - 1, kept, y)
+    return out.unflatten(-1, shape) if len(shape) > 1 else out
+
+
+class _MaskedNormMode(TorchFunctionMode):
+    """Replaces the norm calls of known weights; every other call runs unchanged."""
+
+    def __init__(self, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.kept = kept  # id(weight) -> (weight, kept indices)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        op = getattr(func, "__name__", None)
+        if op in NORM_OPS:
+            bound = dict(zip(_SIGNATURES[op], args), **kwargs)
+            kept = self._kept_of(bound)
+            if kept is not None:
+                return _norm_over(op, kept, bound)
+        return func(*args, **kwargs)
+
+    def _kept_of(self, bound: dict) -> torch.Tensor | None:
+        """Kept indices when the call's weight is a masked one and the input fits it (an input
+        that does not fit runs unchanged, so torch reports the mismatch as usual)."""
+        weight = bound.get("weight")
+        entry = self.kept.get(id(weight))
+        if entry is None or entry[0] is not weight or weight.dim() > bound["input"].dim():
+            return None
+        return entry[1] if bound["input"].shape[-weight.dim():] == weight.shape else None
+
+
+class _Scope:
+    """The forward hooks of one module: enter the mode before forward, leave it after."""
+
+    def __init__(self, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.kept = kept
+        self.active: list[_MaskedNormMode] = []  # a stack: the module may run inside itself
+
+    def enter(self, module: nn.Module, args: Any) -> None:
+        mode = _MaskedNormMode(self.kept)
+        mode.__enter__()
+        self.active.append(mode)
+
+    def leave(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self.active:  # empty when an earlier pre-hook raised before ours ran
+            self.active.pop().__exit__(None, None, None)
+
+
+def attach_masked_norms(model: nn.Module, norms: list[MaskedNorm]) -> list:
+    """Hook every module that runs one of ``norms``; returns the hook handles."""
+    tensors = model_tensors(model)
+    scopes: dict[str, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for norm in norms:
+        weight = tensors[norm.weight]
+        scopes.setdefault(norm.module, {})[id(weight)] = (weight, norm.kept)
+    handles = []
+    for path, kept in scopes.items():
+        module = model.get_submodule(path)
+        scope = _Scope(kept)
+        handles.append(module.register_forward_pre_hook(scope.enter))
+        handles.append(module.register_forward_hook(scope.leave, prepend=True, always_call=True))
+    return handles
+
+
+__all__ = ["MaskedNorm", "attach_masked_norms", "masked_norms"]
