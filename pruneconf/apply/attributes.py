@@ -39,7 +39,7 @@ def _kept_positions(plan: PruningPlan, group_index: np.ndarray, channel: np.ndar
 def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int]]:
     """``(module path, old size, new size)`` of every literal reshape size the plan changes."""
     for node, attrs in graph.nodes(data=True):
-        if attrs["kind"] != "call" or attrs["op"] not in RESHAPES or not attrs.get("module"):
+        if attrs["kind"] != "call" or attrs["op"] not in RESHAPES or attrs.get("module") is None:
             continue
         sizes = _size_args(attrs)
         for dim, (group_index, channel) in plan.groups.channel_map(node).items():
