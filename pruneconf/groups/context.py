@@ -52,6 +52,7 @@ class RuleContext:
         self.tensors: dict[tuple[str, int], TensorLabels] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}
         self.roles: dict[tuple[str, int, str], Role] = {}
+        self.read_as_tensor: dict[tuple[str, int], str] = {}  # param dim -> first node reading it
         self.notes: list[Note] = []
         self.node = ""
         self.attrs: dict[str, Any] = {}
@@ -104,6 +105,8 @@ class RuleContext:
         shape = self.shape(ref)
         if attrs["kind"] in ("param", "buffer"):
             found = {d: self.param_dim(ref, d) for d, n in enumerate(shape) if n > 1}
+            for d in found:
+                self.read_as_tensor.setdefault((self.param_name(ref), d), self.node)
         else:
             reason = {"input": "fed by a model input",
                       "constant": "combined with a tensor that is not a parameter or buffer of the model",
@@ -151,6 +154,18 @@ class RuleContext:
         name = self.param_name(ref)
         self.roles.setdefault((name, dim, role), Role(name, dim, role, self.node))
         return self.param_dim(ref, dim)
+
+    def all_roles(self) -> list[Role]:
+        """Declared roles, plus FOLLOWER for parameter dims a rule only read as a tensor.
+
+        A layer scale multiplied in by hand (``x * self.gamma``) or a parameter added to the
+        activations carries group channels without any rule declaring a role for it; it
+        must still shrink with them, or the pruned model would not even run.
+        """
+        declared = {(r.param, r.dim) for r in self.roles.values()}
+        implicit = [Role(name, dim, FOLLOWER, node) for (name, dim), node in self.read_as_tensor.items()
+                    if (name, dim) not in declared]
+        return [*self.roles.values(), *implicit]
 
     def note(self, labels: np.ndarray, kind: str) -> None:
         self.notes.append(Note(np.asarray(labels), kind, self.node))

@@ -193,7 +193,7 @@ def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int
 
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     layer_name = graph.graph["layers"].__getitem__
-    roles = sorted(ctx.roles.values(), key=lambda r: graph.nodes[r.node]["order"])
+    roles = sorted(ctx.all_roles(), key=lambda r: graph.nodes[r.node]["order"])
     sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
     # Sources whose channels meet form one group: link every root of a source to its first.
     left = np.concatenate([rl for _, rl in sources]) if sources else np.empty(0, np.int64)

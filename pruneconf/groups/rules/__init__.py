@@ -1,5 +1,5 @@
 """Channel rules, one module per family of operators. Importing registers them."""
-from . import attention, conv, elementwise, indexing, linear, norm, reduction, shape, spatial
+from . import attention, conv, einsum, elementwise, indexing, linear, norm, reduction, shape, spatial
 
-__all__ = ["attention", "conv", "elementwise", "indexing", "linear", "norm", "reduction",
+__all__ = ["attention", "conv", "einsum", "elementwise", "indexing", "linear", "norm", "reduction",
            "shape", "spatial"]
