@@ -105,9 +105,10 @@ def anchored_slice(ctx: RuleContext, lab: np.ndarray, start: int | None, stop: i
     The bounds stay the same after pruning. A non-negative bound counts from the front, so
     it still points at the same channel only if none before it is pruned: those are
     blocked. A negative bound counts from the back: the channels after it are blocked. The
-    channels between the anchors stay prunable and keep their labels in the result, so the
-    model's own slice picks exactly the survivors (``x[:, 4:]`` prunes everything after
-    channel 4; ``x[:, :4]`` prunes nothing before 4 but everything after it).
+    channels between the anchors keep their labels in the result, so the model's own slice
+    picks exactly the survivors. Blocking a channel keeps its whole group, so this pays off
+    where the dim spans several groups: after ``cat([a, b], 1)``, ``[:, len(a):]`` keeps
+    ``a`` whole and ``b`` prunable, ``[:, :len(a)]`` keeps ``a`` whole and ``b`` prunable too.
     """
     n = len(lab)
     front, back = 0, n
