@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruneconf import find_groups, trace
+from pruneconf import Pruner, find_groups, trace
+from pruneconf.analysis import total_macs, total_params
 from pruneconf.groups import ChannelGroups
 from pruneconf.groups.context import CONSUMER
 from pruneconf.masks.norms import attach_masked_norms, masked_norms
@@ -94,8 +95,11 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
         before = _flat(_call(model, example))
         for m, p, idx in members(False):
             noise = torch.rand_like(p.index_select(m.dim, idx)) + 0.5
+            # relative to the tensor's own scale: a layer scale of 1e-5 scrambled by +3
+            # would blow the activations up to inf, and inf times a cut-off zero is NaN
+            scale = float(p.abs().mean()) or 1.0
             scrambled = p.index_select(m.dim, idx) * noise if m.param.endswith("running_var") \
-                else p.index_select(m.dim, idx) + 3 * noise
+                else p.index_select(m.dim, idx) + 3 * scale * noise
             p.index_copy_(m.dim, idx, scrambled)
         cut_consumers()  # a source row may span a consumer column of another group
         after = _flat(_call(model, example))
@@ -106,3 +110,25 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
         assert torch.allclose(a, b, atol=atol * scale, rtol=0), \
             f"outputs moved by {float((a - b).abs().max()):.3g}: a coupling was missed"
     return sum(len(v) for v in picks.values())
+
+
+def check_pruning(model: nn.Module, x, groups: ChannelGroups) -> float:
+    """The zoo check: no missed coupling, sparsity 0 is the original bit for bit, and
+    sparsity 0.5 shrinks the model (``apply_masks`` raises unless it computes what the
+    masked model did) without changing any output shape. Returns the MACs kept (a fraction).
+    """
+    assert assert_no_influence(model, x, groups) > 0
+    model = calibrated(model, x)  # sane BatchNorm statistics for eval-mode comparisons
+    with torch.no_grad():
+        reference = _flat(_call(model, x))
+    untouched = copy.deepcopy(model)
+    Pruner(untouched, x, {"sparsity": 0.0}).apply_masks()
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(_flat(_call(untouched.eval(), x)), reference))
+    before = trace(model, x)
+    Pruner(model, x, {"sparsity": 0.5}).apply_masks()  # raises unless masked == applied
+    with torch.no_grad():
+        assert [t.shape for t in _flat(_call(model.eval(), x))] == [t.shape for t in reference]
+    after = trace(model, x)
+    assert total_macs(after) < total_macs(before) and total_params(after) < total_params(before)
+    return total_macs(after) / total_macs(before)

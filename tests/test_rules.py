@@ -74,6 +74,8 @@ CASES = [
     Case("embedding", lambda: Between(lambda m, y: y, nn.Embedding(10, 8), nn.Linear(8, 2)), shape=(2, 5), channels=8),
     Case("matmul", lambda: Between(lambda m, y: m.extra["proj"](y), nn.Linear(6, 8), nn.Linear(4, 2)), shape=(2, 5, 6), channels=8),
     Case("matmul", lambda: Between(lambda m, y: y @ y.transpose(1, 2), nn.Linear(6, 8), nn.Linear(5, 2)), shape=(2, 5, 6), blocked="contracted by 'matmul'"),
+    Case("einsum", lambda: Between(lambda m, y: torch.einsum("bchw,co->bohw", y, m.extra["proj"].w), conv(), conv(4, 2)), channels=8),
+    Case("einsum", lambda: Between(lambda m, y: torch.einsum("bchw,bchw->bhw", y, y).flatten(1), conv(), nn.Linear(36, 2)), blocked="contracted by 'einsum' between two activations"),
     Case("multi_head_attention", lambda: Between(lambda m, y: m.extra["mha"](y, y, y)[0], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=4, notes=["masked_contraction"]),  # dim j of both heads: one channel
     Case("scaled_dot_product_attention", lambda: Between(lambda m, y: F.scaled_dot_product_attention(y, y, y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), blocked="contracted inside attention"),
     Case("recurrent", lambda: Between(lambda m, y: m.extra["lstm"](y)[0], nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=8),
@@ -108,6 +110,7 @@ CASES = [
     Case("split", lambda: Between(lambda m, y: sum(y.chunk(2, dim=1)), conv(), conv(4, 2)), channels=4),
     Case("split", lambda: Between(lambda m, y: y.split(4, dim=1)[0], conv(), conv(4, 2)), blocked="constant sizes"),
     Case("narrow", lambda: Between(lambda m, y: y.narrow(1, 0, 4), conv(), conv(4, 2)), blocked="constant indices in 'narrow'"),
+    Case("narrow", lambda: Between(lambda m, y: y.narrow(1, -4, 4), conv(), conv(4, 2)), blocked="constant length by 'narrow'"),
     Case("glu", lambda: Between(lambda m, y: F.glu(y, 1), conv(), conv(4, 2)), channels=4),
     Case("reduce_rule", lambda: Between(lambda m, y: y.sum(1, keepdim=True), conv(), conv(1, 2)), blocked="reduced by 'sum'"),
     Case("along", lambda: Between(lambda m, y: y.softmax(-1) + y.cumsum(2), conv(), conv(8, 2)), channels=8),

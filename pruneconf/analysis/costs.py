@@ -1,10 +1,11 @@
 """Multiply-accumulates (MACs) and parameter counts read off the traced graph.
 
 Convention ("standard MACs"): convolutions ``out_elements * in_channels / groups * kernel``,
-linear layers and matrix products ``out_elements * reduced_dim``, attention's projections
-and its two matrix products, recurrent layers their gate and projection products per time
-step; biases, norms, activations, gate math and pooling count nothing. This is the
-convention of fvcore/ptflops-style counters for the layers that dominate cost.
+linear layers and matrix products ``out_elements * reduced_dim`` (``einsum``: the product of
+its subscripts' sizes), attention's projections and its two matrix products, recurrent
+layers their gate and projection products per time step; biases, norms, activations, gate
+math and pooling count nothing. This is the convention of fvcore/ptflops-style counters for
+the layers that dominate cost.
 """
 from __future__ import annotations
 
@@ -54,6 +55,19 @@ def _linear(attrs: dict, graph: nx.DiGraph) -> int:
 def _matmul(attrs: dict, graph: nx.DiGraph) -> int:
     a = _shape(graph, attrs["args"][0])
     return math.prod(attrs["out_shapes"][0]) * a[-1]
+
+
+@_macs("einsum")
+def _einsum(attrs: dict, graph: nx.DiGraph) -> int:
+    """Every combination of subscript values is one product per extra operand."""
+    from ..groups.rules.einsum import parse_equation
+
+    args = attrs["args"]
+    operands = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    shapes = [_shape(graph, r) for r in operands]
+    subs, _ = parse_equation(args[0], [len(s) for s in shapes])
+    sizes = {letter: n for sub, shape in zip(subs, shapes) for letter, n in zip(sub, shape) if n > 1}
+    return max(len(operands) - 1, 0) * math.prod(sizes.values())
 
 
 @_macs("multi_head_attention_forward")

@@ -98,6 +98,36 @@ def fresh_blocked(ctx: RuleContext, n: int, reason: str) -> np.ndarray:
     return labels
 
 
+def anchored_slice(ctx: RuleContext, lab: np.ndarray, start: int | None, stop: int | None,
+                   reason: str) -> np.ndarray:
+    """Labels of ``lab[start:stop]`` for constant bounds written in the model's code.
+
+    The bounds stay the same after pruning. A non-negative bound counts from the front, so
+    it still points at the same channel only if none before it is pruned: those are
+    blocked. A negative bound counts from the back: the channels after it are blocked. The
+    channels between the anchors keep their labels in the result, so the model's own slice
+    picks exactly the survivors. Blocking a channel keeps its whole group, so this pays off
+    where the dim spans several groups: after ``cat([a, b], 1)``, ``[:, len(a):]`` keeps
+    ``a`` whole and ``b`` prunable, ``[:, :len(a)]`` keeps ``a`` whole and ``b`` prunable too.
+    """
+    n = len(lab)
+    front, back = 0, n
+    if start is not None:
+        if start >= 0:
+            front = min(start, n)
+        elif n + start > 0:
+            back = n + start
+    if stop is not None:
+        if 0 <= stop < n:
+            front = max(front, stop)
+        elif stop < 0:
+            back = min(back, max(n + stop, 0))
+    if n > 1:
+        ctx.block(lab[:front], reason)
+        ctx.block(lab[back:], reason)
+    return lab[start:stop]
+
+
 def block_union(ctx: RuleContext, labels: np.ndarray, blocks: int) -> np.ndarray:
     """Make each of ``blocks`` equal blocks of ``labels`` one channel; return block roots."""
     grid = labels.reshape(blocks, -1)

@@ -1,10 +1,13 @@
 """Indexing, concatenation and splitting along dims.
 
 Model code writes slice bounds and split sizes as constants (``x[:, :32]``,
-``torch.split(x, [16, 48], 1)``); after pruning those constants would cut the wrong
-channels, so partial indexing of a channel dim blocks it. ``chunk`` is computed from the
-tensor's size at run time: its pieces are coupled position by position, so they shrink
-alike and the model's own ``chunk`` call still splits them correctly.
+``torch.split(x, [16, 48], 1)``) that stay the same after pruning. A constant slice bound
+counts from the front (or, when negative, from the back), so the channels between it and
+that end are blocked: a slice then still cuts the same channels, and the channels beyond
+its anchors stay prunable (``x[:, 8:]`` prunes freely after channel 8). Steps other than 1
+block the dim. Constant split sizes must add up to the dim, so they block it. ``chunk`` is
+computed from the tensor's size at run time: its pieces are coupled position by position,
+so they shrink alike and the model's own ``chunk`` call still splits them correctly.
 """
 from __future__ import annotations
 
@@ -15,21 +18,24 @@ import numpy as np
 from ...trace.refs import Ref
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
-from .common import fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
+from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
 
 PARTIAL = "channels selected by constant indices in '{op}'"
 
 
-def _full_slice(index: Any, size: int) -> bool:
-    return (isinstance(index, slice) and index.start in (None, 0)
+def _whole(index: Any, size: int) -> bool:
+    """Whether ``index`` keeps the whole dim of ``size`` (a full slice, or 0 of a size-1 dim)."""
+    if isinstance(index, int):
+        return size == 1
+    return (index.start in (None, 0)
             and (index.stop is None or (isinstance(index.stop, int) and index.stop >= size))
             and index.step in (None, 1))
 
 
-def index_plan(shape: tuple[int, ...], index: Any) -> list[tuple[int, int | None, bool]] | None:
-    """For basic indexing: ``(in_dim, out_dim or None, whole)`` per input dim.
+def index_plan(shape: tuple[int, ...], index: Any) -> list[tuple[int, int | None, Any]] | None:
+    """For basic indexing: ``(in_dim, out_dim or None, index along in_dim)`` per input dim.
 
-    ``whole`` is true when the dim is kept entirely. Returns ``None`` for advanced
+    The index is an int (the dim goes away) or a slice. Returns ``None`` for advanced
     indexing (tensor or list indices), which the caller treats as unsupported.
     """
     items = index if isinstance(index, tuple) else (index,)
@@ -48,31 +54,42 @@ def index_plan(shape: tuple[int, ...], index: Any) -> list[tuple[int, int | None
         if i is None:
             o += 1
         elif isinstance(i, int):
-            plan.append((d, None, shape[d] == 1))
+            plan.append((d, None, i))
             d += 1
         else:
-            plan.append((d, o, _full_slice(i, shape[d])))
+            plan.append((d, o, i))
             d += 1
             o += 1
     return plan
 
 
+def _bounds(index: Any) -> tuple[Any, Any, Any]:
+    """``(start, stop, step)`` of a slice, or of the one-element slice an int selects."""
+    if isinstance(index, int):
+        return index, (index + 1 if index != -1 else None), 1
+    return index.start, index.stop, index.step
+
+
 def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLabels:
-    """Labels of ``x[index]``; a partially indexed channel dim is blocked."""
+    """Labels of ``x[index]``; constant bounds on a channel dim block what they anchor."""
     out: TensorLabels = {}
-    for d, o, whole in plan:
+    reason = PARTIAL.format(op=ctx.op)
+    for d, o, index in plan:
         lab = labels.get(d)
         if lab is None:
             continue
-        if whole:
-            if o is not None:
-                out[o] = lab
-            continue
-        reason = PARTIAL.format(op=ctx.op)
-        if lab.size > 1:
-            ctx.block(lab, reason)
+        if _whole(index, len(lab)):
+            kept = lab
+        else:
+            start, stop, step = _bounds(index)
+            if step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
+                kept = anchored_slice(ctx, lab, start, stop, reason)
+            else:
+                if lab.size > 1:
+                    ctx.block(lab, f"channels taken with a step or computed bounds in '{ctx.op}'")
+                kept = fresh_blocked(ctx, out_shape[o], reason) if o is not None else None
         if o is not None:
-            out[o] = fresh_blocked(ctx, out_shape[o], reason)
+            out[o] = kept
     return out
 
 
@@ -89,7 +106,7 @@ def _gathered(ctx: RuleContext, x: Ref, index: Any) -> TensorLabels | None:
     if len(refs) != 1 or "int" not in ctx.graph.nodes[items[refs[0]].node]["out_dtypes"][items[refs[0]].index]:
         return None
     d = refs[0]
-    if any(not _full_slice(i, shape[k]) for k, i in enumerate(items) if k != d):
+    if any(not _whole(i, shape[k]) for k, i in enumerate(items) if k != d):
         return None
     labels, grown = ctx.labels(x), len(ctx.shape(items[d])) - 1
     if (lab := labels.get(d)) is not None and lab.size > 1:
@@ -117,20 +134,15 @@ def setitem(ctx: RuleContext) -> None:
         return unsupported(ctx)
     shape = ctx.shape(x)
     region_shape = [1] * (1 + max((o for _, o, _ in plan if o is not None), default=-1))
-    for d, o, whole in plan:
+    for d, o, index in plan:
         if o is not None:
-            region_shape[o] = shape[d] if whole else -1
-    region = _select(ctx, labels, plan, [max(n, 0) for n in region_shape])
+            region_shape[o] = len(range(shape[d])[index])
+    region = _select(ctx, labels, plan, region_shape)
     if isinstance(value, Ref):
         vshape, vlab = ctx.shape(value), ctx.labels(value)
         for o, n in enumerate(region_shape):
             sd = o - (len(region_shape) - len(vshape))
-            if sd < 0 or sd not in vlab:
-                continue
-            if n < 0:  # written into constant positions of the target
-                if vshape[sd] > 1:
-                    ctx.block(vlab[sd], PARTIAL.format(op=ctx.op))
-            else:
+            if 0 <= sd and sd in vlab:
                 merge_dim(ctx, [(region.get(o), n), (vlab[sd], vshape[sd])], n, "'setitem'")
     ctx.set_out(labels)
 
@@ -200,6 +212,7 @@ def split(ctx: RuleContext) -> None:
 
 @register("narrow", "select")
 def narrow(ctx: RuleContext) -> None:
+    """``narrow(dim, start, length)`` is ``x[start:start + length]`` that must stay ``length`` long."""
     x = ctx.arg(0, "input")
     shape, labels = ctx.shape(x), ctx.labels(x)
     dim = norm_dim(ctx.arg(1, "dim"), len(shape))
@@ -207,8 +220,12 @@ def narrow(ctx: RuleContext) -> None:
         index = [slice(None)] * dim + [ctx.arg(2, "index")]
     else:
         start, length = ctx.arg(2, "start"), ctx.arg(3, "length")
-        index = [slice(None)] * dim + [slice(start, start + length) if isinstance(start, int) else slice(-1)]
-    ctx.set_out(_select(ctx, labels, index_plan(shape, tuple(index)), ctx.out_shapes[0]))
+        stop = start + length if isinstance(start, int) and start + length != 0 else None
+        index = [slice(None)] * dim + [slice(start, stop)]
+    out = _select(ctx, labels, index_plan(shape, tuple(index)), ctx.out_shapes[0])
+    if ctx.op == "narrow" and dim in out and out[dim].size > 1:  # unlike a slice, the length is checked
+        ctx.block(out[dim], "channels taken with a constant length by 'narrow'")
+    ctx.set_out(out)
 
 
 @register("glu")

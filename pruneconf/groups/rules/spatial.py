@@ -7,7 +7,7 @@ import numpy as np
 
 from ..context import RuleContext
 from ..registry import register
-from .common import block_dims, fresh_blocked, norm_dim
+from .common import anchored_slice, block_dims, fresh_blocked, norm_dim
 
 POOLS = tuple(f"{kind}{k}d{suffix}" for k in (1, 2, 3)
               for kind in ("max_pool", "avg_pool", "adaptive_avg_pool", "adaptive_max_pool",
@@ -41,7 +41,8 @@ def resize(ctx: RuleContext) -> None:
 
 @register("pad")
 def pad(ctx: RuleContext) -> None:
-    """Constant padding adds blocked channels around the kept ones; other modes mix them."""
+    """Constant padding adds blocked channels around the kept ones and crops (negative
+    amounts) like a constant slice; other modes mix channels across the border."""
     x, amounts = ctx.arg(0, "input"), tuple(ctx.arg(1, "pad"))
     mode = ctx.arg(2, "mode", "constant")
     labels = dict(ctx.labels(x))
@@ -52,10 +53,12 @@ def pad(ctx: RuleContext) -> None:
         lab = labels.get(d)
         if lab is None or (before == 0 and after == 0):
             continue
-        if mode != "constant" or before < 0 or after < 0:
-            ctx.block(lab, f"channels padded in '{mode}' mode or cropped by 'pad'")
+        if mode != "constant":
+            ctx.block(lab, f"channels padded in '{mode}' mode by 'pad'")
             labels[d] = fresh_blocked(ctx, ctx.out_shapes[0][d], "padding")
-        else:
-            labels[d] = np.concatenate([fresh_blocked(ctx, before, "constant padding channel"), lab,
-                                        fresh_blocked(ctx, after, "constant padding channel")])
+            continue
+        kept = anchored_slice(ctx, lab, -before if before < 0 else None, after if after < 0 else None,
+                              "channels cropped by 'pad'")
+        labels[d] = np.concatenate([fresh_blocked(ctx, max(before, 0), "constant padding channel"), kept,
+                                    fresh_blocked(ctx, max(after, 0), "constant padding channel")])
     ctx.set_out(labels)

@@ -1,0 +1,23 @@
+"""Several timm families (see ``zoo_models.TIMM``), built with ``pretrained=False`` and pruned
+at 0.5: masked ≡ applied, output shapes unchanged, sparsity 0 ≡ original
+(``helpers.check_pruning``). Needs timm (the ``test`` extra); skipped without it.
+"""
+import pytest
+import torch
+
+from helpers import check_pruning
+from pruneconf import find_groups, trace
+from zoo_models import TIMM, timm_model
+
+pytest.importorskip("timm")
+SLOW = {"swin_tiny_patch4_window7_224", "efficientformer_l1", "cspresnet50", "res2net50_26w_4s"}
+
+
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow) if e.name in SLOW else e for e in TIMM],
+                         ids=[e.name for e in TIMM])
+def test_timm_model(entry):
+    torch.manual_seed(0)
+    model, x = timm_model(entry)
+    groups = find_groups(trace(model, x))
+    assert groups.prunable, f"{entry.name}: nothing prunable"
+    check_pruning(model, x, groups)

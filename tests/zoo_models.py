@@ -1,0 +1,81 @@
+"""The model zoos the tests prune and ``benchmarks/zoo_table.py`` tabulates, in one place.
+
+Every model is built untrained (``weights=None`` / ``pretrained=False``): nothing is
+downloaded. Inputs are small (64 px) where the architecture allows; models whose
+attention biases or windows fix the resolution get the size they need.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+
+SEGMENTATION = torchvision.models.list_models(module=torchvision.models.segmentation)
+
+# One representative (the smallest member) of every torchvision classification family.
+TORCHVISION_FAMILIES = {
+    "alexnet": "alexnet", "convnext": "convnext_tiny", "densenet": "densenet121",
+    "efficientnet": "efficientnet_b0", "efficientnet_v2": "efficientnet_v2_s", "googlenet": "googlenet",
+    "inception": "inception_v3", "maxvit": "maxvit_t", "mnasnet": "mnasnet0_5",
+    "mobilenet_v2": "mobilenet_v2", "mobilenet_v3": "mobilenet_v3_small", "regnet_x": "regnet_x_400mf",
+    "regnet_y": "regnet_y_400mf", "resnet": "resnet18", "resnext": "resnext50_32x4d",
+    "shufflenet_v2": "shufflenet_v2_x0_5", "squeezenet": "squeezenet1_0", "swin": "swin_t",
+    "swin_v2": "swin_v2_t", "vgg": "vgg11", "vit": "vit_b_32", "wide_resnet": "wide_resnet50_2",
+}
+TORCHVISION_SIZES = {"inception_v3": 299, "maxvit_t": 224, "vit_b_32": 224}
+
+
+@dataclasses.dataclass(frozen=True)
+class TimmModel:
+    family: str
+    name: str
+    size: int | None = None  # a resolution the model needs; None: any (the requested size)
+    img_size: bool = False   # tell the model its input size (ViT-style position embeddings)
+    kwargs: tuple = ()       # extra create_model arguments, as (key, value) pairs
+
+
+TIMM = [
+    TimmModel("resnet", "resnet18"), TimmModel("resnet-deep-stem", "resnet10t"),
+    TimmModel("efficientnet", "efficientnet_b0"), TimmModel("mobilenetv3", "mobilenetv3_small_050"),
+    TimmModel("convnext", "convnext_atto"), TimmModel("vit", "vit_tiny_patch16_224", img_size=True),
+    TimmModel("deit", "deit_tiny_patch16_224", img_size=True),
+    TimmModel("swin", "swin_tiny_patch4_window7_224", size=128, img_size=True, kwargs=(("window_size", 4),)),
+    TimmModel("regnet", "regnetx_002"), TimmModel("ghostnet", "ghostnet_050"), TimmModel("ghostnetv2", "ghostnetv2_100"),
+    TimmModel("rexnet", "rexnet_100"), TimmModel("dla", "dla46_c"), TimmModel("cspnet", "cspresnet50"),
+    TimmModel("levit", "levit_128s", size=128, img_size=True), TimmModel("mixer", "mixer_s32_224", img_size=True),
+    TimmModel("poolformer", "poolformer_s12"), TimmModel("mobilevit", "mobilevit_xxs"),
+    TimmModel("edgenext", "edgenext_xx_small"), TimmModel("hrnet", "hrnet_w18_small"), TimmModel("dpn", "dpn48b"),
+    TimmModel("res2net", "res2net50_26w_4s"), TimmModel("densenet", "densenet121"), TimmModel("repvgg", "repvgg_a0"),
+    TimmModel("lcnet", "lcnet_050"), TimmModel("efficientformer", "efficientformer_l1", size=224),
+    TimmModel("gernet", "gernet_s"), TimmModel("fastvit", "fastvit_t8"),
+]
+
+
+def image(size: int, batch: int = 2) -> torch.Tensor:
+    return torch.randn(batch, 3, size, size)
+
+
+def torchvision_model(name: str, size: int = 64) -> tuple[nn.Module, torch.Tensor]:
+    model = torchvision.models.get_model(name, weights=None)
+    return model, image(TORCHVISION_SIZES.get(name, size))
+
+
+def segmentation_model(name: str, size: int = 64) -> tuple[nn.Module, torch.Tensor]:
+    """With the auxiliary head where the model has one, so it is pruned too."""
+    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None}
+    if not name.startswith("lraspp"):
+        kwargs["aux_loss"] = True
+    return torchvision.models.get_model(name, **kwargs), image(size)
+
+
+def timm_model(entry: TimmModel, size: int = 64) -> tuple[nn.Module, torch.Tensor]:
+    import timm
+
+    size = entry.size or size
+    kwargs = dict(entry.kwargs)
+    if entry.img_size:
+        kwargs["img_size"] = size
+    return timm.create_model(entry.name, pretrained=False, **kwargs), image(size)
