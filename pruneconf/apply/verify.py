@@ -14,7 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..masks.plan import PruningPlan
+from ..masks.plan import PruningPlan, model_tensors
 from ..masks.register import register_masks
 from ..trace.refs import iter_tensors
 from ..trace.tracer import _call
@@ -66,7 +66,7 @@ class DryRun:
         self.model = copy.deepcopy(model).eval()
         self.example = example
         self.atol = atol
-        self.state = {k: v.clone() for k, v in self.model.state_dict(keep_vars=False).items()}
+        self.saved = {k: v.detach().clone() for k, v in model_tensors(self.model).items()}
 
     def problem(self, plan: PruningPlan) -> str | None:
         """Why shrinking by ``plan`` would not reproduce the masked model, or None."""
@@ -77,7 +77,9 @@ class DryRun:
             masks.remove()
         done, problem = compare_shrunk(self.model, self.example, plan, expected, self.atol, log_changes=False)
         done.undo()
-        self.model.load_state_dict(self.state)
+        with torch.no_grad():  # masks zeroed the originals in place
+            for name, tensor in model_tensors(self.model).items():
+                tensor.copy_(self.saved[name])
         return problem
 
 
