@@ -8,7 +8,8 @@ train-mode pass so BatchNorm statistics are sane) and pruned with
 
 Columns: groups found; groups pruned at 0.5; groups left whole, counted by reason (a
 group's ``reasons`` when it is not prunable, ``Pruner.skipped()`` when pruneconf cannot
-shrink it yet, or too few channels to drop one); MACs before and after
+shrink it yet, ``Pruner.dropped`` when the dry run saw shrinking it break the model's code,
+or too few channels to drop one); MACs before and after
 (``pruneconf.analysis.total_macs`` of the traced model) and the reduction.
 
     PYTHONPATH=$PWD python benchmarks/zoo_table.py                 # everything, 64 px
@@ -77,6 +78,8 @@ def left_whole(pruner: Pruner) -> collections.Counter:
             why[short_reason(g.reasons[0])] += 1
         elif g.center in skipped:
             why[short_reason(skipped[g.center]).split(":")[0]] += 1
+        elif g.center in pruner.dropped:
+            why["shrinking it breaks the model's code"] += 1
         else:
             why["too few channels to drop one at this sparsity"] += 1
     return why

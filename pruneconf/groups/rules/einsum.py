@@ -91,10 +91,11 @@ def _contracted(ctx: RuleContext, letter: str, uses: list[_Use]) -> None:
         return
     reason = (f"contracted by 'einsum' between two activations (letter '{letter}')" if len(acts) > 1
               else f"channels reduced by 'einsum' (letter '{letter}')")
+    block = ctx.block_contracted if len(acts) > 1 else ctx.block
     for u in acts:
         lab = ctx.labels(u.ref).get(u.dim)
         if lab is not None and lab.size > 1:
-            ctx.block(lab, reason)
+            block(lab, reason)
 
 
 def _operands(ctx: RuleContext) -> list[Any]:
