@@ -14,6 +14,7 @@ or too few channels to drop one); MACs before and after
 
     PYTHONPATH=$PWD python benchmarks/zoo_table.py                 # everything, 64 px
     PYTHONPATH=$PWD python benchmarks/zoo_table.py --families timm,resnet --size 96
+    PYTHONPATH=$PWD python benchmarks/zoo_table.py --headline      # issue 4's models, full size
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from helpers import calibrated  # noqa: E402
 from pruneconf import Pruner, trace  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.table import format_table  # noqa: E402
-from zoo_models import (SEGMENTATION, TIMM, TORCHVISION_FAMILIES, segmentation_model,  # noqa: E402
-                        timm_model, torchvision_model)
+from zoo_models import (HEADLINE, SEGMENTATION, TIMM, TORCHVISION_FAMILIES,  # noqa: E402
+                        segmentation_model, timm_model, torchvision_model)
 
 
 @dataclasses.dataclass
@@ -54,6 +55,12 @@ def entries() -> list[Entry]:
             for name in SEGMENTATION]
     out += [Entry("timm", e.family, e.name, lambda size, e=e: timm_model(e, size)) for e in TIMM]
     return out
+
+
+def headline_entries() -> list[Entry]:
+    """The models issue 4 names, each at its usual input size (``--size`` does not apply)."""
+    return [Entry("headline", name.split("_")[0], name, lambda size, make=make: make())
+            for name, make in HEADLINE.items()]
 
 
 def short_reason(reason: str) -> str:
@@ -104,10 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default="",
                         help="comma-separated sources (torchvision, segmentation, timm) or family names; default all")
     parser.add_argument("--size", type=int, default=64, help="input size where the model allows (default 64)")
+    parser.add_argument("--headline", action="store_true",
+                        help="only the models issue 4 names (ShuffleNetV2, Swin-T, ViT-B/16, ...), full size")
     args = parser.parse_args(argv)
     logging.getLogger("pruneconf").setLevel(logging.ERROR)
     wanted = {f.strip() for f in args.families.split(",") if f.strip()}
-    chosen = [e for e in entries() if not wanted or e.source in wanted or e.family in wanted or e.name in wanted]
+    pool = headline_entries() if args.headline else entries()
+    chosen = [e for e in pool if not wanted or e.source in wanted or e.family in wanted or e.name in wanted]
     if not chosen:
         parser.error(f"no model matches --families {args.families!r}")
     rows, failed, start = [], 0, time.perf_counter()

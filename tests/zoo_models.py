@@ -79,3 +79,30 @@ def timm_model(entry: TimmModel, size: int = 64) -> tuple[nn.Module, torch.Tenso
     if entry.img_size:
         kwargs["img_size"] = size
     return timm.create_model(entry.name, pretrained=False, **kwargs), image(size)
+
+
+class BiLSTMClassifier(nn.Module):
+    """A speech/text-style model: Linear → 2-layer bidirectional LSTM → Linear on the last step."""
+
+    def __init__(self, features: int = 40, hidden: int = 96, classes: int = 10) -> None:
+        super().__init__()
+        self.inp = nn.Linear(features, 64)
+        self.rnn = nn.LSTM(64, hidden, num_layers=2, bidirectional=True, batch_first=True, dropout=0.1)
+        self.head = nn.Linear(2 * hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y, _ = self.rnn(self.inp(x))
+        return self.head(y[:, -1])
+
+
+# The models issue 4 names, at their usual input sizes (batch 2).
+HEADLINE = {
+    "shufflenet_v2_x1_0": lambda: torchvision_model("shufflenet_v2_x1_0", 224),
+    "swin_t": lambda: torchvision_model("swin_t", 224),
+    "vit_b_16": lambda: torchvision_model("vit_b_16", 224),
+    "convnext_tiny": lambda: torchvision_model("convnext_tiny", 224),
+    "inception_v3": lambda: torchvision_model("inception_v3", 299),
+    "deeplabv3_resnet50": lambda: segmentation_model("deeplabv3_resnet50", 224),
+    "lraspp_mobilenet_v3_large": lambda: segmentation_model("lraspp_mobilenet_v3_large", 224),
+    "bilstm (2 layers)": lambda: (BiLSTMClassifier(), torch.randn(2, 50, 40)),
+}
