@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import networkx as nx
-import numpy as np
 from torch import nn
 
 from ..masks.plan import PruningPlan
@@ -25,29 +24,16 @@ def _size_args(attrs: dict) -> tuple:
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
 
 
-def _kept_positions(plan: PruningPlan, group_index: np.ndarray, channel: np.ndarray) -> int:
-    """How many positions of a dim survive the plan (positions in no group always do)."""
-    survive = np.ones(len(group_index), dtype=bool)
-    for gi in np.unique(group_index[group_index >= 0]).tolist():
-        kept = plan.kept.get(plan.groups.groups[gi].center)
-        if kept is not None:
-            at = group_index == gi
-            survive[at] = np.isin(channel[at], kept)
-    return int(survive.sum())
-
-
 def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int]]:
     """``(module path, old size, new size)`` of every literal reshape size the plan changes."""
     for node, attrs in graph.nodes(data=True):
         if attrs["kind"] != "call" or attrs["op"] not in RESHAPES or attrs.get("module") is None:
             continue
         sizes = _size_args(attrs)
-        for dim, (group_index, channel) in plan.groups.channel_map(node).items():
-            old = attrs["out_shapes"][0][dim]
-            if dim < len(sizes) and sizes[dim] == old:
-                new = _kept_positions(plan, group_index, channel)
-                if new != old:
-                    yield attrs["module"], old, new
+        for dim, keep in plan.surviving(node).items():
+            old, new = attrs["out_shapes"][0][dim], int(keep.sum())
+            if dim < len(sizes) and sizes[dim] == old and new != old:
+                yield attrs["module"], old, new
 
 
 def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn.Module, str, int]]:

@@ -55,17 +55,7 @@ def _arg(attrs: dict, index: int, name: str, default: Any = None) -> Any:
 
 def _kept_along(plan: PruningPlan, x: Ref, dim: int, size: int) -> np.ndarray:
     """Which positions along ``dim`` of tensor ``x`` survive the plan (all groups spanning it)."""
-    keep = np.ones(size, dtype=bool)
-    found = plan.groups.channel_map(x.node, x.index).get(dim)
-    if found is None:
-        return keep
-    group_index, channel = found
-    for gi in np.unique(group_index[group_index >= 0]).tolist():
-        kept = plan.kept.get(plan.groups.groups[gi].center)
-        if kept is not None:
-            at = group_index == gi
-            keep[at] = np.isin(channel[at], kept)
-    return keep
+    return plan.surviving(x.node, x.index).get(dim, np.ones(size, dtype=bool))
 
 
 def _masked_norm(plan: PruningPlan, node: str) -> MaskedNorm | None:

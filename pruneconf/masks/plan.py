@@ -46,6 +46,20 @@ class PruningPlan:
                 keep[m.index] &= np.isin(m.channels, kept)
         return {k: v for k, v in out.items() if not v.all()}
 
+    def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
+        """For each labelled dim of a node's output: which positions survive the plan
+        (a dim may span several groups; positions in no group always survive)."""
+        out = {}
+        for dim, (group_index, channel) in self.groups.channel_map(node, index).items():
+            keep = np.ones(len(group_index), dtype=bool)
+            for gi in np.unique(group_index[group_index >= 0]).tolist():
+                kept = self.kept.get(self.groups.groups[gi].center)
+                if kept is not None:
+                    at = group_index == gi
+                    keep[at] = np.isin(channel[at], kept)
+            out[dim] = keep
+        return out
+
     def restricted(self, centers) -> "PruningPlan":
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
