@@ -3,14 +3,15 @@
 Per torchvision model (``weights=None``, ``eval()``): prune a copy with the public API,
 ``Pruner(model, x, {"sparsity": S, "round_to": R}).apply_masks()`` (which verifies the shrunk
 model against the masked one), then time the dense and the pruned model. Predicted speedup =
-dense MACs / pruned MACs (``pruneconf.analysis.total_macs``); measured speedup = dense median
-time / pruned median time. The issue's target on CPU: measured >= 0.9 x predicted.
+dense MACs / pruned MACs (``pruneconf.analysis.total_macs``); measured speedup = dense time /
+pruned time (see below). The issue's target on CPU: measured >= 0.9 x predicted.
 
 Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronises CUDA itself)
 under ``torch.inference_mode()``, after ``--warmup`` untimed calls, at a fixed thread count.
 Dense and pruned are measured alternately ``--rounds`` times, so a slow phase of a shared
-machine hits both; each reported time is the median over all timed blocks of all rounds and
-the spread column shows the lowest and highest per-round speedup.
+machine hits both. Each round gives a speedup (ratio of the two medians of its timed blocks);
+the measured speedup is the median of those paired ratios, shown with their range. The
+dense and pruned times are the medians over all blocks of all rounds, for scale.
 
 Contention: like ``analysis_speed.py`` this waits for an idle CPU before timing, measures
 the cores *other* processes used meanwhile (a busy neighbour on a shared core can distort a
@@ -88,18 +89,37 @@ def time_alternately(timers: dict[str, tbench.Timer], rounds: int, warmup: int,
     return out
 
 
+def conv_kind(weight_shape: list[int]) -> str:
+    """Depthwise, 1x1 or kxk, from a 2-d convolution's weight shape: they scale differently."""
+    if weight_shape[1] == 1:
+        return "depthwise"
+    return f"{weight_shape[2]}x{weight_shape[3]}"
+
+
 def op_times(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, float]:
-    """Self time in ms per call by aten operator (CPU, or CUDA kernel time on a GPU)."""
+    """Self time in ms per call by aten operator (CPU, or CUDA kernel time on a GPU).
+
+    Convolution kernels are split by kind (``[1x1]``, ``[depthwise]``...): a depthwise
+    layer's MACs halve when its channels do, a 1x1 layer's quarter, and their cost per MAC
+    differs a lot.
+    """
     activities = [torch.profiler.ProfilerActivity.CPU]
     if x.is_cuda:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.inference_mode(), torch.profiler.profile(activities=activities) as prof:
+    with torch.inference_mode(), torch.profiler.profile(activities=activities,
+                                                        record_shapes=True) as prof:
         for _ in range(calls):
             model(x)
         if x.is_cuda:
             torch.cuda.synchronize()
     attr = "self_device_time_total" if x.is_cuda else "self_cpu_time_total"
-    out = {e.key: getattr(e, attr) / 1e3 / calls for e in prof.key_averages()}
+    out: dict[str, float] = {}
+    for e in prof.key_averages(group_by_input_shape=True):
+        shapes = e.input_shapes or []
+        key = e.key
+        if "conv" in key and len(shapes) > 1 and len(shapes[1]) == 4:
+            key += f" [{conv_kind(shapes[1])}]"
+        out[key] = out.get(key, 0.0) + getattr(e, attr) / 1e3 / calls
     return {k: v for k, v in out.items() if v > 0}
 
 
@@ -147,7 +167,7 @@ def benchmark_pair(name: str, pair: dict[str, Any], args: argparse.Namespace, de
                  for d, p in zip(times["dense"], times["pruned"])]
     macs = pair["macs"]
     predicted = macs["dense"] / macs["pruned"]
-    measured = median["dense"] / median["pruned"]
+    measured = statistics.median(per_round)
     row = {"model": name, "device": device, "dtype": dtype_name, "batch_size": args.batch_size,
            "image_size": args.image_size, "threads": args.threads, "round_to": args.round_to,
            "sparsity": args.sparsity, "channels_last": args.channels_last,
