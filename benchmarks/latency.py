@@ -16,8 +16,10 @@ dense and pruned times are the medians over all blocks of all rounds, for scale.
 Contention: like ``analysis_speed.py`` this waits for an idle CPU before timing, measures
 the cores *other* processes used meanwhile (a busy neighbour on a shared core can distort a
 timing many times over), reruns a contended measurement up to ``--retries`` times keeping
-the least contended, and marks a row still contended with ``!``. ``--profile`` adds, per model, where the time goes:
-aten self time by operator, dense vs pruned (``torch.profiler``), to explain a shortfall.
+the least contended, and marks a row still contended with ``!``.
+
+``--profile N`` adds, per row, where the time goes: aten self time per operator, dense vs
+pruned (``torch.profiler``, N forwards), convolutions split into 1x1, kxk and depthwise.
 """
 from __future__ import annotations
 
