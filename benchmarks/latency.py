@@ -18,7 +18,7 @@ the cores *other* processes used meanwhile (a busy neighbour on a shared core ca
 timing many times over), reruns a contended measurement up to ``--retries`` times keeping
 the least contended, and marks a row still contended with ``!``.
 
-``--profile N`` adds, per row, where the time goes: aten self time per operator, dense vs
+``--profile N`` adds, per CPU row, where the time goes: aten self time per operator, dense vs
 pruned (``torch.profiler``, N forwards), convolutions split into 1x1, kxk and depthwise.
 """
 from __future__ import annotations
@@ -92,36 +92,29 @@ def time_alternately(timers: dict[str, tbench.Timer], rounds: int, warmup: int,
 
 
 def conv_kind(weight_shape: list[int]) -> str:
-    """Depthwise, 1x1 or kxk, from a 2-d convolution's weight shape: they scale differently."""
+    """``depthwise`` (one input channel per group), ``1x1`` or ``kxk``: they scale differently."""
     if weight_shape[1] == 1:
         return "depthwise"
     return f"{weight_shape[2]}x{weight_shape[3]}"
 
 
 def op_times(model: nn.Module, x: torch.Tensor, calls: int) -> dict[str, float]:
-    """Self time in ms per call by aten operator (CPU, or CUDA kernel time on a GPU).
+    """CPU self time in ms per forward by aten operator.
 
     Convolution kernels are split by kind (``[1x1]``, ``[depthwise]``...): a depthwise
     layer's MACs halve when its channels do, a 1x1 layer's quarter, and their cost per MAC
     differs a lot.
     """
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if x.is_cuda:
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.inference_mode(), torch.profiler.profile(activities=activities,
-                                                        record_shapes=True) as prof:
+    with torch.inference_mode(), torch.profiler.profile(record_shapes=True) as prof:
         for _ in range(calls):
             model(x)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-    attr = "self_device_time_total" if x.is_cuda else "self_cpu_time_total"
     out: dict[str, float] = {}
     for e in prof.key_averages(group_by_input_shape=True):
         shapes = e.input_shapes or []
         key = e.key
         if "conv" in key and len(shapes) > 1 and len(shapes[1]) == 4:
             key += f" [{conv_kind(shapes[1])}]"
-        out[key] = out.get(key, 0.0) + getattr(e, attr) / 1e3 / calls
+        out[key] = out.get(key, 0.0) + e.self_cpu_time_total / 1e3 / calls
     return {k: v for k, v in out.items() if v > 0}
 
 
@@ -177,7 +170,7 @@ def benchmark_pair(name: str, pair: dict[str, Any], args: argparse.Namespace, de
            "predicted_speedup": predicted, "dense_s": median["dense"], "pruned_s": median["pruned"],
            "measured_speedup": measured, "measured_over_predicted": measured / predicted,
            "round_speedups": per_round, "others_cores": contention}
-    if args.profile:
+    if args.profile and device == "cpu":
         row["op_ms"] = {k: op_times(m, x, args.profile) for k, (m, x) in placed.items()}
     return row
 
@@ -261,7 +254,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-run-time", type=float, default=1.0, help="seconds per timed round")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
     p.add_argument("--profile", type=int, default=0, metavar="CALLS",
-                   help="also profile CALLS forwards per model and print time by op")
+                   help="also profile CALLS forwards per CPU row and print time by op")
     p.add_argument("--max-contention", type=float, default=0.3, help="others' cores to wait out")
     p.add_argument("--retries", type=int, default=2, help="reruns of a contended measurement")
     p.add_argument("--idle-wait", type=float, default=60.0, help="wait for an idle CPU (s)")
@@ -272,6 +265,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for d in args.dtypes:
         if d not in DTYPES:
             p.error(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    for d in args.devices:
+        if d not in ("cpu", "cuda"):
+            p.error(f"unknown device {d!r}; choose from cpu, cuda")
     if "cuda" in args.devices and not torch.cuda.is_available():
         p.error("--devices cuda: no GPU is available")
     if not 0 <= args.sparsity < 1 or args.round_to < 1 or args.rounds < 1:

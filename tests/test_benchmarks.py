@@ -52,6 +52,12 @@ def test_row_reports_predicted_and_measured_speedup(latency):
     assert profile[0].startswith("tiny on cpu") and any("conv" in line for line in profile[3:])
 
 
+def test_bf16_channels_last_row(latency):
+    args = quick_args(latency, "--channels-last")
+    row = latency.benchmark_pair("tiny", latency.prune_and_count(tiny(), args), args, "cpu", "bf16")
+    assert row["dtype"] == "bf16" and row["channels_last"] and row["measured_speedup"] > 0
+
+
 def test_sparsity_zero_is_the_original(latency):
     args = quick_args(latency, "--sparsity", "0")
     model = tiny().eval()
@@ -68,7 +74,8 @@ def test_round_to_makes_kept_channels_a_multiple(latency):
     assert pair["models"]["pruned"][0].out_channels % 4 == 0
 
 
-@pytest.mark.parametrize("bad", [["--dtypes", "fp8"], ["--sparsity", "1"], ["--round-to", "0"]])
+@pytest.mark.parametrize("bad", [["--dtypes", "fp8"], ["--sparsity", "1"], ["--round-to", "0"],
+                                 ["--devices", "tpu"]])
 def test_bad_options_are_refused(latency, bad):
     with pytest.raises(SystemExit):
         latency.parse_args(bad)
