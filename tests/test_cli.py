@@ -44,6 +44,14 @@ def test_show_prints_a_table(tmp_path, user_model, capsys):
     assert "| 0 " in text and "Not prunable:" in text and "5 (2 ch): reaches the model output" in text
 
 
+def test_show_does_not_guess_what_a_global_recipe_keeps(tmp_path, user_model, capsys):
+    out = tmp_path / "recipe.yaml"
+    assert main(["init", user_model, "--input-shape", "2,3,8,8", "--set", "mode=global", "-o", str(out)]) == 0
+    assert main(["show", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| 0     |        8 |   global | global |" in text and "mode: global" in text
+
+
 def test_torchvision_model_and_graph_exports(tmp_path):
     recipe = tmp_path / "r18.yaml"
     assert main(["init", "torchvision.models:resnet18", "--input-shape", "2,3,32,32", "-o", str(recipe)]) == 0

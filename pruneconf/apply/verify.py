@@ -109,6 +109,7 @@ def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan,
     if problem is None:
         return plan, {}
     centers = [g.center for g in plan.groups if g.center in plan.kept]
+    log.info("dry run: the shrunk copy %s; looking for the groups responsible among %d", problem, len(centers))
     problems: dict[tuple[str, ...], str | None] = {}
 
     def fails(subset: list[str]) -> bool:

@@ -34,20 +34,24 @@ def show_recipe(path: str) -> str:
     settings = doc.get("settings") or {}
     default = float(settings.get("default_sparsity", 0.5))
     round_to = int(settings.get("round_to", 1))
+    ranked_globally = settings.get("mode") == "global"  # what each group keeps depends on the weights
     entries = doc.get("groups") or {}
     costs, macs, params = group_costs(groups), total_macs(graph), total_params(graph)
     rows = []
     for g in groups.prunable:
         entry = entries.get(g.center) or {}
         sparsity = float(entry.get("sparsity", default))
-        keep = kept_channels(g.channels, sparsity, round_to)
-        rows.append([g.center, g.channels, f"{sparsity:g}", keep, len(g.layers),
+        keep = "global" if ranked_globally else kept_channels(g.channels, sparsity, round_to)
+        rows.append([g.center, g.channels, "global" if ranked_globally else f"{sparsity:g}", keep, len(g.layers),
                      f"{100 * costs[g.center].macs / max(macs, 1):.2f}%",
                      f"{100 * costs[g.center].params / max(params, 1):.2f}%"])
     table = format_table(["group", "channels", "sparsity", "keep", "layers", "MACs", "params"], rows,
                          numeric=[False, True, True, True, True, True, True])
     lines = [f"{path}: {model}, {len(groups.prunable)} prunable groups of {len(groups)}; "
              f"{macs:,} MACs, {params:,} params", "", table]
+    if ranked_globally:
+        lines += ["", f"mode: global: {default:g} of all channels are ranked together; "
+                      "`pruneconf report` (with --weights) shows what each group keeps"]
     unknown = [k for k in entries if k not in groups.by_center or not groups[k].prunable]
     if unknown:
         lines += ["", "Recipe groups the model does not have as prunable groups: " + ", ".join(map(str, unknown))]
