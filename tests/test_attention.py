@@ -184,15 +184,66 @@ def test_hand_written_attention_that_derives_sizes_from_the_input_is_left_whole(
     assert model.fc1.out_features == 20 and after < before
 
 
+class Conv1D(nn.Module):
+    """Hugging Face's GPT-2 linear layer: weight stored transposed, run by ``addmm``, output
+    size kept in ``self.nf``."""
+
+    def __init__(self, nf, nx):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.randn(nx, nf) * 0.2)
+        self.bias = nn.Parameter(torch.randn(nf) * 0.1)
+
+    def forward(self, x):
+        size_out = x.size()[:-1] + (self.nf,)
+        return torch.addmm(self.bias, x.view(-1, x.size(-1)), self.weight).view(size_out)
+
+
+class GPT2Block(nn.Module):
+    """GPT-2's attention as Hugging Face writes it: ``split(self.split_size)`` into q, k, v,
+    heads as ``view(..., -1, self.head_dim)``, eager softmax attention, ``Conv1D`` layers."""
+
+    def __init__(self, dim=24, heads=4):
+        super().__init__()
+        self.embed = nn.Linear(10, dim)
+        self.split_size, self.head_dim = dim, dim // heads
+        self.c_attn, self.c_proj = Conv1D(3 * dim, dim), Conv1D(dim, dim)
+        self.c_fc, self.c_out = Conv1D(4 * dim, dim), Conv1D(dim, 4 * dim)
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x):
+        x = self.embed(x)
+        q, k, v = self.c_attn(x).split(self.split_size, dim=2)
+        shape = (*x.shape[:-1], -1, self.head_dim)
+        q, k, v = (t.view(shape).transpose(1, 2) for t in (q, k, v))
+        weights = (q @ k.transpose(-1, -2) / v.size(-1) ** 0.5).softmax(-1)
+        x = x + self.c_proj((weights @ v).transpose(1, 2).reshape(*x.shape[:-1], -1))
+        x = x + self.c_out(F.gelu(self.c_fc(x)))
+        return self.head(x[:, 0])
+
+
+def test_gpt2_style_attention_prunes_whole_heads_and_updates_split_and_layer_sizes():
+    torch.manual_seed(0)
+    model, x = GPT2Block(), torch.randn(2, 6, 10)
+    groups = analyse(model, x)
+    assert groups["c_attn.weight"].prunable and groups["c_attn.weight"].channels == 4  # one channel per head
+    assert groups["embed"].prunable and groups["c_fc.weight"].prunable
+    pruner, before, after = prune_checked(model, x)
+    assert not pruner.dropped and after < before
+    assert (model.split_size, model.head_dim, model.c_attn.nf, model.c_fc.nf) == (12, 6, 36, 48)
+    assert model.c_attn.weight.shape == (12, 36) and model.c_proj.weight.shape == (12, 12)
+
+
 @pytest.mark.parametrize("make", [lambda: Transformer(fused=False), lambda: Transformer(head_dim=6, dynamic=True),
-                                  lambda: SelfAttentionBlock()])
+                                  lambda: SelfAttentionBlock(), GPT2Block])
 def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make):
     """``load_pruned`` redoes head counts, folded scales and left-whole groups from the recipe."""
     from pruneconf import load_pruned
     from pruneconf.recipe import write_atomic, write_recipe
 
     torch.manual_seed(0)
-    model, x = make(), torch.randn(2, 6, 10 if isinstance(make(), Transformer) else 12)
+    model = make()
+    x = torch.randn(2, 6, 12 if isinstance(model, SelfAttentionBlock) else 10)
     fresh = copy.deepcopy(model)
     recipe, applied, weights = tmp_path / "r.yaml", tmp_path / "applied.yaml", tmp_path / "w.pt"
     groups = Pruner(model, x, {}).groups
@@ -206,3 +257,28 @@ def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make):
     torch.save(model.state_dict(), weights)
     load_pruned(fresh, applied, weights)
     assert torch.equal(outputs(fresh, x)[0], outputs(model, x)[0])
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
+def test_hugging_face_models_prune_exactly(arch):
+    """Runs where ``transformers`` is installed (it is not a test dependency): small random
+    models from configs, nothing downloaded."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    small = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    if arch == "bert":
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(hidden_size=64, vocab_size=100, **small))
+        x = {"input_ids": torch.randint(0, 100, (2, 12))}
+    elif arch == "gpt2":
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=100,
+                                                                     n_positions=32, bos_token_id=0, eos_token_id=0))
+        x = {"input_ids": torch.randint(0, 100, (2, 12))}
+    else:
+        model = transformers.ViTForImageClassification(transformers.ViTConfig(hidden_size=64, image_size=32,
+                                                                              patch_size=8, **small))
+        x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    before = total_macs(trace(model, x))
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.apply_masks()  # raises unless the shrunk model reproduces the masked one
+    assert not pruner.dropped and total_macs(trace(model, x)) < 0.35 * before

@@ -76,6 +76,7 @@ CASES = [
     Case("matmul", lambda: Between(lambda m, y: y @ y.transpose(1, 2), nn.Linear(6, 8), nn.Linear(5, 2)), shape=(2, 5, 6), blocked="contracted by 'matmul'"),
     Case("einsum", lambda: Between(lambda m, y: torch.einsum("bchw,co->bohw", y, m.extra["proj"].w), conv(), conv(4, 2)), channels=8),
     Case("einsum", lambda: Between(lambda m, y: torch.einsum("bchw,bchw->bhw", y, y).flatten(1), conv(), nn.Linear(36, 2)), blocked="contracted by 'einsum' between two activations"),
+    Case("addmm", lambda: Between(lambda m, y: m.extra["addmm"](y), nn.Linear(6, 8), nn.Linear(4, 2)), shape=(2, 6), channels=8),
     Case("multi_head_attention", lambda: Between(lambda m, y: m.extra["mha"](y, y, y)[0], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=4, notes=["masked_contraction"]),  # dim j of both heads: one channel
     Case("scaled_dot_product_attention", lambda: Between(lambda m, y: F.scaled_dot_product_attention(y, y, y), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), blocked="contracted inside attention"),
     Case("recurrent", lambda: Between(lambda m, y: m.extra["lstm"](y)[0], nn.Linear(6, 8), nn.Linear(10, 2)), shape=(2, 5, 6), channels=8),
@@ -108,7 +109,8 @@ CASES = [
     Case("cat", lambda: Between(lambda m, y: torch.cat([y, y * 2], 1), conv(), conv(16, 2)), channels=8),
     Case("stack", lambda: Between(lambda m, y: torch.stack([y, y], 0).sum(0), conv(), conv(8, 2)), channels=8),
     Case("split", lambda: Between(lambda m, y: sum(y.chunk(2, dim=1)), conv(), conv(4, 2)), channels=4),
-    Case("split", lambda: Between(lambda m, y: y.split(4, dim=1)[0], conv(), conv(4, 2)), blocked="constant sizes"),
+    Case("split", lambda: Between(lambda m, y: y.split([4, 4], dim=1)[0], conv(), conv(4, 2)), blocked="constant sizes"),
+    Case("split", lambda: Between(lambda m, y: sum(y.split(4, dim=1)), conv(), conv(4, 2)), channels=4),  # even pieces
     Case("narrow", lambda: Between(lambda m, y: y.narrow(1, 0, 4), conv(), conv(4, 2)), blocked="constant indices in 'narrow'"),
     Case("narrow", lambda: Between(lambda m, y: y.narrow(1, -4, 4), conv(), conv(4, 2)), blocked="constant length by 'narrow'"),
     Case("glu", lambda: Between(lambda m, y: F.glu(y, 1), conv(), conv(4, 2)), channels=4),
@@ -117,6 +119,17 @@ CASES = [
     Case("along", lambda: Between(lambda m, y: F.normalize(y), conv(), conv(8, 2)), blocked="mixed by 'normalize'"),
     Case("output", lambda: Between(lambda m, y: y, conv()), blocked="reaches the model output"),
 ]
+
+
+class AddMM(nn.Module):
+    """``bias + y @ w`` (Hugging Face's Conv1D) with raw parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.b = nn.Parameter(torch.randn(8, 4)), nn.Parameter(torch.randn(4))
+
+    def forward(self, y):
+        return torch.addmm(self.b, y, self.w)
 
 
 class MatMulParam(nn.Module):
@@ -137,7 +150,7 @@ class KeepHalf(nn.Module):
         return out
 
 
-EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "mha": lambda: nn.MultiheadAttention(8, 2, batch_first=True),
+EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "addmm": AddMM, "mha": lambda: nn.MultiheadAttention(8, 2, batch_first=True),
           "bn": lambda: nn.BatchNorm2d(8), "gn": lambda: nn.GroupNorm(4, 8), "ln": lambda: nn.LayerNorm(8),
           "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1),
           "lstm": lambda: nn.LSTM(8, 5, batch_first=True, bidirectional=True), "cell": lambda: nn.LSTMCell(8, 5)}

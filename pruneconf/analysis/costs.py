@@ -57,6 +57,13 @@ def _matmul(attrs: dict, graph: nx.DiGraph) -> int:
     return math.prod(attrs["out_shapes"][0]) * a[-1]
 
 
+@_macs("addmm", "baddbmm")
+def _addmm(attrs: dict, graph: nx.DiGraph) -> int:
+    """``bias + a @ b``: the product's MACs (the added term counts nothing, like a bias)."""
+    a = _shape(graph, attrs["args"][1])
+    return math.prod(attrs["out_shapes"][0]) * a[-1]
+
+
 @_macs("einsum")
 def _einsum(attrs: dict, graph: nx.DiGraph) -> int:
     """Every combination of subscript values is one product per extra operand."""

@@ -1,7 +1,7 @@
 """Sizes kept in plain Python attributes of the user's modules (``self.num_heads``).
 
-Model code often reshapes with sizes it stored at construction:
-``qkv.reshape(B, N, 3, self.num_heads, self.head_dim)``. When a group shrinks a dim such a
+Model code often reshapes or splits with sizes it stored at construction:
+``qkv.reshape(B, N, 3, self.num_heads, self.head_dim)``, ``qkv.split(self.split_size, 2)``. When a group shrinks a dim such a
 reshape produces, the module's integer attributes holding the old size of that dim are set
 to the new size. This is a guess (the trace sees the number, not where it came from), so
 it is only ever a candidate: the dry run and apply's own check compare the result with the
@@ -25,15 +25,26 @@ def _size_args(attrs: dict) -> tuple:
 
 
 def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int]]:
-    """``(module path, old size, new size)`` of every literal reshape size the plan changes."""
+    """``(module path, old size, new size)`` of every literal size a reshape or an even
+    ``split`` passes that the plan changes."""
     for node, attrs in graph.nodes(data=True):
-        if attrs["kind"] != "call" or attrs["op"] not in RESHAPES or attrs.get("module") is None:
+        if attrs["kind"] != "call" or attrs.get("module") is None:
             continue
-        sizes = _size_args(attrs)
-        for dim, keep in plan.surviving(node).items():
-            old, new = attrs["out_shapes"][0][dim], int(keep.sum())
-            if dim < len(sizes) and sizes[dim] == old and new != old:
-                yield attrs["module"], old, new
+        if attrs["op"] in RESHAPES:
+            sizes = _size_args(attrs)
+            for dim, keep in plan.surviving(node).items():
+                old, new = attrs["out_shapes"][0][dim], int(keep.sum())
+                if dim < len(sizes) and sizes[dim] == old and new != old:
+                    yield attrs["module"], old, new
+        elif attrs["op"] == "split" and isinstance(size := _split_size(attrs), int):
+            for keep in plan.surviving(node).values():
+                if len(keep) == size and int(keep.sum()) != size:
+                    yield attrs["module"], size, int(keep.sum())
+
+
+def _split_size(attrs: dict):
+    args = attrs["args"]
+    return args[1] if len(args) > 1 else attrs["kwargs"].get("split_size_or_sections")
 
 
 def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn.Module, str, int]]:

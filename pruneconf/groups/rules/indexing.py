@@ -180,6 +180,18 @@ def stack(ctx: RuleContext) -> None:
     ctx.set_out(out)
 
 
+def _equal_pieces(ctx: RuleContext, sizes: list[int]) -> bool:
+    """``chunk(n)`` or ``split(size)`` into equal pieces: the pieces can shrink alike.
+
+    ``chunk`` computes the piece size at run time. ``split``'s size is the model's number,
+    usually an attribute (``self.split_size``) that apply updates with the piece size (see
+    :mod:`pruneconf.apply.attributes`); a literal that cannot follow is caught by the dry run.
+    """
+    if len(set(sizes)) != 1:
+        return False
+    return ctx.op == "chunk" or (ctx.op == "split" and isinstance(ctx.arg(1, "split_size_or_sections"), int))
+
+
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
 def split(ctx: RuleContext) -> None:
     """Pieces along a channel dim: ``chunk`` couples positions, constant sizes block."""
@@ -192,7 +204,7 @@ def split(ctx: RuleContext) -> None:
     lab = labels.get(dim)
     pieces = None
     if lab is not None and lab.size > 1 and len(sizes) > 1:
-        if ctx.op == "chunk" and len(set(sizes)) == 1:
+        if _equal_pieces(ctx, sizes):
             pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
         else:
             ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")

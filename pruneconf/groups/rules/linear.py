@@ -1,9 +1,9 @@
 """Dense layers: ``linear``, ``embedding`` and matrix products with a parameter operand."""
 from __future__ import annotations
 
-from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
+from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext, TensorLabels
 from ..registry import register, unsupported
-from .common import broadcast, channel_labels, fresh_blocked
+from .common import broadcast, channel_labels, fresh_blocked, merge_dim
 
 
 @register("linear")
@@ -44,9 +44,44 @@ def matmul(ctx: RuleContext) -> None:
     truly zero on both sides, which masks do not guarantee, so such dims are blocked.
     """
     a, b = ctx.arg(0, "input"), ctx.arg(1, "other" if ctx.op == "matmul" else "mat2")
+    out = _product_labels(ctx, a, b)
+    if out is None:
+        return unsupported(ctx)
+    ctx.set_out(out)
+
+
+@register("addmm", "baddbmm")
+def addmm(ctx: RuleContext) -> None:
+    """``bias + a @ b`` (Hugging Face's ``Conv1D`` is ``addmm(bias, x, weight)``): the
+    product as in ``matmul``, then the added term broadcast onto it like an ``add``; a
+    parameter added along the output channels follows them."""
+    bias, a, b = ctx.arg(0, "input"), ctx.arg(1, "mat1" if ctx.op == "addmm" else "batch1"), \
+        ctx.arg(2, "mat2" if ctx.op == "addmm" else "batch2")
+    product = _product_labels(ctx, a, b)
+    if product is None:
+        return unsupported(ctx)
+    so = ctx.out_shapes[0]
+    if ctx.is_param(bias) and len(ctx.shape(bias)) == 1 and ctx.shape(bias)[0] == so[-1] > 1 \
+            and len(so) - 1 in product:
+        ctx.union(ctx.role(bias, 0, FOLLOWER), product[len(so) - 1])
+        ctx.set_out(product)
+        return
+    sb = ctx.shape(bias)
+    out = {}
+    for d, n in enumerate(so):
+        sd = d - (len(so) - len(sb))
+        entries = [(product.get(d), n)] + ([(ctx.labels(bias).get(sd), sb[sd])] if sd >= 0 else [])
+        merged = merge_dim(ctx, entries, n, f"'{ctx.op}'")
+        if merged is not None:
+            out[d] = merged
+    ctx.set_out(out)
+
+
+def _product_labels(ctx: RuleContext, a, b) -> TensorLabels | None:
+    """Output labels of ``a @ b`` (roles for a parameter operand), or None if not a matrix product."""
     sa, sb, so = ctx.shape(a), ctx.shape(b), ctx.out_shapes[0]
     if len(sa) < 2 or len(sb) < 2:
-        return unsupported(ctx)
+        return None
     la, lb = ctx.labels(a), ctx.labels(b)
     ka, kb = len(sa) - 1, len(sb) - 2
     if ctx.is_param(b) and not ctx.is_param(a):
@@ -65,4 +100,4 @@ def matmul(ctx: RuleContext) -> None:
         out[nd - 2] = lab
     if (lab := lb.get(len(sb) - 1)) is not None:
         out[nd - 1] = lab
-    ctx.set_out(out)
+    return out
