@@ -184,6 +184,34 @@ def test_hand_written_attention_that_derives_sizes_from_the_input_is_left_whole(
     assert model.fc1.out_features == 20 and after < before
 
 
+class BeitBias(HandWrittenAttention):
+    """BEiT/EVA's qkv bias, built in ``forward`` from two parameters and a zero buffer."""
+
+    def __init__(self):
+        super().__init__(fused=False)
+        self.qkv.bias = None
+        self.q_bias, self.v_bias = nn.Parameter(torch.randn(self.attn_dim)), nn.Parameter(torch.randn(self.attn_dim))
+        self.register_buffer("k_bias", torch.zeros(self.attn_dim), persistent=False)
+
+    def forward(self, x):
+        bias = torch.cat((self.q_bias, self.k_bias, self.v_bias))
+        B, N, _ = x.shape
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        x = (q * self.scale @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(B, N, self.attn_dim))
+
+
+def test_a_bias_computed_in_forward_follows_the_heads():
+    torch.manual_seed(0)
+    model, x = Transformer(), torch.randn(2, 6, 10)
+    model.attn = BeitBias()
+    group = analyse(model, x)["attn.qkv"]
+    assert {"attn.q_bias", "attn.v_bias", "attn.k_bias"} <= {m.param for m in group.members}
+    pruner, before, after = prune_checked(model, x)
+    assert not pruner.dropped and model.attn.q_bias.shape == model.attn.k_bias.shape == (16,)
+
+
 class Conv1D(nn.Module):
     """Hugging Face's GPT-2 linear layer: weight stored transposed, run by ``addmm``, output
     size kept in ``self.nf``."""

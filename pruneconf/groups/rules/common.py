@@ -6,7 +6,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ...trace.refs import Ref
-from ..context import RuleContext, TensorLabels
+from ..context import FOLLOWER, RuleContext, TensorLabels
 
 
 def norm_dim(dim: int, ndim: int) -> int:
@@ -126,6 +126,19 @@ def anchored_slice(ctx: RuleContext, lab: np.ndarray, start: int | None, stop: i
         ctx.block(lab[:front], reason)
         ctx.block(lab[back:], reason)
     return lab[start:stop]
+
+
+def follow_bias(ctx: RuleContext, bias: Any, labels: np.ndarray) -> None:
+    """A layer's bias follows its output channels: a parameter as a follower; a tensor
+    computed in ``forward()`` (``cat([q_bias, zeros, v_bias])``) shares its channels, as
+    an add would; a bias whose channels cannot be followed keeps the outputs whole."""
+    if bias is None or not isinstance(bias, Ref):
+        return
+    if ctx.is_param(bias):
+        ctx.union(ctx.role(bias, 0, FOLLOWER), labels)
+    else:
+        merge_dim(ctx, [(ctx.labels(bias).get(0), ctx.shape(bias)[0]), (labels, len(labels))], len(labels),
+                  f"the bias of '{ctx.op}'")
 
 
 def block_union(ctx: RuleContext, labels: np.ndarray, blocks: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from ...trace.refs import Ref
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
 from ..registry import register
-from .common import block_dims, block_union, channel_labels, fresh_blocked
+from .common import block_dims, block_union, channel_labels, follow_bias, fresh_blocked
 
 
 def _layout(ctx: RuleContext, x: Ref, weight: Ref) -> tuple[int, tuple[int, ...], int]:
@@ -24,11 +24,6 @@ def _layout(ctx: RuleContext, x: Ref, weight: Ref) -> tuple[int, tuple[int, ...]
 
 def _batch_labels(ctx: RuleContext, x: Ref, cd: int) -> dict[int, np.ndarray]:
     return {0: ctx.labels(x)[0]} if cd == 1 and 0 in ctx.labels(x) else {}
-
-
-def _bias(ctx: RuleContext, bias: object, labels: np.ndarray) -> None:
-    if ctx.is_param(bias):
-        ctx.union(ctx.role(bias, 0, FOLLOWER), labels)
 
 
 def _prologue(ctx: RuleContext):
@@ -58,7 +53,7 @@ def conv(ctx: RuleContext) -> None:
         out[ocd] = ctx.role(weight, 0, FOLLOWER)
         roots = block_union(ctx, in_labels, groups)
         ctx.union(out[ocd].reshape(groups, -1), roots[:, None])
-    _bias(ctx, bias, out[ocd])
+    follow_bias(ctx, bias, out[ocd])
     ctx.set_out(out)
 
 
@@ -78,5 +73,5 @@ def conv_transpose(ctx: RuleContext) -> None:
         out[ocd] = ctx.role(bias, 0, FOLLOWER) if ctx.is_param(bias) else ctx.space.new(c_out)
         ctx.union(out[ocd].reshape(groups, -1), roots[:, None])
         bias = None
-    _bias(ctx, bias, out[ocd])
+    follow_bias(ctx, bias, out[ocd])
     ctx.set_out(out)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext, TensorLabels
 from ..registry import register, unsupported
-from .common import broadcast, channel_labels, fresh_blocked, merge_dim
+from .common import broadcast, channel_labels, follow_bias, fresh_blocked, merge_dim
 
 
 @register("linear")
@@ -18,8 +18,7 @@ def linear(ctx: RuleContext) -> None:
     else:
         ctx.block(in_labels, "'linear' with a weight that is not a parameter")
         out[nd - 1] = fresh_blocked(ctx, ctx.out_shapes[0][-1], "'linear' with a weight that is not a parameter")
-    if ctx.is_param(bias):
-        ctx.union(ctx.role(bias, 0, FOLLOWER), out[nd - 1])
+    follow_bias(ctx, bias, out[nd - 1])
     ctx.set_out(out)
 
 
