@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -112,23 +113,50 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
     return sum(len(v) for v in picks.values())
 
 
-def check_pruning(model: nn.Module, x, groups: ChannelGroups) -> float:
-    """The zoo check: no missed coupling, sparsity 0 is the original bit for bit, and
-    sparsity 0.5 shrinks the model (``apply_masks`` raises unless it computes what the
-    masked model did) without changing any output shape. Returns the MACs kept (a fraction).
-    """
-    assert assert_no_influence(model, x, groups) > 0
-    model = calibrated(model, x)  # sane BatchNorm statistics for eval-mode comparisons
+@dataclasses.dataclass
+class Pruned:
+    """What :func:`prune_exactly` saw: the pruner and the outputs before, masked and applied."""
+
+    pruner: Pruner
+    reference: list[torch.Tensor]
+    masked: list[torch.Tensor]
+    applied: list[torch.Tensor]
+
+
+def _outputs(model: nn.Module, example) -> list[torch.Tensor]:
     with torch.no_grad():
-        reference = _flat(_call(model, x))
+        return _flat(_call(model.eval(), example))
+
+
+def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: float | None = None) -> Pruned:
+    """The pruning invariants, on ``model`` in place: after calibrating its BatchNorm
+    statistics, sparsity 0 gives it back bit for bit; then pruning by ``config`` (default
+    sparsity 0.5) gives an applied model whose outputs equal the masked model's within
+    ``atol`` (default: 1e-5 of each output's scale, as ``apply_masks`` checks), with
+    unchanged shapes."""
+    model = calibrated(model, example)
+    reference = _outputs(model, example)
     untouched = copy.deepcopy(model)
-    Pruner(untouched, x, {"sparsity": 0.0}).apply_masks()
-    with torch.no_grad():
-        assert all(torch.equal(a, b) for a, b in zip(_flat(_call(untouched.eval(), x)), reference))
+    Pruner(untouched, example, {"sparsity": 0.0}).apply_masks()
+    assert all(torch.equal(a, b) for a, b in zip(_outputs(untouched, example), reference))
+    pruner = Pruner(model, example, config if config is not None else {"sparsity": 0.5})
+    pruner.register_masks()
+    masked = _outputs(model, example)
+    pruner.apply_masks()  # raises unless the shrunk model computes what the masked one did
+    applied = _outputs(model, example)
+    assert [t.shape for t in applied] == [t.shape for t in reference]
+    for a, m in zip(applied, masked):
+        tolerance = atol if atol is not None else 1e-5 * max(1.0, float(m.abs().max()))
+        torch.testing.assert_close(a, m, atol=tolerance, rtol=0)
+    return Pruned(pruner, reference, masked, applied)
+
+
+def check_pruning(model: nn.Module, x, groups: ChannelGroups) -> float:
+    """The zoo check: no missed coupling, :func:`prune_exactly` at 0.5, and fewer MACs and
+    parameters. Returns the MACs kept (a fraction)."""
+    assert assert_no_influence(model, x, groups) > 0
     before = trace(model, x)
-    Pruner(model, x, {"sparsity": 0.5}).apply_masks()  # raises unless masked == applied
-    with torch.no_grad():
-        assert [t.shape for t in _flat(_call(model.eval(), x))] == [t.shape for t in reference]
+    prune_exactly(model, x)
     after = trace(model, x)
     assert total_macs(after) < total_macs(before) and total_params(after) < total_params(before)
     return total_macs(after) / total_macs(before)
