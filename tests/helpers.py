@@ -151,9 +151,12 @@ def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: f
     return Pruned(pruner, reference, masked, applied)
 
 
-def check_pruning(model: nn.Module, x, groups: ChannelGroups) -> float:
-    """The zoo check: no missed coupling, :func:`prune_exactly` at 0.5, and fewer MACs and
-    parameters. Returns the MACs kept (a fraction)."""
+def check_pruning(model: nn.Module, x, groups: ChannelGroups | None = None) -> float:
+    """The zoo check: something prunable, no missed coupling, :func:`prune_exactly` at 0.5,
+    and fewer MACs and parameters. ``groups`` are found when not given. Returns the MACs
+    kept (a fraction)."""
+    groups = groups if groups is not None else find_groups(trace(model, x))
+    assert groups.prunable, f"{type(model).__name__}: nothing prunable"
     assert assert_no_influence(model, x, groups) > 0
     before = trace(model, x)
     prune_exactly(model, x)

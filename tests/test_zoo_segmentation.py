@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from helpers import check_pruning
-from pruneconf import find_groups, trace
 from zoo_models import SEGMENTATION, segmentation_model
 
 SLOW = {"deeplabv3_resnet101", "fcn_resnet101"}
@@ -20,7 +19,4 @@ def test_the_zoo_is_complete():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SEGMENTATION])
 def test_segmentation_model(name):
     torch.manual_seed(0)
-    model, x = segmentation_model(name)
-    groups = find_groups(trace(model, x))
-    assert groups.prunable, f"{name}: nothing prunable"
-    check_pruning(model, x, groups)
+    check_pruning(*segmentation_model(name))

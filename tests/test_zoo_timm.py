@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from helpers import check_pruning
-from pruneconf import find_groups, trace
 from zoo_models import TIMM, timm_model
 
 pytest.importorskip("timm")
@@ -17,7 +16,4 @@ SLOW = {"swin_tiny_patch4_window7_224", "efficientformer_l1", "cspresnet50", "re
                          ids=[e.name for e in TIMM])
 def test_timm_model(entry):
     torch.manual_seed(0)
-    model, x = timm_model(entry)
-    groups = find_groups(trace(model, x))
-    assert groups.prunable, f"{entry.name}: nothing prunable"
-    check_pruning(model, x, groups)
+    check_pruning(*timm_model(entry))
