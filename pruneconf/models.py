@@ -1,17 +1,21 @@
-"""Build models and example inputs from command-line specs.
+"""Build models and example inputs from command-line specs and recipes.
 
-``MODEL`` is ``module:callable`` (``torchvision.models:resnet50``, ``timm.models:resnet50``)
-or ``path/to/file.py:callable``; the callable is called with the ``--model-arg`` values and
-must return an ``nn.Module``. Nothing is downloaded: torchvision and timm constructors build
-randomly initialised models unless asked otherwise.
+``MODEL`` is ``module:callable`` (``torchvision.models:resnet50``, ``timm.models:resnet50``),
+``path/to/file.py:callable``, ``transformers:LlamaForCausalLM`` (config fields as arguments)
+or a transformers ``config.json``. The callable is called with the ``--model-arg`` values and
+must return an ``nn.Module``. Nothing is downloaded: zoo constructors build randomly
+initialised models. A spec read from a recipe is only built if it is in the model zoos of
+:mod:`pruneconf.zoo`, unless the caller trusts it (see README, "Security").
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
+import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,9 +26,29 @@ DTYPES = {"float": torch.float32, "float32": torch.float32, "float16": torch.flo
           "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
           "long": torch.int64, "int64": torch.int64, "int": torch.int32, "int32": torch.int32,
           "bool": torch.bool}
+DTYPE_NAMES = {torch.float32: "float", torch.float16: "float16", torch.bfloat16: "bfloat16",
+               torch.float64: "float64", torch.int64: "long", torch.int32: "int32", torch.bool: "bool"}
+MAX_INPUT_ELEMENTS = 1 << 28  # all example inputs together: 1 GiB of float32
+MAX_INPUT_DIMS = 12
 
 
-def _import(module: str, key: str = "MODEL") -> Any:
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One example input: its shape, dtype and, for a keyword argument, its name."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype = torch.float32
+    name: str | None = None
+
+    def __str__(self) -> str:
+        """The ``--input-shape`` text that parses back to this spec."""
+        text = ",".join(map(str, self.shape))
+        if self.dtype != torch.float32:
+            text += f":{DTYPE_NAMES[self.dtype]}"
+        return f"{self.name}={text}" if self.name else text
+
+
+def _import(module: str, key: str) -> Any:
     if module.endswith(".py") or "/" in module or "\\" in module:
         path = Path(module)
         if not path.is_file():
@@ -41,7 +65,10 @@ def _import(module: str, key: str = "MODEL") -> Any:
 
 
 def load_callable(spec: str, key: str = "MODEL") -> Any:
-    """Import ``module:callable`` or ``file.py:callable`` (the callable may be dotted)."""
+    """Import ``module:callable`` or ``file.py:callable`` (the callable may be dotted).
+
+    This runs the code it names: call it only for specs the user gave (the command line).
+    """
     module, sep, attr = spec.rpartition(":")
     if not sep or not module or not attr:
         raise ConfigError(f"expected {key} as 'module:callable' or 'file.py:callable', got '{spec}'", key=key)
@@ -55,36 +82,92 @@ def load_callable(spec: str, key: str = "MODEL") -> Any:
     return obj
 
 
-def build_model(spec: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-    """Import and call ``module:callable`` (the callable may be dotted) to build the model."""
-    model = load_callable(spec)(**dict(kwargs or {}))
+def _builder(spec: str, trusted: bool, refuse: Callable[[str, str], Exception]) -> Callable[..., Any]:
+    from .hf import config_file_builder
+    from .zoo import refusal, zoo_builder
+
+    if trusted:
+        return config_file_builder(spec) or load_callable(spec)
+    builder = zoo_builder(spec)
+    if builder is None:
+        raise refuse(refusal(spec), "model")
+    return builder
+
+
+def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: bool = True,
+                refuse: Callable[[str, str], Exception] | None = None) -> nn.Module:
+    """Build the model ``spec`` names with ``kwargs``.
+
+    ``trusted`` is for a spec the user gave (command line, code). An untrusted one, read from
+    a recipe, is only built from the zoo allow-list with plain arguments; ``refuse(message,
+    key)`` makes the located error (the recipe's file and line).
+    """
+    from .zoo import check_plain_arguments
+
+    refuse = refuse or (lambda message, key: ConfigError(message, key=key))
+    kwargs = dict(kwargs or {})
+    builder = _builder(spec, trusted, refuse)
+    if not trusted:
+        check_plain_arguments(spec, kwargs, refuse)
+    try:
+        model = builder(**kwargs)
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the builder's own complaint about its arguments
+        raise ConfigError(f"building '{spec}' failed: {type(exc).__name__}: {_first_line(exc)}",
+                          key="MODEL") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module", key="MODEL")
     return model
 
 
-def parse_input_shape(text: str) -> tuple[tuple[int, ...], torch.dtype]:
-    """``1,3,224,224`` or ``1,128:long`` -> shape and dtype."""
-    shape_text, _, dtype_text = text.partition(":")
-    try:
-        shape = tuple(int(s) for s in shape_text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise ConfigError(f"expected comma-separated integers like 1,3,224,224, got '{text}'",
-                          key="--input-shape") from None
-    dtype = DTYPES.get(dtype_text or "float")
-    if dtype is None or not shape or min(shape) < 1:
-        raise ConfigError(f"expected a positive shape and a dtype among {', '.join(DTYPES)}, got '{text}'",
-                          key="--input-shape")
-    return shape, dtype
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
 
 
-def example_inputs(shapes: Sequence[tuple[tuple[int, ...], torch.dtype]], seed: int = 0) -> Any:
-    """Random inputs (a tensor, or a tuple for several); integer inputs are small indices."""
+def parse_input_shape(text: str) -> InputSpec:
+    """``1,3,224,224``, ``1,128:long`` or ``input_ids=1,128:long`` -> an :class:`InputSpec`."""
+    name, sep, rest = text.partition("=")
+    if not sep:
+        name, rest = None, text
+    elif not name.isidentifier():
+        raise ConfigError(f"expected NAME=SHAPE with NAME a keyword argument, got '{text}'", key="--input-shape")
+    shape_text, _, dtype_text = rest.partition(":")
+    parts = [s.strip() for s in shape_text.replace("x", ",").split(",") if s.strip()]
+    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
+        raise ConfigError(f"expected comma-separated integers like 1,3,224,224, got '{text}'", key="--input-shape")
+    shape = tuple(int(p) for p in parts)
+    dtype = DTYPES.get(dtype_text.strip() or "float")
+    if dtype is None or min(shape) < 1 or len(shape) > MAX_INPUT_DIMS:
+        raise ConfigError(f"expected 1 to {MAX_INPUT_DIMS} positive sizes and a dtype among {', '.join(DTYPES)}, "
+                          f"got '{text}'", key="--input-shape")
+    return InputSpec(shape, dtype, name)
+
+
+def check_input_sizes(specs: Sequence[InputSpec], key: str = "--input-shape") -> None:
+    """Refuse absurd example inputs before allocating them."""
+    total = sum(math.prod(s.shape) for s in specs)
+    if total > MAX_INPUT_ELEMENTS:
+        raise ConfigError(f"example inputs of {total:,} elements; at most {MAX_INPUT_ELEMENTS:,} are allowed "
+                          "(the trace needs only a small batch)", key=key)
+    named = {s.name is not None for s in specs}
+    if len(named) > 1:
+        raise ConfigError("name every example input (NAME=SHAPE) or none", key=key)
+
+
+def example_inputs(specs: Sequence[InputSpec], seed: int = 0) -> Any:
+    """Random inputs: a tensor, a tuple for several, a dict of keyword inputs when named.
+    Integer inputs are small indices (0 or 1), valid for any embedding or index."""
+    specs = [s if isinstance(s, InputSpec) else InputSpec(*s) for s in specs]
+    check_input_sizes(specs)
     gen = torch.Generator().manual_seed(seed)
     tensors = []
-    for shape, dtype in shapes:
-        if dtype.is_floating_point:
-            tensors.append(torch.randn(shape, generator=gen).to(dtype))
+    for spec in specs:
+        if spec.dtype.is_floating_point:
+            tensors.append(torch.randn(spec.shape, generator=gen).to(spec.dtype))
         else:
-            tensors.append(torch.randint(0, 2, shape, generator=gen).to(dtype))
+            tensors.append(torch.randint(0, 2, spec.shape, generator=gen).to(spec.dtype))
+    if specs and specs[0].name is not None:
+        return {s.name: t for s, t in zip(specs, tensors)}
     return tensors[0] if len(tensors) == 1 else tuple(tensors)

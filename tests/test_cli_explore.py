@@ -78,7 +78,7 @@ def test_init_with_set_and_target_then_prune_prints_the_report(tmp_path, net, ca
     doc = load_document(recipe)
     assert doc["settings"]["target_macs"] == 0.5 and doc["groups"]["0"]["max_sparsity"] == 0.5
     out = tmp_path / "p.pt"
-    assert main(["prune", str(recipe), "-o", str(out), "--set", "3=0"]) == 0
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "-o", str(out), "--set", "3=0"]) == 0
     text = capsys.readouterr().out
     assert "| group " in text and "total (model)" in text and "| 3 " in text
     applied = load_recipe(tmp_path / "p.yaml")
@@ -89,15 +89,15 @@ def test_init_with_set_and_target_then_prune_prints_the_report(tmp_path, net, ca
 def test_prune_to_a_mac_budget_and_report_it_as_csv(tmp_path, net, capsys):
     recipe = tmp_path / "r.yaml"
     assert main(["init", f"{net}:build", *SHAPE, "-o", str(recipe)]) == 0
-    assert main(["prune", str(recipe), "-o", str(tmp_path / "p.pt"), "--target-macs", "0.4"]) == 0
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "-o", str(tmp_path / "p.pt"), "--target-macs", "0.4"]) == 0
     capsys.readouterr()
     table = tmp_path / "report.csv"
-    assert main(["report", str(tmp_path / "p.yaml"), "--csv", str(table)]) == 0
+    assert main(["report", str(tmp_path / "p.yaml"), "--model", f"{net}:build", "--csv", str(table)]) == 0
     rows = read_csv(table)
     total = rows[-1]
     assert total["group"] == "total" and abs(int(total["macs_after"]) / int(total["macs_before"]) - 0.4) < 0.05
     assert "requested" in capsys.readouterr().out
-    assert main(["report", str(recipe), "--csv", str(table)]) == 2  # exists: needs --force
+    assert main(["report", str(recipe), "--model", f"{net}:build", "--csv", str(table)]) == 2  # exists: needs --force
 
 
 def test_sensitivity_csv_plot_and_budget_recipe(tmp_path, net):
@@ -112,14 +112,14 @@ def test_sensitivity_csv_plot_and_budget_recipe(tmp_path, net):
     recipe = load_recipe(out / "recipe.yaml")
     assert recipe.settings.target_macs == 0.6 and recipe.settings.default_sparsity == 0
     pruned = tmp_path / "p.pt"
-    assert main(["prune", str(out / "recipe.yaml"), "-o", str(pruned)]) == 0
-    total = read_csv_report(tmp_path, pruned)
+    assert main(["prune", str(out / "recipe.yaml"), "--model", f"{net}:build", "-o", str(pruned)]) == 0
+    total = read_csv_report(tmp_path, pruned, net)
     assert abs(total - 0.6) < 0.05
 
 
-def read_csv_report(tmp_path, pruned):
+def read_csv_report(tmp_path, pruned, net):
     table = tmp_path / "t.csv"
-    assert main(["report", str(pruned.with_suffix(".yaml")), "--csv", str(table)]) == 0
+    assert main(["report", str(pruned.with_suffix(".yaml")), "--model", f"{net}:build", "--csv", str(table)]) == 0
     total = read_csv(table)[-1]
     return int(total["macs_after"]) / int(total["macs_before"])
 

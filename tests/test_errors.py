@@ -54,7 +54,7 @@ def test_prune_refuses_and_keeps_existing_outputs(tmp_path, capsys, recipe_text,
     out.write_bytes(b"previous weights")
     applied.write_bytes(b"previous recipe")
     capsys.readouterr()
-    assert main(["prune", str(bad), "-o", str(out), "--force"]) == 2
+    assert main(["prune", str(bad), "--trust-recipe-model", "-o", str(out), "--force"]) == 2
     err = capsys.readouterr().err.strip()
     assert re.match(rf"pruneconf: error: {re.escape(str(bad))}:\d+(:\d+)?: ", err), err
     assert fragment in err and "Traceback" not in err

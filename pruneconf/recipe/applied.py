@@ -6,7 +6,6 @@ With it a recipe is enough to rebuild a pruned model from the original architect
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
@@ -15,7 +14,9 @@ from ruamel.yaml.comments import CommentedMap
 if TYPE_CHECKING:  # masks/ reads recipes: import the type only for annotations
     from ..masks import PruningPlan
 
-_RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
+
+
+MAX_CHANNELS = 1 << 24  # more than any layer has: bounds what a recipe can make us allocate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,15 +28,23 @@ class Applied:
     sparsity: float
 
 
-def parse_ranges(text: str) -> np.ndarray:
-    """``"0-2,5,7-8"`` -> ``[0, 1, 2, 5, 7, 8]``; raises ValueError on anything else."""
-    if not isinstance(text, str) or not _RANGES.match(text):
-        raise ValueError(f"expected ranges like '0-3,5,7-9', got {text!r}")
-    out: list[int] = []
+def parse_ranges(text: str, limit: int) -> np.ndarray:
+    """``"0-2,5,7-8"`` -> ``[0, 1, 2, 5, 7, 8]``; raises ValueError on anything else.
+
+    Every index must be below ``limit`` (the group's channel count), checked on the bounds
+    before anything is expanded: ``0-999999999999`` costs nothing to refuse.
+    """
+    expected = f"expected ranges like '0-3,5,7-9' below {limit}, got {str(text)[:60]!r}"
+    if not isinstance(text, str) or limit > MAX_CHANNELS:
+        raise ValueError(expected)
+    keep = np.zeros(limit, dtype=bool)
     for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return np.array(sorted(set(out)), dtype=np.int64)
+        lo, _, hi = (s.strip() for s in part.partition("-"))
+        hi = hi or lo
+        if not all(s.isascii() and s.isdigit() for s in (lo, hi)) or not int(lo) <= int(hi) < limit:
+            raise ValueError(expected)
+        keep[int(lo):int(hi) + 1] = True
+    return np.flatnonzero(keep)
 
 
 def ranges(indices: Iterable[int]) -> str:

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.tokens import CommentToken
 
@@ -17,6 +18,7 @@ from .._version import __version__
 from ..analysis import GroupCost, group_costs, total_macs, total_params
 from ..errors import ConfigError
 from ..groups import ChannelGroups, Group
+from ..models import InputSpec
 from ..trace.fingerprint import fingerprint, parameter_shapes
 from .yamlio import dump_document, load_document, round_trip_yaml, template_path
 
@@ -72,10 +74,17 @@ def _set_eol(mapping: CommentedMap, key: str, text: str) -> None:
         token.value = token.value.rstrip("\n") + "\n" + extra
 
 
-def _flow_shapes(shapes: Sequence[Sequence[int]]) -> CommentedSeq:
+def _flow_shapes(shapes: Sequence[Sequence[int] | InputSpec | str]) -> CommentedSeq:
+    """Plain float inputs as ``[1, 3, 224, 224]``; named or non-float ones as their
+    ``--input-shape`` text (``input_ids=1,16:long``), so later commands rebuild them exactly."""
     seq = CommentedSeq()
     for shape in shapes:
-        inner = CommentedSeq(list(shape))
+        if isinstance(shape, InputSpec) and (shape.name or shape.dtype != torch.float32):
+            shape = str(shape)
+        if isinstance(shape, str):
+            seq.append(shape)
+            continue
+        inner = CommentedSeq(list(shape.shape if isinstance(shape, InputSpec) else shape))
         inner.fa.set_flow_style()
         seq.append(inner)
     seq.fa.set_flow_style()
@@ -84,7 +93,7 @@ def _flow_shapes(shapes: Sequence[Sequence[int]]) -> CommentedSeq:
 
 def build_recipe(groups: ChannelGroups, *, model: str | None = None,
                  model_args: Mapping[str, Any] | None = None,
-                 input_shapes: Sequence[Sequence[int]] = (),
+                 input_shapes: Sequence[Sequence[int] | InputSpec | str] = (),
                  settings: Mapping[str, Any] | None = None,
                  existing: Any = None) -> CommentedMap:
     """The recipe document for ``groups``; ``existing`` (a loaded recipe) is updated in place."""

@@ -8,6 +8,7 @@ import os
 from typing import Any, Mapping
 
 from ..errors import ConfigError
+from ..models import InputSpec, check_input_sizes, parse_input_shape
 from ..groups import ChannelGroups
 from ..trace.fingerprint import first_difference, fingerprint, parameter_shapes
 from .applied import Applied, parse_ranges
@@ -43,7 +44,7 @@ class Recipe:
     max_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)  # group center -> cap
     model: str | None = None
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
-    input_shapes: list[list[int]] = dataclasses.field(default_factory=list)
+    input_shapes: list[InputSpec] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
     applied: dict[str, Applied] = dataclasses.field(default_factory=dict)
     layers: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -187,13 +188,29 @@ def _group_values(check: _Checker, doc: Mapping) -> dict[str, dict[str, float]]:
     return values
 
 
-def _input_shapes(check: _Checker, doc: Mapping) -> list[list[int]]:
+def _input_shapes(check: _Checker, doc: Mapping) -> list[InputSpec]:
+    """Each entry a float shape (``[1, 3, 224, 224]``) or an ``--input-shape`` text
+    (``input_ids=1,16:long``); recipes before dtypes were recorded hold only the first form."""
     shapes = doc.get("input_shapes") or []
-    if not isinstance(shapes, list) or not all(
-            isinstance(s, list) and s and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in s)
-            for s in shapes):
-        raise check.fail("expected a list of shapes like [[1, 3, 224, 224]]", "input_shapes", doc, "input_shapes")
-    return [list(s) for s in shapes]
+    expected = "expected a list of shapes like [[1, 3, 224, 224]] or texts like 'input_ids=1,16:long'"
+    if not isinstance(shapes, list):
+        raise check.fail(expected, "input_shapes", doc, "input_shapes")
+    specs = []
+    for entry in shapes:
+        if isinstance(entry, list) and entry and all(
+                isinstance(n, int) and not isinstance(n, bool) for n in entry):
+            entry = ",".join(map(str, entry))
+        if not isinstance(entry, str):
+            raise check.fail(expected, "input_shapes", doc, "input_shapes")
+        try:
+            specs.append(parse_input_shape(entry))
+        except ConfigError as exc:
+            raise check.fail(exc.message, "input_shapes", doc, "input_shapes") from None
+    try:
+        check_input_sizes(specs)
+    except ConfigError as exc:
+        raise check.fail(exc.message, "input_shapes", doc, "input_shapes") from None
+    return specs
 
 
 def recipe_from_document(doc: Any, path: str) -> Recipe:
@@ -231,15 +248,15 @@ def _applied(check: "_Checker", section: Mapping, recipe: Recipe) -> dict[str, A
         key = f"applied.{center}"
         if not isinstance(entry, Mapping) or set(entry) != {"channels", "kept", "sparsity", "indices"}:
             raise check.fail("expected channels, kept, sparsity and indices", key, section, center)
+        channels = check.integer(entry, "channels", f"{key}.channels", 1)
         try:
-            kept = parse_ranges(entry["indices"])
+            kept = parse_ranges(entry["indices"], channels)
         except ValueError as exc:
             raise check.fail(str(exc), f"{key}.indices", entry, "indices") from None
-        channels = check.integer(entry, "channels", f"{key}.channels", 1)
         count = check.integer(entry, "kept", f"{key}.kept", 1)
         sparsity = check.number(entry, "sparsity", f"{key}.sparsity", 0, 1)
-        if count != len(kept) or kept[-1] >= channels:
-            raise check.fail(f"indices list {len(kept)} channels up to {kept[-1]}; expected {count} below {channels}",
+        if count != len(kept):
+            raise check.fail(f"indices list {len(kept)} channels; expected {count} below {channels}",
                              key, section, center)
         out[str(center)] = Applied(channels, kept, sparsity)
         now = recipe.sparsity_of(str(center))

@@ -32,15 +32,29 @@ def template_path() -> Path:
     raise FileNotFoundError("templates/recipe.yaml not found: is pruneconf installed?")
 
 
+MAX_RECIPE_BYTES = 16 << 20  # a 70B LLM's applied recipe is well under 1 MiB
+
+
 def load_document(path: str | os.PathLike) -> Any:
-    """Parse ``path`` keeping comments; YAML errors become a located :class:`ConfigError`."""
+    """Parse ``path`` keeping comments; YAML errors become a located :class:`ConfigError`.
+
+    At most :data:`MAX_RECIPE_BYTES` are read, so a huge file or a device such as
+    ``/dev/zero`` is refused in bounded time and memory.
+    """
     path = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_RECIPE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file: {exc.strerror or exc}", path=path) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise ConfigError(f"larger than {MAX_RECIPE_BYTES >> 20} MiB: not a recipe", path=path)
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=path) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the file: {exc.strerror}", path=path) from None
+    if "\x00" in text:
+        raise ConfigError("binary data (a NUL byte): not a recipe", path=path)
     return parse_document(text, path)
 
 
