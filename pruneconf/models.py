@@ -83,15 +83,16 @@ def load_callable(spec: str, key: str = "MODEL") -> Any:
 
 
 def _builder(spec: str, trusted: bool, refuse: Callable[[str, str], Exception]) -> Callable[..., Any]:
-    from .hf import config_file_builder
+    """The zoo's builder for ``spec`` (built the same way whoever names it), else, for a
+    trusted spec only, whatever ``module:callable`` it names."""
     from .zoo import refusal, zoo_builder
 
-    if trusted:
-        return config_file_builder(spec) or load_callable(spec)
     builder = zoo_builder(spec)
-    if builder is None:
-        raise refuse(refusal(spec), "model")
-    return builder
+    if builder is not None:
+        return builder
+    if trusted:
+        return load_callable(spec)
+    raise refuse(refusal(spec), "model")
 
 
 def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: bool = True,
@@ -134,8 +135,8 @@ def parse_input_shape(text: str) -> InputSpec:
     elif not name.isidentifier():
         raise ConfigError(f"expected NAME=SHAPE with NAME a keyword argument, got '{text}'", key="--input-shape")
     shape_text, _, dtype_text = rest.partition(":")
-    parts = [s.strip() for s in shape_text.replace("x", ",").split(",") if s.strip()]
-    if not parts or not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
+    parts = [s.strip() for s in shape_text.replace("x", ",").split(",")]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 12 for p in parts):
         raise ConfigError(f"expected comma-separated integers like 1,3,224,224, got '{text}'", key="--input-shape")
     shape = tuple(int(p) for p in parts)
     dtype = DTYPES.get(dtype_text.strip() or "float")

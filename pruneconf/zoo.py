@@ -94,7 +94,7 @@ def check_plain_arguments(spec: str, model_args: Mapping[str, Any],
         words = set(str(key).lower().split("_"))
         if str(key) not in BENIGN and words & FETCHING:
             raise refuse(f"'{key}' would make the builder load weights, files or code, which a recipe may not "
-                         "ask for; load weights with --weights, or pass it with --model-arg and --model",
+                         "ask for; load weights with --weights instead",
                          f"model_args.{key}")
 
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from fuzzing import mutate, mutations
 from helpers import analyse
 from pruneconf import ConfigError
 from pruneconf.masks import make_plan
@@ -30,62 +31,6 @@ def model() -> nn.Module:
 MODEL = model()
 GROUPS = analyse(MODEL, torch.randn(2, 3, 8, 8))
 VALID = write_recipe("/nonexistent/never-read.yaml", GROUPS, model="m:f", input_shapes=[[2, 3, 8, 8]])
-LINES = VALID.splitlines()
-
-scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["0.5", "-0", ".nan", "1e309", "[]", "{}", "[0.1, 2]", "{a: 1}",
-                                           "!!binary aGVsbG8=", "&a 1", "*a", "'", '"', "- x", "|", ">", "~",
-                                           "0x1F", "1_000", "yes", "l2_norm", "features.0", "\t0.5"]))
-
-
-def render(value) -> str:
-    return value if isinstance(value, str) else repr(value)
-
-
-def set_value(lines, index, value):
-    line = lines[index]
-    key, sep, _ = line.partition(":")
-    lines[index] = f"{key}{sep} {render(value)}" if sep else render(value)
-    return lines
-
-
-mutation = st.one_of(
-    st.tuples(st.just("value"), st.integers(0, len(LINES) - 1), scalars),
-    st.tuples(st.just("key"), st.integers(0, len(LINES) - 1), st.text(max_size=10)),
-    st.tuples(st.just("delete"), st.integers(0, len(LINES) - 1), st.none()),
-    st.tuples(st.just("duplicate"), st.integers(0, len(LINES) - 1), st.none()),
-    st.tuples(st.just("indent"), st.integers(0, len(LINES) - 1), st.integers(-4, 4)),
-    st.tuples(st.just("insert"), st.integers(0, len(VALID)), st.text(max_size=8)),
-)
-
-
-def mutate(ops) -> str:
-    lines = list(LINES)
-    text = None
-    for op, where, arg in ops:
-        where = min(where, len(lines) - 1) if lines else 0
-        if not lines:
-            break
-        if op == "value":
-            lines = set_value(lines, where, arg)
-        elif op == "key":
-            _, sep, rest = lines[where].partition(":")
-            indent = len(lines[where]) - len(lines[where].lstrip())
-            lines[where] = " " * indent + arg + (sep + rest if sep else ":")
-        elif op == "delete":
-            del lines[where]
-        elif op == "duplicate":
-            lines.insert(where, lines[where])
-        elif op == "indent":
-            lines[where] = (" " * arg + lines[where]) if arg > 0 else lines[where][-arg:]
-        elif op == "insert":
-            joined = "\n".join(lines)
-            at = min(where, len(joined))
-            text = joined[:at] + arg + joined[at:]
-            lines = text.split("\n")
-    return "\n".join(lines) + "\n"
-
 
 def load_and_plan(text: str) -> None:
     recipe = recipe_from_document(parse_document(text, "fuzz.yaml"), "fuzz.yaml")
@@ -98,10 +43,10 @@ def test_the_valid_recipe_loads():
 
 
 @FUZZ
-@given(st.lists(mutation, min_size=1, max_size=4))
+@given(st.lists(mutations(VALID), min_size=1, max_size=4))
 def test_mutated_recipes_raise_only_config_errors(ops):
     try:
-        load_and_plan(mutate(ops))
+        load_and_plan(mutate(VALID, ops))
     except ConfigError as err:
         assert err.path == "fuzz.yaml"
 

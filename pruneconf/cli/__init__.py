@@ -25,7 +25,8 @@ class _Parser(argparse.ArgumentParser):
     """Usage errors are one line, like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        command = self.prog.partition(" ")[2]
+        self.exit(2, f"pruneconf: error: {command + ': ' if command else ''}{message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,20 +12,33 @@ log = logging.getLogger("pruneconf")
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from ..recipe import build_recipe, load_document, write_atomic
+    from ..recipe import build_recipe, write_atomic
     from ..recipe.yamlio import dump_document
 
     kwargs = model_args(args.model_arg)
     graph, groups, specs = analyse_model(args.model, args.input_shape, kwargs)
     settings = {k: v for k, v in (("default_sparsity", args.sparsity), ("metric", args.metric),
                                   ("round_to", args.round_to)) if v is not None}
-    existing = load_document(args.output) if Path(args.output).is_file() else None
+    existing = _existing_recipe(args.output)
     doc = build_recipe(groups, model=args.model, model_args=kwargs, input_shapes=specs, settings=settings,
                        existing=existing)
     plan_document(doc, args, [g.center for g in groups.prunable], lambda recipe: _pruner_for_init(args, recipe))
     write_atomic(args.output, dump_document(doc))
     log.info("wrote %s: %d groups, %d prunable", args.output, len(groups), len(groups.prunable))
     return 0
+
+
+def _existing_recipe(path: str):
+    """The recipe ``init`` refreshes in place; a file there that is no recipe is never replaced."""
+    from ..recipe import load_document
+
+    if not Path(path).exists():
+        return None
+    doc = load_document(path)
+    if not isinstance(doc, dict):
+        raise ConfigError("exists and is not a recipe (expected a mapping of recipe keys): init refreshes a "
+                          "recipe in place and replaces nothing else; choose another output", path=path)
+    return doc
 
 
 def _pruner_for_init(args: argparse.Namespace, recipe):

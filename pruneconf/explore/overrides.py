@@ -88,6 +88,8 @@ def _follow_default(groups: CommentedMap, old: Any, new: Any) -> None:
 def overridden_recipe(doc: CommentedMap, pairs: Sequence[str], path: str,
                       centers: Iterable[str] | None = None) -> Recipe:
     """Apply ``pairs`` and validate the document with the recipe file's own checks."""
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k) or {}, dict) for k in ("settings", "groups")):
+        recipe_from_document(doc, path)  # not a recipe's shape: the file's own located error
     apply_overrides(doc, pairs, centers)
     try:
         return recipe_from_document(doc, path)

@@ -62,7 +62,10 @@ class Recipe:
         return self.max_sparsity.get(center, self.settings.max_sparsity)
 
     def error(self, message: str, key: str) -> ConfigError:
-        return ConfigError(message, path=self.path, line=self.lines.get(key), key=key)
+        """A located error; a key without a recorded line is placed at its nearest parent's."""
+        parts = key.split(".")
+        lines = (self.lines.get(".".join(parts[:n])) for n in range(len(parts), 0, -1))
+        return ConfigError(message, path=self.path, line=next((n for n in lines if n), None), key=key)
 
 
 def _line(mapping: Any, key: Any) -> int | None:
@@ -236,6 +239,8 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
                     input_shapes=_input_shapes(check, doc),
                     fingerprint=check.string(doc, "fingerprint", "fingerprint"), lines=check.lines,
                     layers={str(k): str(v) for k, v in layers.items()})
+    for key in doc.get("model_args") or {}:
+        check.lines[f"model_args.{key}"] = _line(doc["model_args"], key)
     recipe.applied = _applied(check, check.mapping(doc, "applied", "applied", "the mapping `pruneconf prune` wrote"),
                               recipe)
     return recipe
