@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups import ChannelGroups
+from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
@@ -42,9 +42,14 @@ class PruningPlan:
             if kept is None:
                 continue
             for m in g.members:
-                keep = out.setdefault((m.param, m.dim), np.ones(shapes[m.param][m.dim], dtype=bool))
-                keep[m.index] &= np.isin(m.channels, kept)
-        return {k: v for k, v in out.items() if not v.all()}
+                shape = shapes[m.param]
+                if m.slice is None:
+                    keep = out.setdefault((m.param, m.dim), np.ones(shape[m.dim], dtype=bool))
+                    keep[m.index] &= np.isin(m.channels, kept)
+                else:  # one row per expert of a stacked parameter
+                    keep = out.setdefault((m.param, m.dim), np.ones((shape[0], shape[m.dim]), dtype=bool))
+                    keep[m.slice, m.index] &= np.isin(m.channels, kept)
+        return {k: _same_rows(v) for k, v in out.items() if not v.all()}
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
         """For each labelled dim of a node's output: which positions survive the plan
@@ -64,6 +69,32 @@ class PruningPlan:
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
         return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested)
+
+
+def _same_rows(keep: np.ndarray) -> np.ndarray:
+    """A per-expert keep mask whose experts all keep the same positions, as one row."""
+    return keep[0] if keep.ndim == 2 and (keep == keep[0]).all() else keep
+
+
+def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
+
+    Experts stacked in one tensor keep ``keep / experts`` channels each, each expert its
+    own best (see :mod:`pruneconf.groups.stacks`).
+    """
+    if group.blocks is None:
+        return np.sort(np.argsort(-importance, kind="stable")[:keep])
+    per = max(1, round(keep / group.experts))
+    chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
+              for e in range(group.experts)]
+    return np.sort(np.concatenate(chosen))
+
+
+def group_keep(group: Group, sparsity: float, round_to: int) -> int:
+    """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
+    every expert keeps the same count."""
+    per = kept_channels(group.channels // group.experts, sparsity, round_to)
+    return per * group.experts
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -94,13 +125,11 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         if skip and g.center in skip:
             log.warning("group %s left whole: %s", g.center, skip[g.center])
             continue
-        keep = kept_channels(g.channels, sparsity, recipe.settings.round_to)
+        keep = group_keep(g, sparsity, recipe.settings.round_to)
         if keep >= g.channels:
             continue
-        importance = score(g, tensors, recipe.settings.seed)
-        order = np.argsort(-importance, kind="stable")
-        kept[g.center] = np.sort(order[:keep])
+        kept[g.center] = top_channels(g, score(g, tensors, recipe.settings.seed), keep)
     return PruningPlan(groups, kept, requested)
 
 
-__all__ = ["PruningPlan", "make_plan", "model_tensors"]
+__all__ = ["PruningPlan", "group_keep", "make_plan", "model_tensors", "top_channels"]

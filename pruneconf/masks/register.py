@@ -62,7 +62,9 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
             continue
         param = params[name]
         shape = [1] * param.dim()
-        shape[dim] = len(keep)
+        shape[dim] = keep.shape[-1]
+        if keep.ndim == 2:  # a row per expert of a stacked parameter
+            shape[0] = keep.shape[0]
         mask = torch.as_tensor(keep.astype(np.float32)).reshape(shape)
         masks[name] = masks[name] * mask if name in masks else mask.expand_as(param).clone()
     return masks
