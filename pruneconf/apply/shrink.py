@@ -15,6 +15,7 @@ from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
 from .attributes import size_attribute_changes
+from .experts import expert_count_changes
 from .resize import needs_resizer, resizer_for
 
 log = logging.getLogger("pruneconf")
@@ -107,10 +108,10 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
     path = {id(m): n for n, m in model.named_modules()}
-    for module, name, value in size_attribute_changes(model, plan):
+    for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
         if log_changes:
-            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), "?"), name, getattr(module, name), value)
+            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), type(module).__name__), name, getattr(module, name), value)
         setattr(module, name, value)
     shrunk = Shrunk(replaced, list(touched.values()))
     for module, old in touched.values():

@@ -14,6 +14,7 @@ from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
+from .experts import ExpertDrop, expert_drops
 from .importance import METRICS
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class PruningPlan:
     groups: ChannelGroups
     kept: dict[str, np.ndarray]
     requested: dict[str, float]
+    experts: dict[str, ExpertDrop] = dataclasses.field(default_factory=dict)  # experts module -> drop
 
     @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
@@ -49,6 +51,9 @@ class PruningPlan:
                 else:  # one row per expert of a stacked parameter
                     keep = out.setdefault((m.param, m.dim), np.ones((shape[0], shape[m.dim]), dtype=bool))
                     keep[m.slice, m.index] &= np.isin(m.channels, kept)
+        for drop in self.experts.values():  # whole experts: their slices and router rows
+            for name in drop.params:
+                out[(name, 0)] = drop.keep.copy()
         return {k: _same_rows(v) for k, v in out.items() if not v.all()}
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
@@ -68,7 +73,8 @@ class PruningPlan:
     def restricted(self, centers) -> "PruningPlan":
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
-        return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested)
+        return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested,
+                           self.experts)
 
 
 def _same_rows(keep: np.ndarray) -> np.ndarray:
@@ -111,11 +117,12 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
+    tensors = model_tensors(model)
+    drops = expert_drops(model, groups.graph, recipe, tensors)
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return make_global_plan(model, groups, recipe, skip)
+        return dataclasses.replace(make_global_plan(model, groups, recipe, skip), experts=drops)
     score = METRICS[recipe.settings.metric]
-    tensors = model_tensors(model)
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
@@ -129,7 +136,7 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         if keep >= g.channels:
             continue
         kept[g.center] = top_channels(g, score(g, tensors, recipe.settings.seed), keep)
-    return PruningPlan(groups, kept, requested)
+    return PruningPlan(groups, kept, requested, drops)
 
 
 __all__ = ["PruningPlan", "group_keep", "make_plan", "model_tensors", "top_channels"]

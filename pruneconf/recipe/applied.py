@@ -15,6 +15,7 @@ from ruamel.yaml.comments import CommentedMap
 if TYPE_CHECKING:  # masks/ reads recipes: import the type only for annotations
     from ..masks import PruningPlan
 
+EXPERTS_APPLIED = ("experts", "kept", "indices")  # keys of an experts module's entry
 _RANGES = re.compile(r"^\s*\d+(\s*-\s*\d+)?(\s*,\s*\d+(\s*-\s*\d+)?)*\s*$")
 
 
@@ -63,4 +64,7 @@ def applied_section(plan: "PruningPlan") -> CommentedMap:
         entry = CommentedMap(channels=g.channels, kept=len(kept), sparsity=plan.requested[g.center],
                              indices=ranges(kept.tolist()))
         out[g.center] = entry
+    for layer, drop in plan.experts.items():
+        kept = drop.keep.nonzero()[0].tolist()
+        out[layer] = CommentedMap(experts=len(drop.keep), kept=len(kept), indices=ranges(kept))
     return out
