@@ -9,9 +9,14 @@ cache unchanged, and a reload from the applied recipe.
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
+
+import jsonschema
 
 import pytest
 import torch
+from ruamel.yaml import YAML
 
 from helpers import prune_exactly
 from pruneconf import ConfigError, Pruner, find_groups, load_pruned, load_recipe, trace
@@ -138,8 +143,10 @@ def test_dropped_experts_route_exactly(name, tmp_path):
 
     recipe_path, weights = tmp_path / "r.yaml", tmp_path / "w.pt"
     (tmp_path / "base.yaml").write_text("version: 1\nsettings:\n  default_sparsity: 0.5\n  expert_sparsity: 0.25\n"
-                                        "experts:\n  model.layers.1.mlp.experts:\n    drop: [0, 3]\n")
+                                        "groups: {}\nexperts:\n  model.layers.1.mlp.experts:\n    drop: [0, 3]\n")
     pruner.write_applied(str(tmp_path / "base.yaml"), recipe_path)
+    schema = json.loads((Path(__file__).parents[1] / "templates" / "recipe.schema.json").read_text())
+    jsonschema.validate(YAML(typ="safe").load(recipe_path.read_text()), schema)
     torch.save(model.state_dict(), weights)
     rebuilt = load_pruned(original, recipe_path, weights, example_inputs=ex)
     assert torch.equal(greedy(rebuilt, ids), masked)

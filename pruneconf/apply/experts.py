@@ -6,12 +6,11 @@ transformers' MoE code reads the expert count from the experts module and the ro
 (``num_local_experts`` for Mixtral, ``num_experts`` for Qwen MoE). Module attributes are
 set per layer, so layers may keep different numbers of experts. The config holds one
 number for all layers: it is updated only when every MoE layer keeps the same count, and
-otherwise left as it was with a warning (the router-logit auxiliary loss, off by default,
+otherwise left as it was (planning warns: the router-logit auxiliary loss, off by default,
 assumes equal counts).
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from torch import nn
@@ -19,7 +18,6 @@ from torch import nn
 from ..masks.plan import PruningPlan
 from ..recipe.experts import expert_layers
 
-log = logging.getLogger("pruneconf")
 COUNTS = ("num_experts", "num_local_experts", "n_routed_experts")
 
 
@@ -46,9 +44,6 @@ def expert_count_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[Any,
     if config is not None and len(set(final.values())) == 1:
         old = len(next(iter(plan.experts.values())).keep)
         changes += _counts(config, old, next(iter(final.values())))
-    elif config is not None:
-        log.warning("MoE layers keep different numbers of experts (%s): the config keeps its count; "
-                    "each experts module and router has its own", sorted(set(final.values())))
     return changes
 
 

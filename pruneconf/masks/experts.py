@@ -15,6 +15,7 @@ sibling module whose ``weight`` has one row per expert (``mlp.gate`` next to ``m
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from typing import Mapping
 
@@ -27,6 +28,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..recipe.experts import expert_layers
 from ..recipe.load import Recipe
+
+log = logging.getLogger("pruneconf")
 
 
 @dataclasses.dataclass
@@ -63,8 +66,9 @@ def expert_drops(model: nn.Module, graph: nx.DiGraph, recipe: Recipe,
                  tensors: Mapping[str, torch.Tensor], applied: bool = False) -> dict[str, ExpertDrop]:
     """Which experts each layer keeps, as the recipe's ``experts`` section and
     ``settings.expert_sparsity`` say, or with ``applied`` as its ``applied`` section recorded."""
-    out = {}
-    for layer, (count, params) in expert_layers(graph).items():
+    out: dict[str, ExpertDrop] = {}
+    layers = expert_layers(graph)
+    for layer, (count, params) in layers.items():
         keep = np.ones(count, dtype=bool)
         choice = recipe.experts.get(layer)
         if applied:
@@ -90,6 +94,10 @@ def expert_drops(model: nn.Module, graph: nx.DiGraph, recipe: Recipe,
         rows = [f"{router}.{n}" for n, t in model.get_submodule(router).named_parameters()
                 if t.dim() >= 1 and t.shape[0] == count]
         out[layer] = ExpertDrop(layer, router, keep, tuple(params + rows))
+    counts = {int(out[layer].keep.sum()) if layer in out else count for layer, (count, _) in layers.items()}
+    if out and len(counts) > 1:
+        log.warning("MoE layers will keep different numbers of experts (%s): each experts module and router "
+                    "records its own, the model's config keeps one count", sorted(counts))
     return out
 
 
