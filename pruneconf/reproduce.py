@@ -16,6 +16,8 @@ from .apply import shrink
 from .errors import ConfigError
 from .groups import find_groups
 from .masks import PruningPlan
+from .masks.experts import expert_drops
+from .masks.plan import model_tensors
 from .models import example_inputs
 from .recipe.load import Recipe, check_against, load_recipe
 from .trace import trace
@@ -102,7 +104,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 def applied_plan(recipe: Recipe, model: nn.Module, inputs: Any) -> PruningPlan:
     """The plan the recipe's ``applied`` section describes, checked against ``model``."""
-    if not recipe.applied:
+    if not recipe.applied and not recipe.applied_experts:
         raise recipe.error("no applied section: this recipe was never applied (`pruneconf prune` writes one)",
                            "applied")
     groups = find_groups(trace(model, inputs))
@@ -113,8 +115,9 @@ def applied_plan(recipe: Recipe, model: nn.Module, inputs: Any) -> PruningPlan:
             found = "no such group" if group is None else f"the group has {group.channels} channels"
             raise recipe.error(f"applied to {applied.channels} channels, but {found} in this model",
                                f"applied.{center}")
+    drops = expert_drops(model, groups.graph, recipe, model_tensors(model), applied=True)
     return PruningPlan(groups, {c: a.kept for c, a in recipe.applied.items()},
-                       {c: a.sparsity for c, a in recipe.applied.items()})
+                       {c: a.sparsity for c, a in recipe.applied.items()}, drops)
 
 
 def load_pruned(model: nn.Module, recipe: str | os.PathLike | Recipe,

@@ -188,7 +188,11 @@ def group_costs(groups: ChannelGroups) -> dict[str, GroupCost]:
     for g in groups:
         untouched: dict[str, float] = {}  # per parameter: the fraction of entries off the group
         for m in g.members:
-            untouched[m.param] = untouched.get(m.param, 1.0) * (1 - m.size / max(m.length, 1))
+            share = m.size / max(m.length, 1)
+            if m.slice is None:
+                untouched[m.param] = untouched.get(m.param, 1.0) * (1 - share)
+            else:  # one expert's slice of a stacked parameter: the experts' shares add up
+                untouched[m.param] = untouched.get(m.param, 1.0) - share / shapes[m.param][0]
         params = sum((1 - rest) * math.prod(shapes[name]) for name, rest in untouched.items())
         macs = sum((1 - rest) * param_macs.get(name, 0) for name, rest in untouched.items())
         out[g.center] = GroupCost(int(round(macs)), int(round(params)))

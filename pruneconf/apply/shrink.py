@@ -9,11 +9,13 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
 from .attributes import size_attribute_changes
+from .experts import expert_count_changes
 from .resize import needs_resizer, resizer_for
 
 log = logging.getLogger("pruneconf")
@@ -65,14 +67,30 @@ def _tag(module: nn.Module) -> str:
     return type(module).__name__.upper()
 
 
+def _kept(tensor: torch.Tensor, dim: int, keep) -> torch.Tensor:
+    """``tensor`` without the positions ``keep`` drops along ``dim``; a 2-D ``keep`` has a row
+    per expert of a stacked tensor, each keeping the same number of its own positions."""
+    if keep.ndim == 1:
+        return tensor.index_select(dim, torch.as_tensor(keep.nonzero()[0], device=tensor.device))
+    rows = [row.nonzero()[0] for row in keep]
+    if len({len(r) for r in rows}) != 1:
+        raise ValueError(f"experts stacked in one tensor must keep equal widths, not {[len(r) for r in rows]}")
+    index = torch.as_tensor(np.stack(rows), device=tensor.device)
+    shape = [1] * tensor.dim()
+    shape[0], shape[dim] = index.shape
+    size = list(tensor.shape)
+    size[dim] = index.shape[1]
+    return tensor.gather(dim, index.reshape(shape).expand(size))
+
+
 def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shrunk:
     """Slice every parameter and buffer the plan prunes and update its layer's attributes."""
     tensors = model_tensors(model)
     sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
-    for (name, dim), keep in sorted(plan.members.items()):
+    # Per-expert rows first: they index the experts as they were before any is dropped.
+    for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[0][0], kv[1].ndim == 1, kv[0][1])):
         tensor = tensors[name]
-        index = torch.as_tensor(keep.nonzero()[0], device=tensor.device)
-        sliced[id(tensor)] = sliced.get(id(tensor), tensor.detach()).index_select(dim, index)
+        sliced[id(tensor)] = _kept(sliced.get(id(tensor), tensor.detach()), dim, keep)
     replaced, touched = [], {}
     with torch.no_grad():
         for name, tensor in tensors.items():
@@ -90,10 +108,10 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
     path = {id(m): n for n, m in model.named_modules()}
-    for module, name, value in size_attribute_changes(model, plan):
+    for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
         if log_changes:
-            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), "?"), name, getattr(module, name), value)
+            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), type(module).__name__), name, getattr(module, name), value)
         setattr(module, name, value)
     shrunk = Shrunk(replaced, list(touched.values()))
     for module, old in touched.values():

@@ -20,6 +20,7 @@ import networkx as nx
 
 from ..analysis.costs import node_macs
 from ..groups import ChannelGroups
+from ..groups.find import Member
 
 _WEIGHTED = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
 
@@ -41,13 +42,19 @@ def _weight_of(attrs: dict, graph: nx.DiGraph) -> str | None:
     return graph.nodes[node]["target"] if node is not None and graph.nodes[node]["kind"] == "param" else None
 
 
+def _experts(m: Member, shapes: Mapping[str, tuple[int, ...]]) -> int:
+    """A member on one expert's slice of a stacked parameter counts for 1/experts of it."""
+    return 1 if m.slice is None else shapes[m.param][0]
+
+
 class CostModel:
     """MACs and parameters of ``groups``' model for any kept channel count per group."""
 
     def __init__(self, groups: ChannelGroups) -> None:
         self.groups = groups
         graph = groups.graph
-        self.shapes: dict[str, tuple[int, ...]] = {graph.nodes[n]["target"]: tuple(graph.nodes[n]["out_shapes"][0])
+        params = graph.graph["params"]  # a stacked parameter's full shape, not one slice's
+        self.shapes: dict[str, tuple[int, ...]] = {graph.nodes[n]["target"]: tuple(params[graph.nodes[n]["target"]])
                                                    for n in graph if graph.nodes[n]["kind"] == "param"}
         self.fixed_macs = 0
         self.weighted: list[tuple[str, int, list[str]]] = []  # weight, MACs, every param the op reads
@@ -72,7 +79,7 @@ class CostModel:
             removed = 1.0 - kept[g.center] / g.channels
             for m in g.members:
                 key = (m.param, m.dim)
-                lengths[key] = lengths.get(key, float(m.length)) - m.size * removed
+                lengths[key] = lengths.get(key, float(m.length)) - m.size * removed / _experts(m, self.shapes)
         return lengths
 
     def _ratio(self, param: str, lengths: Mapping[tuple[str, int], float]) -> float:
@@ -96,7 +103,7 @@ class CostModel:
             share_macs = share_params = 0.0
             for m in g.members:
                 length = lengths.get((m.param, m.dim), float(m.length))
-                own = m.size * (kept.get(g.center, g.channels) / g.channels)
+                own = m.size * (kept.get(g.center, g.channels) / g.channels) / _experts(m, self.shapes)
                 fraction = own / length if length else 0.0
                 share_params += fraction * sizes.get(m.param, 0.0)
                 share_macs += fraction * param_macs.get(m.param, 0.0)

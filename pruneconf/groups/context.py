@@ -60,6 +60,7 @@ class RuleContext:
         self.first_use: dict[tuple[str, int], str] = {}  # (param, dim) -> op node that first used it
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
+        self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
         self.node = ""
         self.attrs: dict[str, Any] = {}
 
@@ -99,7 +100,14 @@ class RuleContext:
         return isinstance(ref, Ref) and self.graph.nodes[ref.node]["kind"] in ("param", "buffer")
 
     def param_name(self, ref: Ref) -> str:
-        return self.graph.nodes[ref.node]["target"]
+        """The parameter's name; ``name[e]`` for slice ``e`` of a stacked parameter, whose
+        dims are labelled apart from the other slices' (each expert has its own channels)."""
+        attrs = self.graph.nodes[ref.node]
+        if attrs.get("slice") is None:
+            return attrs["target"]
+        name = f"{attrs['target']}[{attrs['slice']}]"
+        self.slices[name] = (attrs["target"], attrs["slice"])
+        return name
 
     def labels(self, ref: Ref) -> TensorLabels:
         """Channel labels of the tensor ``ref`` points at."""

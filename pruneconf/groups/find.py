@@ -20,6 +20,7 @@ from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
 from .registry import rule_for, unsupported
+from .stacks import check_coverage, expert_blocks, stack_links
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class Member:
     index: np.ndarray     # the indices along ``dim`` that belong to the group, ascending
     channels: np.ndarray  # the group channel of each of those indices
     length: int           # the size of ``dim``
+    slice: int | None = None  # expert ``slice`` of a stacked parameter: ``index`` runs along
+    #                           ``dim`` of ``param`` within ``param[slice]`` (see :mod:`.stacks`)
 
     @property
     def size(self) -> int:
@@ -61,6 +64,13 @@ class Group:
     notes: list[str]   # kinds of the notes on the group's channels, e.g. ``channel_stats``
     order: int
     noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
+    blocks: np.ndarray | None = None  # experts stacked in one tensor: the expert of each channel;
+    #                                   every expert keeps the same number of its own channels
+
+    @property
+    def experts(self) -> int:
+        """How many experts share this group's width (1 for an ordinary group)."""
+        return 1 if self.blocks is None else int(self.blocks.max()) + 1
 
     @property
     def prunable(self) -> bool:
@@ -148,6 +158,7 @@ def _run_rules(graph: nx.DiGraph, nodes: list[str], whole_blocks: frozenset[str]
         for i, shape in enumerate(ctx.out_shapes):
             if not ctx.has_out(i):  # a rule that says nothing about an output: be safe
                 ctx.set_out(ctx.blocked_labels(shape, f"no channel rule for output {i} of '{node}'"), i)
+    check_coverage(ctx)
     return ctx
 
 
@@ -211,12 +222,15 @@ def _center_name(layer: str, param: str, taken: set[str]) -> str:
 
 
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
-    layer_name = graph.graph["layers"].__getitem__
+    real = {name: stacked for name, (stacked, _) in ctx.slices.items()}
+    layer_name = lambda param: graph.graph["layers"][real.get(param, param)]  # noqa: E731
     roles = sorted(ctx.all_roles(), key=lambda r: graph.nodes[r.node]["order"])
     sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
-    # Sources whose channels meet form one group: link every root of a source to its first.
-    left = np.concatenate([rl for _, rl in sources]) if sources else np.empty(0, np.int64)
-    right = np.concatenate([np.full(rl.shape, rl[0]) for _, rl in sources]) if sources else left
+    # Sources whose channels meet form one group: link every root of a source to its first,
+    # and the experts of one stacked tensor, which must keep the same width (see .stacks).
+    stack_left, stack_right = stack_links(ctx, roots, roles)
+    left = np.concatenate([rl for _, rl in sources] + [stack_left]) if sources else np.empty(0, np.int64)
+    right = np.concatenate([np.full(rl.shape, rl[0]) for _, rl in sources] + [stack_right]) if sources else left
     comp = connected_roots(len(roots), left, right)
     is_group = np.zeros(len(roots), dtype=bool)
     is_group[[comp[rl[0]] for _, rl in sources]] = True
@@ -228,6 +242,7 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
     channel_of_root = np.full(len(roots), -1, dtype=np.int64)
     by_comp: dict[int, Group] = {}
     centers: set[str] = set()
+    slice_sources: dict[int, list[tuple[int, np.ndarray]]] = {}
     for r, rl in sources:
         c = int(comp[rl[0]])
         group = by_comp.get(c)
@@ -239,6 +254,12 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
                                        noted_at={kind: at[c] for kind, at in noted_at.items() if c in at})
         group.sources.append(layer_name(r.param))
         group.channels = _number_channels(rl, channel_of_root, group.channels)
+        if r.param in ctx.slices:
+            slice_sources.setdefault(c, []).append((ctx.slices[r.param][1], channel_of_root[rl]))
+    for c, group in by_comp.items():
+        group.blocks, why = expert_blocks(group.channels, slice_sources.get(c, []))
+        if why:
+            group.reasons.append(why)
     for group in by_comp.values():
         if group.channels <= 1 and not group.reasons:
             group.reasons.append("a single channel once its couplings are resolved")
@@ -249,10 +270,12 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
     group_of_root = np.where(channel_of_root >= 0, index_by_comp[comp], -1)
     for r in roles:
         labels = roots[ctx.params[(r.param, r.dim)]]
+        stacked, at = ctx.slices.get(r.param, (r.param, None))
+        dim = r.dim if at is None else r.dim + 1  # a slice's dims are the stacked tensor's from 1
         for c, index in _split_by_component(comp[labels]):
             if c in index_of_comp:
                 groups[index_of_comp[c]].members.append(Member(
-                    r.param, layer_name(r.param), r.dim, r.role, index, channel_of_root[labels[index]], len(labels)))
+                    stacked, layer_name(r.param), dim, r.role, index, channel_of_root[labels[index]], len(labels), at))
     result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
     log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
     return result

@@ -19,8 +19,8 @@ from torch import nn
 from .._progress import progress
 from ..groups import ChannelGroups, Group
 from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
 from .importance import METRICS
+from .plan import group_keep, top_channels
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,9 @@ def global_kept(groups: list[Group], scores: Mapping[str, np.ndarray], fraction:
             left -= 1
     kept = {}
     for g, gone in zip(groups, removed):
-        keep = max(floors[g.center], kept_channels(g.channels, gone / g.channels, round_to))
+        keep = max(floors[g.center], group_keep(g, gone / g.channels, round_to))
         if keep < g.channels:
-            order = np.argsort(-scores[g.center], kind="stable")
-            kept[g.center] = np.sort(order[:keep])
+            kept[g.center] = top_channels(g, scores[g.center], keep)
     return kept
 
 
@@ -80,7 +79,7 @@ def make_global_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         log.warning("group %s left whole: %s", center, why)
     parts = taking_part(groups, recipe, skip)
     scores = {g.center: score(g, tensors, recipe.settings.seed) for g in progress(parts, "ranking channels")}
-    floors = {g.center: kept_channels(g.channels, recipe.max_sparsity_of(g.center), recipe.settings.round_to)
+    floors = {g.center: group_keep(g, recipe.max_sparsity_of(g.center), recipe.settings.round_to)
               for g in parts}
     kept = global_kept(parts, scores, recipe.settings.default_sparsity, floors, recipe.settings.round_to)
     total = sum(g.channels for g in parts)

@@ -13,11 +13,20 @@ import torch
 
 from .._registry import Registry
 from ..groups import Group
+from ..groups.find import Member
 from ..groups.context import CONSUMER, FOLLOWER, SOURCE
 
 Metric = Callable[[Group, Mapping[str, torch.Tensor], int], np.ndarray]
 METRICS = Registry("metric")
 metric = METRICS.register
+
+
+def member_rows(m: Member, tensor: torch.Tensor) -> torch.Tensor:
+    """One row per index along the member's dim (of its expert's slice, for stacked experts)."""
+    dim = m.dim
+    if m.slice is not None:
+        tensor, dim = tensor[m.slice], dim - 1
+    return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
 def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -> np.ndarray:
@@ -27,7 +36,7 @@ def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -
         tensor = tensors.get(m.param)
         if m.role not in roles or tensor is None or not tensor.is_floating_point() or tensor.dim() == 0:
             continue
-        rows = tensor.detach().float().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
+        rows = member_rows(m, tensor).float()
         values = fn(rows).cpu().double().numpy()
         np.add.at(score, m.channels, values[m.index])
     return score
@@ -64,7 +73,7 @@ def fpgm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.nda
         tensor = tensors.get(m.param)
         if m.role != SOURCE or tensor is None:
             continue
-        rows = tensor.detach().double().movedim(m.dim, 0).reshape(tensor.shape[m.dim], -1)
+        rows = member_rows(m, tensor).double()
         per_channel = torch.zeros(group.channels, rows.shape[1], dtype=torch.float64)
         per_channel.index_add_(0, torch.as_tensor(m.channels), rows[torch.as_tensor(m.index)])
         features.append(per_channel)

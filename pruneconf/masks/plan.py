@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..groups import ChannelGroups
+from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
+from .experts import ExpertDrop, expert_drops
 from .importance import METRICS
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ class PruningPlan:
     groups: ChannelGroups
     kept: dict[str, np.ndarray]
     requested: dict[str, float]
+    experts: dict[str, ExpertDrop] = dataclasses.field(default_factory=dict)  # experts module -> drop
 
     @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
@@ -42,9 +44,17 @@ class PruningPlan:
             if kept is None:
                 continue
             for m in g.members:
-                keep = out.setdefault((m.param, m.dim), np.ones(shapes[m.param][m.dim], dtype=bool))
-                keep[m.index] &= np.isin(m.channels, kept)
-        return {k: v for k, v in out.items() if not v.all()}
+                shape = shapes[m.param]
+                if m.slice is None:
+                    keep = out.setdefault((m.param, m.dim), np.ones(shape[m.dim], dtype=bool))
+                    keep[m.index] &= np.isin(m.channels, kept)
+                else:  # one row per expert of a stacked parameter
+                    keep = out.setdefault((m.param, m.dim), np.ones((shape[0], shape[m.dim]), dtype=bool))
+                    keep[m.slice, m.index] &= np.isin(m.channels, kept)
+        for drop in self.experts.values():  # whole experts: their slices and router rows
+            for name in drop.params:
+                out[(name, 0)] = drop.keep.copy()
+        return {k: _same_rows(v) for k, v in out.items() if not v.all()}
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
         """For each labelled dim of a node's output: which positions survive the plan
@@ -63,7 +73,34 @@ class PruningPlan:
     def restricted(self, centers) -> "PruningPlan":
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
-        return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested)
+        return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested,
+                           self.experts)
+
+
+def _same_rows(keep: np.ndarray) -> np.ndarray:
+    """A per-expert keep mask whose experts all keep the same positions, as one row."""
+    return keep[0] if keep.ndim == 2 and (keep == keep[0]).all() else keep
+
+
+def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
+
+    Experts stacked in one tensor keep ``keep / experts`` channels each, each expert its
+    own best (see :mod:`pruneconf.groups.stacks`).
+    """
+    if group.blocks is None:
+        return np.sort(np.argsort(-importance, kind="stable")[:keep])
+    per = max(1, round(keep / group.experts))
+    chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
+              for e in range(group.experts)]
+    return np.sort(np.concatenate(chosen))
+
+
+def group_keep(group: Group, sparsity: float, round_to: int) -> int:
+    """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
+    every expert keeps the same count."""
+    per = kept_channels(group.channels // group.experts, sparsity, round_to)
+    return per * group.experts
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -80,11 +117,12 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
+    tensors = model_tensors(model)
+    drops = expert_drops(model, groups.graph, recipe, tensors)
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return make_global_plan(model, groups, recipe, skip)
+        return dataclasses.replace(make_global_plan(model, groups, recipe, skip), experts=drops)
     score = METRICS[recipe.settings.metric]
-    tensors = model_tensors(model)
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
@@ -94,13 +132,11 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         if skip and g.center in skip:
             log.warning("group %s left whole: %s", g.center, skip[g.center])
             continue
-        keep = kept_channels(g.channels, sparsity, recipe.settings.round_to)
+        keep = group_keep(g, sparsity, recipe.settings.round_to)
         if keep >= g.channels:
             continue
-        importance = score(g, tensors, recipe.settings.seed)
-        order = np.argsort(-importance, kind="stable")
-        kept[g.center] = np.sort(order[:keep])
-    return PruningPlan(groups, kept, requested)
+        kept[g.center] = top_channels(g, score(g, tensors, recipe.settings.seed), keep)
+    return PruningPlan(groups, kept, requested, drops)
 
 
-__all__ = ["PruningPlan", "make_plan", "model_tensors"]
+__all__ = ["PruningPlan", "group_keep", "make_plan", "model_tensors", "top_channels"]

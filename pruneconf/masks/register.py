@@ -5,15 +5,19 @@ forward pre-hook on the model re-zeroes the slices before every forward. The fir
 them at zero through any optimizer (SGD with momentum and weight decay, Adam: the update of
 a zero weight with a zero gradient is zero); the third also covers optimizer state built
 before the masks. Norms with statistics across pruned channels (LayerNorm, RMSNorm) are
-computed over the kept channels only (:mod:`.norms`). Nothing is added to the model's
+computed over the kept channels only (:mod:`.norms`); routers never pick a masked expert
+(:mod:`.experts`). Nothing is added to the model's
 ``state_dict``.
 """
 from __future__ import annotations
+
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from .experts import ExpertDrop, attach_router_masks
 from .norms import MaskedNorm, attach_masked_norms, masked_norms
 from .plan import PruningPlan, model_tensors
 
@@ -22,10 +26,11 @@ class Masks:
     """Masks registered on a model; :meth:`remove` takes every hook away again."""
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor],
-                 norms: list[MaskedNorm] | None = None) -> None:
+                 norms: list[MaskedNorm] | None = None, experts: Mapping[str, ExpertDrop] | None = None) -> None:
         self.model = model
         self.masks = masks
         self.norms = norms or []
+        self.experts = experts or {}
         self._handles: list = []
         tensors = model_tensors(model)
         self._params = {name: tensors[name] for name in masks}
@@ -46,6 +51,7 @@ class Masks:
                     lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
         self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce()))
         self._handles.extend(attach_masked_norms(self.model, self.norms))
+        self._handles.extend(attach_router_masks(self.model, self.experts))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -62,7 +68,9 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
             continue
         param = params[name]
         shape = [1] * param.dim()
-        shape[dim] = len(keep)
+        shape[dim] = keep.shape[-1]
+        if keep.ndim == 2:  # a row per expert of a stacked parameter
+            shape[0] = keep.shape[0]
         mask = torch.as_tensor(keep.astype(np.float32)).reshape(shape)
         masks[name] = masks[name] * mask if name in masks else mask.expand_as(param).clone()
     return masks
@@ -70,6 +78,6 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
     """Hold the channels ``plan`` prunes at zero while the model trains."""
-    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan))
+    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan), plan.experts)
     masks._attach()
     return masks

@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # masks/ reads recipes: import the type only for annotations
 
 
 MAX_CHANNELS = 1 << 24  # more than any layer has: bounds what a recipe can make us allocate
+EXPERTS_APPLIED = ("experts", "kept", "indices")  # keys of an experts module's entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,4 +73,7 @@ def applied_section(plan: "PruningPlan") -> CommentedMap:
         entry = CommentedMap(channels=g.channels, kept=len(kept), sparsity=plan.requested[g.center],
                              indices=ranges(kept.tolist()))
         out[g.center] = entry
+    for layer, drop in plan.experts.items():
+        kept = drop.keep.nonzero()[0].tolist()
+        out[layer] = CommentedMap(experts=len(drop.keep), kept=len(kept), indices=ranges(kept))
     return out

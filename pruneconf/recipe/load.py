@@ -7,19 +7,23 @@ import fnmatch
 import os
 from typing import Any, Mapping
 
+import numpy as np
+
 from ..errors import ConfigError
 from ..models import InputSpec, check_input_sizes, parse_input_shape
 from ..groups import ChannelGroups
 from ..trace.fingerprint import first_difference, fingerprint, parameter_shapes
-from .applied import Applied, parse_ranges
+from .applied import EXPERTS_APPLIED, Applied, parse_ranges
+from .experts import ExpertChoice, check_experts, parse_experts
 from .yamlio import load_document
 
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
 MODES = ("uniform", "global")
-SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs")
+SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs",
+            "expert_sparsity")
 GROUP_KEYS = ("sparsity", "max_sparsity")
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
-             "settings", "groups", "layers", "applied")
+             "settings", "groups", "experts", "layers", "applied")
 
 
 @dataclasses.dataclass
@@ -32,6 +36,7 @@ class Settings:
     mode: str = "uniform"       # "global": default_sparsity of all channels, ranked across groups
     max_sparsity: float = 0.9   # the most a group may lose in global mode or under a MAC budget
     target_macs: float | None = None  # the MAC budget (fraction of dense) the group values were chosen for
+    expert_sparsity: float = 0.0  # fraction of every mixture-of-experts layer's experts dropped
 
 
 @dataclasses.dataclass
@@ -47,6 +52,8 @@ class Recipe:
     input_shapes: list[InputSpec] = dataclasses.field(default_factory=list)
     fingerprint: str | None = None
     applied: dict[str, Applied] = dataclasses.field(default_factory=dict)
+    experts: dict[str, ExpertChoice] = dataclasses.field(default_factory=dict)  # experts module -> choice
+    applied_experts: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # experts module -> kept
     layers: dict[str, str] = dataclasses.field(default_factory=dict)
     lines: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -158,6 +165,8 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
         settings.mode = raw["mode"]
     if "max_sparsity" in raw:
         settings.max_sparsity = check.number(raw, "max_sparsity", "settings.max_sparsity", 0, 1)
+    if "expert_sparsity" in raw:
+        settings.expert_sparsity = check.number(raw, "expert_sparsity", "settings.expert_sparsity", 0, 1)
     if raw.get("target_macs") is not None:
         target = raw["target_macs"]
         if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
@@ -238,7 +247,7 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
                                                                      "a mapping of keyword arguments").items()},
                     input_shapes=_input_shapes(check, doc),
                     fingerprint=check.string(doc, "fingerprint", "fingerprint"), lines=check.lines,
-                    layers={str(k): str(v) for k, v in layers.items()})
+                    layers={str(k): str(v) for k, v in layers.items()}, experts=parse_experts(check, doc))
     for key in doc.get("model_args") or {}:
         check.lines[f"model_args.{key}"] = _line(doc["model_args"], key)
     recipe.applied = _applied(check, check.mapping(doc, "applied", "applied", "the mapping `pruneconf prune` wrote"),
@@ -251,6 +260,9 @@ def _applied(check: "_Checker", section: Mapping, recipe: Recipe) -> dict[str, A
     out = {}
     for center, entry in section.items():
         key = f"applied.{center}"
+        if isinstance(entry, Mapping) and set(entry) == set(EXPERTS_APPLIED):
+            recipe.applied_experts[str(center)] = _applied_experts(check, section, str(center))
+            continue
         if not isinstance(entry, Mapping) or set(entry) != {"channels", "kept", "sparsity", "indices"}:
             raise check.fail("expected channels, kept, sparsity and indices", key, section, center)
         channels = check.integer(entry, "channels", f"{key}.channels", 1)
@@ -273,6 +285,20 @@ def _applied(check: "_Checker", section: Mapping, recipe: Recipe) -> dict[str, A
     return out
 
 
+def _applied_experts(check: "_Checker", section: Mapping, layer: str) -> np.ndarray:
+    """``applied.<experts module>``: ``experts`` before, ``kept`` count and kept ``indices``."""
+    entry, key = section[layer], f"applied.{layer}"
+    count = check.integer(entry, "experts", f"{key}.experts", 1)
+    try:
+        kept = parse_ranges(entry["indices"], count)
+    except ValueError as exc:
+        raise check.fail(str(exc), f"{key}.indices", entry, "indices") from None
+    if check.integer(entry, "kept", f"{key}.kept", 1) != len(kept):
+        raise check.fail(f"indices list {len(kept)} experts; expected {entry['kept']} below {count}",
+                         key, section, layer)
+    return kept
+
+
 def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
     """The recipe must describe this model: same fingerprint, known prunable group centers."""
     actual = fingerprint(groups.graph)
@@ -293,3 +319,4 @@ def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
             close = difflib.get_close_matches(center, [g.center for g in groups.prunable], n=1)
             why = "no such group in the model" + (f"; did you mean '{close[0]}'?" if close else "")
         raise recipe.error(why, f"groups.{center}")
+    check_experts(recipe, groups.graph)

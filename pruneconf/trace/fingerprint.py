@@ -37,7 +37,9 @@ def parameter_shapes(graph: nx.DiGraph) -> dict[str, str]:
     """Shapes (``64x3x7x7``) of the parameters the forward pass used, in forward order."""
     live = nx.ancestors(graph, graph.graph["output"])
     nodes = sorted((n for n in live if graph.nodes[n]["kind"] == "param"), key=lambda n: graph.nodes[n]["order"])
-    return {graph.nodes[n]["target"]: "x".join(map(str, graph.nodes[n]["out_shapes"][0])) or "scalar" for n in nodes}
+    shapes = graph.graph["params"]  # a stacked parameter's full shape, not one slice's
+    return {graph.nodes[n]["target"]: "x".join(map(str, shapes[graph.nodes[n]["target"]])) or "scalar"
+            for n in nodes}
 
 
 def first_difference(recorded: dict[str, str], current: dict[str, str]) -> str:

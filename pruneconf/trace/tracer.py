@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 from .._gc import paused_gc
 from .._progress import progress_bar
 from ..errors import TraceError
+from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
 
@@ -46,6 +47,8 @@ class Record:
     inplace: bool = False
     order: int = -1                # position in forward order
     inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
+    slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
+    full_shape: tuple[int, ...] = ()  # of that stacked parameter
 
 
 class _Recorder(TorchFunctionMode):
@@ -176,8 +179,40 @@ class _Trace:
                 out.append(map_structure(v, self.ref_of))
         return tuple(out)
 
+    def stack_slice(self, op: str, args: tuple, out: Any) -> bool:
+        """Record ``param[e]`` of a stacked parameter as a parameter of its own.
+
+        A parameter of 3 or more dims indexed by an integer along dim 0 (a layer's experts
+        stored as ``gate_up_proj[E, 2I, H]``) is a stack of separate weights: slice ``e`` is
+        expert ``e``'s matrix, with channels of its own. The index may be a Python int or,
+        as in transformers' eager expert loop, a 0-d integer tensor, whose value is read.
+        """
+        if op == "getitem" and len(args) == 2:
+            index = args[1]
+        elif op == "select" and len(args) == 3 and args[1] == 0:
+            index = args[2]
+        else:
+            return False
+        param = args[0]
+        if not isinstance(param, nn.Parameter) or param.dim() < 3 or param.shape[0] < 2:
+            return False
+        if isinstance(index, torch.Tensor) and index.dim() == 0 and not index.is_floating_point() \
+                and index.dtype != torch.bool:
+            index = int(index)
+        owned = self.owned.get(id(param))
+        if type(index) is not int or owned is None or not isinstance(out, torch.Tensor):
+            return False
+        e = index % param.shape[0]
+        record = self.add(Record(name=self.unique(f"{owned[1]}[{e}]"), kind="param", op="param",
+                                 target=owned[1], out_shapes=[tuple(out.shape)], out_dtypes=[str(out.dtype)],
+                                 slice=e, full_shape=tuple(param.shape)))
+        self.bind(out, Ref(record, 0))
+        return True
+
     def record_call(self, func, args, kwargs, out) -> None:
         opname, target = self.names_of(func)
+        if opname.op in ("getitem", "select") and not kwargs and self.stack_slice(opname.op, args, out):
+            return
         inplace_target = args[0] if opname.inplace and args and isinstance(args[0], torch.Tensor) else None
         outputs = [out] if isinstance(out, torch.Tensor) else list(iter_tensors(out))
         if not outputs and inplace_target is None:
@@ -307,18 +342,21 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     arguments. Nodes are named like ``features.0.0`` (a leaf module's op) or
     ``layer1.0:add`` (a function called inside ``layer1.0``); each carries ``kind``, ``op``,
     ``target``, ``module``, ``module_type``, ``args``/``kwargs`` (with :class:`Ref` in
-    place of tensors), ``out_shapes``, ``out_dtypes`` and ``order``. An edge ``u -> v``
+    place of tensors), ``out_shapes``, ``out_dtypes`` and ``order``; a stacked parameter's
+    slice (``experts.gate_up_proj[3]``) is a ``param`` node with ``slice`` set. Mixture-of-
+    experts layers run every expert (:mod:`.experts`). An edge ``u -> v``
     means a tensor produced by ``u`` is an argument of ``v``. The model's mode, buffers,
     ``requires_grad`` flags and the global RNG are left exactly as they were.
     """
     state = _Trace(model)
     state.add_inputs(example_inputs)
+    experts = every_expert(model)
     saved = _snapshot(state)
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
     try:
         with paused_gc():
-            with _preserved_rng(), torch.no_grad(), _Recorder(state):
+            with _preserved_rng(), torch.no_grad(), experts, _Recorder(state):
                 out = _call(model, example_inputs)
             state.add_output(out)
     except TraceError:
@@ -353,7 +391,7 @@ def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]
     graph.add_nodes_from(nodes)
     graph.add_edges_from((u, v, attrs) for (u, v), attrs in edges.items())
     graph.graph["output"] = records[-1].name
-    graph.graph["params"] = {rec.target: rec.out_shapes[0] for rec in records
-                             if rec.kind in ("param", "buffer")}
+    graph.graph["params"] = {rec.target: rec.full_shape if rec.slice is not None else rec.out_shapes[0]
+                             for rec in records if rec.kind in ("param", "buffer")}
     graph.graph["layers"] = {name: layers[name] for name in graph.graph["params"]}
     return graph

@@ -249,3 +249,30 @@ def glu(ctx: RuleContext) -> None:
     if dim in labels:
         labels[dim] = position_union(ctx, labels[dim], 2)
     ctx.set_out(labels)
+
+
+@register("index_add", "index_copy")
+def index_add(ctx: RuleContext) -> None:
+    """``x.index_add(dim, index, source)``: rows of ``source`` written into ``x`` at ``index``.
+
+    Outside ``dim`` the two share channels, as an add would (a mixture-of-experts layer adds
+    each expert's output into the hidden states of the tokens it served). Positions along
+    ``dim`` are chosen by data, so a channel dim there cannot be followed.
+    """
+    x, source = ctx.arg(0, "input"), ctx.arg(3, "source")
+    shape = ctx.out_shapes[0]
+    dim = norm_dim(ctx.arg(1, "dim"), len(shape))
+    sx, ss, lx, ls = ctx.shape(x), ctx.shape(source), ctx.labels(x), ctx.labels(source)
+    if len(sx) != len(ss):
+        return unsupported(ctx)
+    out: TensorLabels = {}
+    for d, n in enumerate(shape):
+        if d == dim:
+            for lab in (lx.get(d), ls.get(d)):
+                if lab is not None and lab.size > 1:
+                    ctx.block(lab, f"positions chosen by an index tensor in '{ctx.op}'")
+            continue
+        merged = merge_dim(ctx, [(lx.get(d), n), (ls.get(d), ss[d])], n, f"'{ctx.op}'")
+        if merged is not None:
+            out[d] = merged
+    ctx.set_out(out)
