@@ -4,8 +4,9 @@ Each pruned parameter slice is zeroed once, its gradient is masked by a tensor h
 forward pre-hook on the model re-zeroes the slices before every forward. The first two keep
 them at zero through any optimizer (SGD with momentum and weight decay, Adam: the update of
 a zero weight with a zero gradient is zero); the third also covers optimizer state built
-before the masks. Norms with statistics across pruned channels (LayerNorm, RMSNorm) are
-computed over the kept channels only (:mod:`.norms`). Nothing is added to the model's
+before the masks. Norms with statistics across pruned channels (LayerNorm, RMSNorm, and
+means or variances written as tensor ops) are computed over the kept channels only
+(:mod:`.norms`, :mod:`.stats`). Nothing is added to the model's
 ``state_dict``.
 """
 from __future__ import annotations
@@ -16,16 +17,18 @@ from torch import nn
 
 from .norms import MaskedNorm, attach_masked_norms, masked_norms
 from .plan import PruningPlan, model_tensors
+from .stats import MaskedStatistic, attach_masked_statistics, masked_statistics
 
 
 class Masks:
     """Masks registered on a model; :meth:`remove` takes every hook away again."""
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor],
-                 norms: list[MaskedNorm] | None = None) -> None:
+                 norms: list[MaskedNorm] | None = None, stats: list[MaskedStatistic] | None = None) -> None:
         self.model = model
         self.masks = masks
         self.norms = norms or []
+        self.stats = stats or []
         self._handles: list = []
         tensors = model_tensors(model)
         self._params = {name: tensors[name] for name in masks}
@@ -46,6 +49,7 @@ class Masks:
                     lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
         self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce()))
         self._handles.extend(attach_masked_norms(self.model, self.norms))
+        self._handles.extend(attach_masked_statistics(self.model, self.stats))
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -70,6 +74,6 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
     """Hold the channels ``plan`` prunes at zero while the model trains."""
-    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan))
+    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan), masked_statistics(plan))
     masks._attach()
     return masks
