@@ -15,6 +15,7 @@ from pruneconf.groups.context import CONSUMER
 from pruneconf.masks.norms import attach_masked_norms, masked_norms
 from pruneconf.masks.plan import PruningPlan
 from pruneconf.masks.stats import attach_masked_statistics, masked_statistics
+from pruneconf.trace.refs import iter_tensors
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
@@ -31,11 +32,8 @@ def _call(model, example):
 
 
 def _flat(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _flat(o)]
+    """The tensors of a model's output (a Hugging Face output also holds None and a cache)."""
+    return list(iter_tensors(out))
 
 
 def calibrated(model: nn.Module, example) -> nn.Module:

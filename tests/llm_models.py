@@ -26,11 +26,12 @@ class Family:
     model: str                          # the transformers class to build from the config
     inputs: Callable[[torch.Generator], dict] = None  # example inputs (default: input_ids)
     decoder: bool = True                 # generate() from input_ids alone
+    attention: str = "sdpa"              # the attention implementation (Gemma2 has eager only)
 
     def build(self, seed: int = 0) -> tuple[nn.Module, dict]:
         torch.manual_seed(seed)
         config = self.config()
-        config._attn_implementation = "sdpa"
+        config._attn_implementation = self.attention
         model = getattr(transformers, self.model)(config).eval()
         gen = torch.Generator().manual_seed(seed)
         inputs = (self.inputs or _token_inputs)(gen)
@@ -61,7 +62,7 @@ FAMILIES = [
     Family("qwen2", _decoder("Qwen2Config"), "Qwen2ForCausalLM"),
     Family("qwen3", _decoder("Qwen3Config", head_dim=16), "Qwen3ForCausalLM"),
     Family("phi3", _decoder("Phi3Config", pad_token_id=0), "Phi3ForCausalLM"),
-    Family("gemma2", _decoder("Gemma2Config", head_dim=16), "Gemma2ForCausalLM"),
+    Family("gemma2", _decoder("Gemma2Config", head_dim=16), "Gemma2ForCausalLM", attention="eager"),
     Family("gemma3", _decoder("Gemma3TextConfig", head_dim=16), "Gemma3ForCausalLM"),
     Family("olmo2", _decoder("Olmo2Config"), "Olmo2ForCausalLM"),
     Family("gpt_neox", lambda: transformers.GPTNeoXConfig(
@@ -81,3 +82,11 @@ FAMILIES = [
         "WhisperForConditionalGeneration", _whisper_inputs, decoder=False),
 ]
 BY_NAME = {f.name: f for f in FAMILIES}
+
+
+def generate(family: Family, model: nn.Module, inputs: dict, tokens: int = 6) -> torch.Tensor:
+    """Greedy decoding with the key/value cache, from the example's prompt (or encoder input)."""
+    prompt = {k: v for k, v in inputs.items() if k != "decoder_input_ids"}
+    with torch.no_grad():
+        return model.generate(**prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                              use_cache=True, pad_token_id=0)
