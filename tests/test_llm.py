@@ -76,3 +76,22 @@ def test_prunes_to_full_width_exactly_and_generates_the_same_tokens(family):
         assert any(reason in r for r in others[center]), others[center]
     kept = total_macs(trace(model, inputs)) / before
     assert kept <= most
+
+
+def test_layers_keep_different_widths_and_still_generate():
+    """Per-layer widths: layer 0 keeps half its key/value heads (and the query heads reading
+    them), layer 1 keeps all its heads and a quarter of its MLP; the hidden size stays."""
+    family = next(f for f in FAMILIES if f.name == "llama")
+    model, inputs = family.build()
+    config = {"sparsity": 0.5, "groups": {"model.embed_tokens": 0.0, "model.layers.1.self_attn.q_proj": 0.0,
+                                          "model.layers.1.mlp.gate_proj": 0.75}}
+    pruner = Pruner(model, inputs, config)
+    pruner.register_masks()
+    masked = generate(family, model, inputs)
+    pruner.apply_masks()
+    first, second = model.model.layers[0], model.model.layers[1]
+    assert (first.self_attn.q_proj.out_features, first.self_attn.k_proj.out_features) == (32, 16)
+    assert (second.self_attn.q_proj.out_features, second.self_attn.k_proj.out_features) == (64, 32)
+    assert first.self_attn.num_key_value_groups == second.self_attn.num_key_value_groups == 2
+    assert (first.mlp.gate_proj.out_features, second.mlp.gate_proj.out_features) == (64, 32)
+    assert torch.equal(generate(family, model, inputs), masked)
