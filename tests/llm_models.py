@@ -24,7 +24,7 @@ class Family:
     name: str
     config: Callable[[], Any]
     model: str                          # the transformers class to build from the config
-    inputs: Callable[[torch.Generator], dict] = None  # example inputs (default: input_ids)
+    inputs: Callable[[torch.Generator], dict] | None = None  # example inputs (default: input_ids)
     decoder: bool = True                 # generate() from input_ids alone
     attention: str = "sdpa"              # the attention implementation (Gemma2 has eager only)
 
