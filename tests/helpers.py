@@ -14,6 +14,8 @@ from pruneconf.groups import ChannelGroups
 from pruneconf.groups.context import CONSUMER
 from pruneconf.masks.norms import attach_masked_norms, masked_norms
 from pruneconf.masks.plan import PruningPlan
+from pruneconf.masks.stats import attach_masked_statistics, masked_statistics
+from pruneconf.trace.refs import iter_tensors
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
@@ -30,11 +32,8 @@ def _call(model, example):
 
 
 def _flat(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    return [t for o in out for t in _flat(o)]
+    """The tensors of a model's output (a Hugging Face output also holds None and a cache)."""
+    return list(iter_tensors(out))
 
 
 def calibrated(model: nn.Module, example) -> nn.Module:
@@ -60,7 +59,7 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
     """Pick channels of every prunable group, cut them off at every consumer, then scramble
     their producers: the outputs must not move. A consumer the grouping missed would let
     the scrambled channels through. Norms with statistics across the picked channels
-    (LayerNorm over channels, noted ``channel_stats``) run masked, as under
+    (LayerNorm over channels, means and variances across them, noted ``channel_stats``) run masked, as under
     ``register_masks``, so they must leave the picked channels out too. Groups whose
     exactness rests on pruned channels being zero on both sides of a product (attention's
     q·k over pruned head dims, noted ``masked_contraction``) are left to masked ≡ applied.
@@ -90,7 +89,8 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
             p.index_fill_(m.dim, idx, 0.0)
 
     kept = {c: np.setdiff1d(np.arange(groups[c].channels), drop) for c, drop in picks.items()}
-    handles = attach_masked_norms(model, masked_norms(PruningPlan(groups, kept, {})))
+    plan = PruningPlan(groups, kept, {})
+    handles = attach_masked_norms(model, masked_norms(plan)) + attach_masked_statistics(model, masked_statistics(plan))
     with torch.no_grad():
         cut_consumers()
         before = _flat(_call(model, example))

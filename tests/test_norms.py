@@ -71,6 +71,50 @@ class MLPMixerish(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(x))))
 
 
+class TensorOpRMSNorm(nn.Module):
+    """RMSNorm as Llama, Qwen and T5 write it: tensor ops in a custom module."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        variance = x.float().pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(variance + 1e-6)).to(x.dtype)
+
+
+class TensorOpLayerNorm(TensorOpRMSNorm):
+    """LayerNorm as tensor ops (mean-subtract, then the variance), Gemma's ``1 + weight``."""
+
+    def forward(self, x):
+        centered = x - x.mean(-1, keepdim=True)
+        return (1 + self.weight) * centered / torch.sqrt(x.var(-1, keepdim=True, unbiased=False) + 1e-5)
+
+
+class InlineNormBlock(nn.Module):
+    """The norm written inline in a block with children: only the block's own call is masked;
+    the child ``probe`` takes a mean that looks the same (3 dims, the last of size 12) over a buffer."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+        self.fc1, self.fc2 = nn.Linear(dim, 2 * dim), nn.Linear(2 * dim, dim)
+        self.probe = Probe()
+
+    def forward(self, x):
+        h = self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+        return x + self.fc2(F.gelu(self.fc1(h))) * self.probe()
+
+
+class Probe(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.rand(1, 3, 12) + 0.5)
+
+    def forward(self):
+        return self.table.mean(-1, keepdim=True).mean()
+
+
 class OuterNorm(nn.Module):
     """A LayerNorm over two pruned dims: the outer product of two layers' outputs."""
 
@@ -160,18 +204,30 @@ def test_convnext_tiny_prunes_its_residual_stream():
     assert total_macs(trace(model, x)) < total_macs(trace(old, x)) < before
 
 
-@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm, lambda d: nn.LayerNorm(d, bias=False)],
-                         ids=["layer_norm", "rms_norm", "layer_norm_no_bias"])
+@pytest.mark.parametrize("norm", [nn.LayerNorm, nn.RMSNorm, lambda d: nn.LayerNorm(d, bias=False), TensorOpRMSNorm,
+                                  TensorOpLayerNorm],
+                         ids=["layer_norm", "rms_norm", "layer_norm_no_bias", "tensor_op_rms_norm", "tensor_op_layer_norm"])
 def test_pre_norm_residual_blocks(norm):
     model, x = MLPMixerish(norm=norm), torch.randn(2, 7, 6)
     groups = analyse(model, x)
     stream = groups["embed"]
     assert stream.prunable and stream.channels == 12 and stream.notes == [CHANNEL_STATS]
-    assert {"blocks.2.norm", "blocks.2.fc2", "norm", "head"} <= set(stream.layers)
+    layers = {layer.removesuffix(".weight") for layer in stream.layers}  # a custom norm's weight is a layer
+    assert {"blocks.2.norm", "blocks.2.fc2", "norm", "head"} <= layers
     assert [g.center for g in groups.prunable] == ["embed", "blocks.0.fc1", "blocks.1.fc1", "blocks.2.fc1"]
     assert assert_no_influence(model, x, groups) > 0
     check_exact(model, x)
     assert model.embed.out_features == 6 and model.norm.weight.shape == (6,)
+
+
+def test_norm_written_inline_in_a_block_with_children():
+    model = nn.Sequential(nn.Linear(6, 12), InlineNormBlock(12), InlineNormBlock(12), nn.Linear(12, 3))
+    x = torch.randn(2, 7, 6)
+    groups = analyse(model, x)
+    assert groups["0"].prunable and groups["0"].notes == [CHANNEL_STATS]
+    assert assert_no_influence(model, x, groups) > 0
+    check_exact(model, x)
+    assert model[0].out_features == 6 and model[1].weight.shape == (6,)
 
 
 def test_norm_over_two_pruned_dims():

@@ -119,10 +119,28 @@ CASES = [
     Case("index_add", lambda: Between(lambda m, y: y.index_add(1, torch.arange(8), y), conv(), conv(8, 2)),
          blocked="positions chosen by an index tensor"),
     Case("reduce_rule", lambda: Between(lambda m, y: y.sum(1, keepdim=True), conv(), conv(1, 2)), blocked="reduced by 'sum'"),
+    Case("statistic", lambda: Between(lambda m, y: y * torch.rsqrt(y.float().pow(2).mean(-1, keepdim=True) + 1e-6), nn.Linear(6, 8), nn.Linear(8, 2)), shape=(2, 5, 6), channels=8, notes=["channel_stats"]),  # RMSNorm as tensor ops
+    Case("statistic", lambda: Between(lambda m, y: (y - y.mean(1, keepdim=True)) / (y.var(1, keepdim=True, unbiased=False) + 1e-5).sqrt(), conv(), conv(8, 2)), channels=8, notes=["channel_stats"]),  # LayerNorm as tensor ops
+    Case("scaled_dot_product_attention", lambda: Between(gqa, nn.Linear(6, 8), nn.Linear(16, 2)), shape=(2, 5, 6), channels=2, center="extra.q"),
+    Case("scaled_dot_product_attention", lambda: Between(mqa, nn.Linear(6, 8), nn.Linear(16, 2)), shape=(2, 5, 6), center="extra.q", blocked="query heads sharing one key/value head"),
+    Case("statistic", lambda: Between(lambda m, y: y.mean(1, keepdim=True), conv(), conv(1, 2)), blocked="not applied back to them"),  # kv heads, each with the query heads reading it
     Case("along", lambda: Between(lambda m, y: y.softmax(-1) + y.cumsum(2), conv(), conv(8, 2)), channels=8),
     Case("along", lambda: Between(lambda m, y: F.normalize(y), conv(), conv(8, 2)), blocked="mixed by 'normalize'"),
     Case("output", lambda: Between(lambda m, y: y, conv()), blocked="reaches the model output"),
 ]
+
+
+def gqa(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Grouped-query attention: 4 query heads read 2 key/value heads, 4 dims each."""
+    q, k, v = (m.extra[name](y).unflatten(-1, (-1, 4)).transpose(1, 2) for name in "qkv")
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True).transpose(1, 2).flatten(2)
+
+
+def mqa(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """Multi-query attention: 4 query heads read one key/value head."""
+    q = m.extra["q"](y).unflatten(-1, (-1, 4)).transpose(1, 2)
+    k, v = (m.extra[name](y)[:, None] for name in ("k1", "v1"))
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=True).transpose(1, 2).flatten(2)
 
 
 class AddMM(nn.Module):
@@ -157,6 +175,8 @@ class KeepHalf(nn.Module):
 EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "addmm": AddMM, "mha": lambda: nn.MultiheadAttention(8, 2, batch_first=True),
           "bn": lambda: nn.BatchNorm2d(8), "gn": lambda: nn.GroupNorm(4, 8), "ln": lambda: nn.LayerNorm(8),
           "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1),
+          "q": lambda: nn.Linear(8, 16), "k": lambda: nn.Linear(8, 8), "v": lambda: nn.Linear(8, 8),
+          "k1": lambda: nn.Linear(8, 4), "v1": lambda: nn.Linear(8, 4),
           "lstm": lambda: nn.LSTM(8, 5, batch_first=True, bidirectional=True), "cell": lambda: nn.LSTMCell(8, 5)}
 
 

@@ -10,7 +10,7 @@ blocked: whatever they touch cannot change size.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import networkx as nx
 import numpy as np
@@ -61,6 +61,8 @@ class RuleContext:
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
+        # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
+        self.deferred: list[Callable[[np.ndarray], None]] = []
         self.node = ""
         self.attrs: dict[str, Any] = {}
 
@@ -181,10 +183,16 @@ class RuleContext:
         """Block a dim two activations contract over (q·k). If the dim is what a split
         reshape carried (a head dim), remember the split: keeping its blocks (heads) whole
         instead makes the contraction harmless, and :func:`find_groups` tries that next."""
+        self.keep_blocks_whole(labels)
+        self.block(labels, reason)
+
+    def keep_blocks_whole(self, labels: np.ndarray) -> None:
+        """If a split reshape carried ``labels`` (the dims of each head), have it keep its
+        blocks whole on the next run: the values of attention must lose whole heads, the
+        heads their queries and keys lose."""
         split = self.splits.get(int(labels[0])) if labels.size else None
         if split is not None:
             self.contracted_splits.add(split)
-        self.block(labels, reason)
 
     def note(self, labels: np.ndarray, kind: str) -> None:
         self.notes.append(Note(np.asarray(labels), kind, self.node))

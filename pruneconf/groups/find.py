@@ -147,6 +147,8 @@ def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
     while not ctx.contracted_splits <= ctx.whole_blocks:
         ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits)
     roots = ctx.space.solve()
+    for check in ctx.deferred:
+        check(roots)
     return _assemble(graph, ctx, roots)
 
 
@@ -213,10 +215,12 @@ def _number_channels(labels: np.ndarray, channel_of_root: np.ndarray, start: int
     return start + len(fresh)
 
 
-def _center_name(layer: str, param: str, taken: set[str]) -> str:
+def _center_name(layer: str, param: str, dim: int, taken: set[str]) -> str:
     """A group is named by its center layer; a layer that heads two groups (an LSTM's hidden
-    units and its projections) names the second one by the parameter, so names stay unique."""
-    name = param if layer in taken else layer
+    units and its projections) names the second one by the parameter, and a parameter that
+    heads two (a raw embedding table tied to the output layer: its columns and its rows) by
+    the dimension too, so names stay unique."""
+    name = next(n for n in (layer, param, f"{param}:dim{dim}") if n not in taken)
     taken.add(name)
     return name
 
@@ -247,7 +251,7 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
         c = int(comp[rl[0]])
         group = by_comp.get(c)
         if group is None:
-            center = _center_name(layer_name(r.param), r.param, centers)
+            center = _center_name(layer_name(r.param), r.param, r.dim, centers)
             group = by_comp[c] = Group(center=center, channels=0, sources=[], members=[],
                                        reasons=blocked.get(c, []), notes=notes.get(c, []),
                                        order=graph.nodes[r.node]["order"],

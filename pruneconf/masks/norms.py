@@ -76,7 +76,8 @@ def _masked_norm(plan: PruningPlan, node: str) -> MaskedNorm | None:
 def masked_norms(plan: PruningPlan) -> list[MaskedNorm]:
     """Every norm call the plan's pruned groups were noted at (``channel_stats``), once each."""
     nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
-                          for node in g.noted_at.get(CHANNEL_STATS, ()))
+                          for node in g.noted_at.get(CHANNEL_STATS, ())
+                          if plan.groups.graph.nodes[node]["op"] in NORM_OPS)
     found: dict[tuple[str, str], MaskedNorm] = {}
     for node in nodes:
         norm = _masked_norm(plan, node)

@@ -4,9 +4,10 @@ Each pruned parameter slice is zeroed once, its gradient is masked by a tensor h
 forward pre-hook on the model re-zeroes the slices before every forward. The first two keep
 them at zero through any optimizer (SGD with momentum and weight decay, Adam: the update of
 a zero weight with a zero gradient is zero); the third also covers optimizer state built
-before the masks. Norms with statistics across pruned channels (LayerNorm, RMSNorm) are
-computed over the kept channels only (:mod:`.norms`); routers never pick a masked expert
-(:mod:`.experts`). Nothing is added to the model's
+before the masks. Norms with statistics across pruned channels (LayerNorm, RMSNorm, and
+means or variances written as tensor ops) are computed over the kept channels only
+(:mod:`.norms`, :mod:`.stats`); routers never pick a masked expert (:mod:`.experts`).
+Nothing is added to the model's
 ``state_dict``.
 """
 from __future__ import annotations
@@ -20,16 +21,19 @@ from torch import nn
 from .experts import ExpertDrop, attach_router_masks
 from .norms import MaskedNorm, attach_masked_norms, masked_norms
 from .plan import PruningPlan, model_tensors
+from .stats import MaskedStatistic, attach_masked_statistics, masked_statistics
 
 
 class Masks:
     """Masks registered on a model; :meth:`remove` takes every hook away again."""
 
     def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor],
-                 norms: list[MaskedNorm] | None = None, experts: Mapping[str, ExpertDrop] | None = None) -> None:
+                 norms: list[MaskedNorm] | None = None, stats: list[MaskedStatistic] | None = None,
+                 experts: Mapping[str, ExpertDrop] | None = None) -> None:
         self.model = model
         self.masks = masks
         self.norms = norms or []
+        self.stats = stats or []
         self.experts = experts or {}
         self._handles: list = []
         tensors = model_tensors(model)
@@ -51,6 +55,7 @@ class Masks:
                     lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
         self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce()))
         self._handles.extend(attach_masked_norms(self.model, self.norms))
+        self._handles.extend(attach_masked_statistics(self.model, self.stats))
         self._handles.extend(attach_router_masks(self.model, self.experts))
 
     def remove(self) -> None:
@@ -78,6 +83,6 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
     """Hold the channels ``plan`` prunes at zero while the model trains."""
-    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan), plan.experts)
+    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan), masked_statistics(plan), plan.experts)
     masks._attach()
     return masks

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...trace.refs import Ref
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
 from ..registry import register, unsupported
-from .common import broadcast, channel_labels, position_union
+from .common import broadcast, channel_labels, fresh_blocked, position_union
 
 
 def _projections(ctx: RuleContext) -> list:
@@ -70,15 +71,46 @@ def multi_head_attention(ctx: RuleContext) -> None:
         ctx.set_out({}, i)
 
 
+def _key_value_heads(ctx: RuleContext, x, heads: int, gqa: bool):
+    """Labels of key or value ``x`` as the query heads read them: with ``enable_gqa`` query
+    head ``i`` reads key/value head ``i // n_rep``, so each key/value head's label repeats
+    ``n_rep`` times (whole key/value heads are pruned with the query heads that read them,
+    and ``n_rep`` stays what the model's code says)."""
+    labels = ctx.labels(x)
+    hd = len(ctx.shape(x)) - 3
+    kv = ctx.shape(x)[hd] if hd >= 0 else 1
+    if not gqa or kv == heads or hd < 0 or heads % kv:
+        return labels
+    if kv == 1:  # one key/value head for all queries: n_rep is the query head count
+        return {**labels, hd: fresh_blocked(ctx, heads, "query heads sharing one key/value head")}
+    if hd not in labels:
+        return labels
+    return {**labels, hd: np.repeat(labels[hd], heads // kv)}
+
+
 @register("scaled_dot_product_attention")
 def scaled_dot_product_attention(ctx: RuleContext) -> None:
-    q, k, v = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value")
+    """Heads pair up across q, k, v and the mask (whole heads, see ``block_contracted``); the
+    output has the values' dims. The additive mask (T5's relative position bias) shares the
+    heads it spans."""
+    q, k, v, mask = ctx.arg(0, "query"), ctx.arg(1, "key"), ctx.arg(2, "value"), ctx.arg(3, "attn_mask")
     for x in (q, k):
         lab = ctx.labels(x).get(len(ctx.shape(x)) - 1)
         if lab is not None and lab.size > 1:
             ctx.block_contracted(lab, "query/key dim contracted inside attention")
+    if (lab := ctx.labels(v).get(len(ctx.shape(v)) - 1)) is not None:
+        ctx.keep_blocks_whole(lab)
     so = ctx.out_shapes[0]
-    out = broadcast(ctx, (q, k, v), so, trailing=2)
+    heads = ctx.shape(q)[-3] if len(ctx.shape(q)) >= 3 else 1
+    gqa = bool(ctx.arg(7, "enable_gqa", False))
+    refs = [q, k, v] + ([mask] if isinstance(mask, Ref) else [])
+    labels = [ctx.labels(q), _key_value_heads(ctx, k, heads, gqa), _key_value_heads(ctx, v, heads, gqa)]
+    labels += [ctx.labels(mask)] if isinstance(mask, Ref) else []
+    shapes = [ctx.shape(r) for r in refs]
+    for i in (1, 2):  # keys and values as the query heads see them
+        if len(shapes[i]) >= 3 and len(labels[i].get(len(shapes[i]) - 3, ())) == heads:
+            shapes[i] = (*shapes[i][:-3], heads, *shapes[i][-2:])
+    out = broadcast(ctx, refs, so, trailing=2, labels=labels, shapes=shapes)
     if (lab := ctx.labels(v).get(len(ctx.shape(v)) - 1)) is not None:
         out[len(so) - 1] = lab
     ctx.set_out(out)

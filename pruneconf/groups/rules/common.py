@@ -46,15 +46,17 @@ def merge_dim(ctx: RuleContext, entries: Sequence[tuple[np.ndarray | None, int]]
 
 
 def broadcast(ctx: RuleContext, refs: Iterable[Ref], out_shape: Sequence[int],
-              trailing: int = 0, labels: Sequence[TensorLabels] | None = None) -> TensorLabels:
+              trailing: int = 0, labels: Sequence[TensorLabels] | None = None,
+              shapes: Sequence[Sequence[int]] | None = None) -> TensorLabels:
     """Elementwise broadcasting: operands aligned from the right share channels per dim.
 
     With ``trailing > 0`` only the leading (batch) dims are broadcast, as in ``matmul``;
-    ``labels`` overrides the operands' own labels (for rules that substitute some).
+    ``labels`` and ``shapes`` override the operands' own (for rules that substitute some,
+    such as key/value heads repeated for grouped-query attention).
     """
     refs = list(refs)
     nd = len(out_shape)
-    shapes = [ctx.shape(r) for r in refs]
+    shapes = shapes if shapes is not None else [ctx.shape(r) for r in refs]
     labels = labels if labels is not None else [ctx.labels(r) for r in refs]
     out: TensorLabels = {}
     for d in range(nd - trailing):

@@ -1,43 +1,112 @@
 """Reductions and normalisations along a dim.
 
-Reducing over a channel dim mixes channels (a mean divides by their count, a max may pick
-a pruned one, a softmax normalises across them), so the reduced channel dims are blocked.
-Reductions over other dims keep the channels.
+Reducing over a channel dim mixes channels (a sum adds pruned ones, a max may pick a pruned
+one, a softmax normalises across them), so the reduced channel dims are blocked. Reductions
+over other dims keep the channels. Statistics (mean, variance, standard deviation) are the
+exception: RMSNorm and LayerNorm written as tensor ops (``x.pow(2).mean(-1, keepdim=True)``)
+take them across the hidden size. The shrunk model computes them over the kept channels, and
+so can the masked model (:mod:`pruneconf.masks.stats`), so their channels stay prunable,
+noted ``channel_stats`` like an ``nn.LayerNorm``'s.
 """
 from __future__ import annotations
 
-from ..context import RuleContext
+import functools
+
+import numpy as np
+
+from ..context import CHANNEL_STATS, Note, RuleContext, TensorLabels
 from ..registry import register
 from .common import as_dims, block_dims, keep_dims, norm_dim
+from .elementwise import NARY, UNARY
+
+ELEMENTWISE = frozenset(NARY) | frozenset(UNARY)
 
 # op -> (position of ``dim``, position of ``keepdim``)
 REDUCTIONS = {
-    "sum": (1, 2), "mean": (1, 2), "nansum": (1, 2), "nanmean": (1, 2), "prod": (1, 2),
+    "sum": (1, 2), "nansum": (1, 2), "prod": (1, 2),
     "amax": (1, 2), "amin": (1, 2), "max": (1, 2), "min": (1, 2), "argmax": (1, 2),
     "argmin": (1, 2), "logsumexp": (1, 2), "all": (1, 2), "any": (1, 2), "median": (1, 2),
-    "nanmedian": (1, 2), "aminmax": (1, 2), "count_nonzero": (1, 9), "std": (1, 3),
-    "var": (1, 3), "std_mean": (1, 3), "var_mean": (1, 3), "norm": (2, 3),
+    "nanmedian": (1, 2), "aminmax": (1, 2), "count_nonzero": (1, 9), "norm": (2, 3),
     "mode": (1, 2), "kthvalue": (2, 3), "quantile": (2, 3), "nanquantile": (2, 3),
 }
 ALONG = {"softmax": 1, "log_softmax": 1, "softmin": 1, "cumsum": 1, "cumprod": 1,
          "cummax": 1, "cummin": 1, "logcumsumexp": 1, "normalize": 2, "sort": 1, "argsort": 1}
 
 
-@register(*(op for op in REDUCTIONS if op not in ("max", "min")))
-def reduce_rule(ctx: RuleContext) -> None:
+# Statistics the masked model can take over the kept channels only: op -> (``dim``, ``keepdim``).
+STATISTICS = {"mean": (1, 2), "nanmean": (1, 2), "var": (1, 3), "std": (1, 3), "var_mean": (1, 3),
+              "std_mean": (1, 3)}
+
+
+def reduced_dims(op: str, args: tuple, kwargs: dict, ndim: int) -> tuple[int, ...]:
+    """The dims a reduction call reduces (all of them when ``dim`` is not given)."""
+    pos = (REDUCTIONS.get(op) or STATISTICS[op])[0]
+    return as_dims(args[pos] if len(args) > pos else kwargs.get("dim"), ndim)
+
+
+def _reduce(ctx: RuleContext, positions: tuple[int, int]) -> tuple[TensorLabels, tuple[int, ...]]:
+    """Set the outputs' labels (the input's, minus the reduced dims); return the input's
+    labels and the reduced dims."""
     x = ctx.arg(0, "input")
     nd = len(ctx.shape(x))
-    dim_pos, keep_pos = REDUCTIONS[ctx.op]
-    dims = as_dims(ctx.arg(dim_pos, "dim"), nd)
-    keepdim = bool(ctx.arg(keep_pos, "keepdim", False))
+    dims = reduced_dims(ctx.op, ctx.args, ctx.attrs["kwargs"], nd)
+    keepdim = bool(ctx.arg(positions[1], "keepdim", False))
     labels = ctx.labels(x)
-    block_dims(ctx, labels, dims, f"channels reduced by '{ctx.op}'")
     if keepdim:
         out = {d: lab for d, lab in labels.items() if d not in dims}
     else:
         out = keep_dims(labels, {d: d - sum(r < d for r in dims) for d in range(nd) if d not in dims})
     for i in range(len(ctx.out_shapes)):
         ctx.set_out(out, i)
+    return labels, dims
+
+
+@register(*(op for op in REDUCTIONS if op not in ("max", "min")))
+def reduce_rule(ctx: RuleContext) -> None:
+    labels, dims = _reduce(ctx, REDUCTIONS[ctx.op])
+    block_dims(ctx, labels, dims, f"channels reduced by '{ctx.op}'")
+
+
+@register(*STATISTICS)
+def statistic(ctx: RuleContext) -> None:
+    """Mean, variance or standard deviation across channels, kept as a dim of size 1 and
+    applied back to those same channels (a norm: ``x * rsqrt(x.pow(2).mean(-1, keepdim=True))``,
+    ``x - x.mean(-1, keepdim=True)``): prunable, noted ``channel_stats`` so the masked model
+    takes the statistic over the kept channels. Any other reduction across channels is blocked.
+    Whether the result meets its channels again is known once unions are solved."""
+    labels, dims = _reduce(ctx, STATISTICS[ctx.op])
+    keepdim = bool(ctx.arg(STATISTICS[ctx.op][1], "keepdim", False))
+    nd = len(ctx.shape(ctx.arg(0, "input")))
+    for d in dims:
+        lab = labels.get(d)
+        if lab is None or lab.size <= 1:
+            continue
+        if not keepdim:
+            ctx.block(lab, f"channels reduced by '{ctx.op}'")
+            continue
+        ctx.deferred.append(functools.partial(_applied_back, ctx, ctx.node, np.asarray(lab), nd - d))
+
+
+NORM_HOPS = 6  # elementwise ops between a statistic and where a norm applies it (3 in RMSNorm)
+
+
+def _applied_back(ctx: RuleContext, node: str, lab: np.ndarray, from_right: int, roots: np.ndarray) -> None:
+    """Note ``lab`` if the statistic at ``node`` reaches, through at most ``NORM_HOPS``
+    elementwise ops, one whose output carries the same channels along the reduced dim."""
+    graph, frontier, seen = ctx.graph, [node], {node}
+    for _ in range(NORM_HOPS):
+        frontier = [n for f in frontier for n in graph.successors(f) if n not in seen
+                    and graph.nodes[n]["kind"] == "call" and graph.nodes[n]["op"] in ELEMENTWISE]
+        seen.update(frontier)
+        for n in frontier:
+            out = ctx.tensors.get((n, 0), {})
+            dim = len(graph.nodes[n]["out_shapes"][0]) - from_right
+            met = out.get(dim)
+            if met is not None and len(met) == len(lab) and (roots[met] == roots[lab]).all():
+                ctx.notes.append(Note(lab, CHANNEL_STATS, node))
+                return
+    ctx.space.block(lab, f"channels reduced by '{graph.nodes[node]['op']}' at '{node}' "
+                         f"(not applied back to them as in a norm)")
 
 
 @register(*ALONG)

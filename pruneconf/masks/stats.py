@@ -1,0 +1,156 @@
+"""Masked statistics written as tensor ops: a mean or variance across pruned channels.
+
+Llama, Qwen, Mistral, Gemma, OLMo and T5 write RMSNorm as
+``x * rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)`` inside their own module, and some models
+write LayerNorm as ``x - x.mean(-1, keepdim=True)``. The shrunk model takes these statistics
+over the kept channels; the masked model would take them over all, zeros included. So while
+masks are registered, each such call (noted ``channel_stats`` by the ``statistic`` rule) runs
+on the kept channels only::
+
+    x.pow(2).mean(-1, keepdim=True)  ->  x.pow(2).index_select(-1, kept).mean(-1, keepdim=True)
+
+whatever the pruned channels hold. The call is recognised inside the module it ran in (a
+``TorchFunctionMode`` active only during that module's own forward, not its children's) by
+the op, the reduced dims and the input's sizes along the pruned dims. Two calls of one module
+that look alike but keep different channels cannot be told apart: neither is masked, and the
+dry run leaves their groups whole.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ..groups.context import CHANNEL_STATS
+from ..groups.rules.reduction import STATISTICS, reduced_dims
+from ..trace.opnames import canonical_name
+from .plan import PruningPlan
+
+Key = tuple  # (op, ndim, reduced dims, ((dim, size), ...) of the pruned dims)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskedStatistic:
+    """One statistic call to take over kept channels: where it runs, how to recognise it."""
+
+    module: str                                  # path of the module whose forward makes the call
+    key: Key
+    kept: tuple[tuple[int, torch.Tensor], ...]   # (dim, kept indices) per pruned dim
+
+
+def _masked_statistic(plan: PruningPlan, node: str) -> MaskedStatistic | None:
+    """The masked form of statistic call ``node``, or None when the plan prunes none of its channels."""
+    graph = plan.groups.graph
+    attrs = graph.nodes[node]
+    x = attrs["args"][0] if attrs["args"] else attrs["kwargs"]["input"]
+    shape = graph.nodes[x.node]["out_shapes"][x.index]
+    dims = reduced_dims(attrs["op"], attrs["args"], attrs["kwargs"], len(shape))
+    surviving = plan.surviving(x.node, x.index)
+    kept = tuple((d, torch.as_tensor(np.flatnonzero(surviving[d]))) for d in dims
+                 if d in surviving and not surviving[d].all())
+    if not kept:
+        return None
+    key = (attrs["op"], len(shape), dims, tuple((d, shape[d]) for d, _ in kept))
+    return MaskedStatistic(attrs["module"], key, kept)
+
+
+def masked_statistics(plan: PruningPlan) -> list[MaskedStatistic]:
+    """Every statistic call the plan's pruned groups were noted at, except ambiguous ones."""
+    nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
+                          for node in g.noted_at.get(CHANNEL_STATS, ())
+                          if plan.groups.graph.nodes[node]["op"] in STATISTICS)
+    found: dict[tuple[str, Key], MaskedStatistic | None] = {}
+    for node in nodes:
+        stat = _masked_statistic(plan, node)
+        if stat is None:
+            continue
+        where = (stat.module, stat.key)
+        same = where not in found or (found[where] is not None and _same_kept(found[where], stat))
+        found[where] = stat if same else None
+    return [s for s in found.values() if s is not None]
+
+
+def _same_kept(a: MaskedStatistic, b: MaskedStatistic) -> bool:
+    return all(da == db and torch.equal(ka, kb) for (da, ka), (db, kb) in zip(a.kept, b.kept))
+
+
+class _MaskedStatisticMode(TorchFunctionMode):
+    """Takes the known statistics over kept channels while its module's own code runs."""
+
+    def __init__(self, scope: "_Scope") -> None:
+        super().__init__()
+        self.scope = scope
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if self.scope.depth == 0:
+            kept = self.scope.kept_of(func, args, kwargs)
+            if kept is not None:
+                x = args[0]
+                for dim, index in kept:
+                    x = x.index_select(dim, index.to(x.device))
+                return func(x, *args[1:], **kwargs)
+        return func(*args, **kwargs)
+
+
+class _Scope:
+    """One module's statistics; ``depth`` counts its children running (their calls are theirs)."""
+
+    def __init__(self, stats: list[MaskedStatistic]) -> None:
+        self.table = {s.key: s.kept for s in stats}
+        self.ops = {s.key[0] for s in stats}
+        self.names: dict[Any, str] = {}
+        self.depth = 0
+        self.active: list[_MaskedStatisticMode] = []  # a stack: the module may run inside itself
+
+    def kept_of(self, func, args: tuple, kwargs: dict):
+        op = self.names.get(func)
+        if op is None:
+            op = self.names[func] = canonical_name(func).op
+        if op not in self.ops or not args or not isinstance(args[0], torch.Tensor):
+            return None
+        x = args[0]
+        dims = reduced_dims(op, args, kwargs, x.dim())
+        for key_op, ndim, key_dims, sizes in self.table:
+            if (key_op, ndim, key_dims) == (op, x.dim(), dims) and all(x.shape[d] == n for d, n in sizes):
+                return self.table[(key_op, ndim, key_dims, sizes)]
+        return None
+
+    def enter(self, module: nn.Module, args: Any) -> None:
+        mode = _MaskedStatisticMode(self)
+        mode.__enter__()
+        self.active.append(mode)
+
+    def leave(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self.active:  # empty when an earlier pre-hook raised before ours ran
+            self.active.pop().__exit__(None, None, None)
+
+    def child_enter(self, module: nn.Module, args: Any) -> None:
+        self.depth += 1
+
+    def child_leave(self, module: nn.Module, args: Any, out: Any) -> None:
+        self.depth -= 1
+
+
+def attach_masked_statistics(model: nn.Module, stats: list[MaskedStatistic]) -> list:
+    """Hook every module that takes one of ``stats`` (and its children); returns the handles."""
+    by_module: dict[str, list[MaskedStatistic]] = {}
+    for stat in stats:
+        by_module.setdefault(stat.module, []).append(stat)
+    handles = []
+    for path, found in by_module.items():
+        module = model.get_submodule(path)
+        scope = _Scope(found)
+        handles.append(module.register_forward_pre_hook(scope.enter))
+        handles.append(module.register_forward_hook(scope.leave, prepend=True, always_call=True))
+        for child in module.children():
+            handles.append(child.register_forward_pre_hook(scope.child_enter, prepend=True))
+            handles.append(child.register_forward_hook(scope.child_leave, always_call=True))
+    return handles
+
+
+__all__ = ["MaskedStatistic", "attach_masked_statistics", "masked_statistics"]
