@@ -67,10 +67,22 @@ def _add_target(p: argparse.ArgumentParser) -> None:
                    help="choose per-group sparsities so the model keeps this fraction of its MACs (e.g. 0.5)")
 
 
+def _add_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="MODULE:CALLABLE",
+                   help="returns calibration batches (like the example inputs) for the activation and taylor metrics")
+
+
+def _calibration(args: argparse.Namespace):
+    from .models import load_calibration
+
+    return load_calibration(args.calibration) if args.calibration else None
+
+
 def _add_explore_options(p: argparse.ArgumentParser) -> None:
+    _add_calibration(p)
     _add_model_options(p)
     p.add_argument("--weights", help="state dict to load first (torch.save of model.state_dict())")
-    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma"))
+    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor"))
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
     _add_set(p)
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -178,12 +190,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     applied_path = output.with_suffix(".yaml")
     _refuse_overwrite(args, applied_path)
     doc = load_document(args.recipe)
+    batches = _calibration(args)
 
     def pruner_for(recipe):
         model, inputs = _recipe_model(recipe, args.model)
         if args.weights:
             load_weights(model, args.weights)
-        return Pruner(model, inputs, recipe)
+        return Pruner(model, inputs, recipe, calibration=batches)
 
     recipe = _plan_document(doc, args, None, pruner_for)
     pruner = pruner_for(recipe)
@@ -219,7 +232,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if recipe.applied:
         plan = applied_plan(recipe, model, inputs)
     else:
-        plan = Pruner(model, inputs, recipe).plan()
+        plan = Pruner(model, inputs, recipe, calibration=_calibration(args)).plan()
     report = build_report(plan.groups, plan, recipe)
     print(format_report(report))
     if args.csv:
@@ -274,7 +287,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _refuse_outputs(out, [recipe_name(s) for s in sparsities] + ["table.md", "table.csv", "plot.png"], args.force)
     model, inputs, _, make_doc = _explore_setup(args)
     points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
-                       with_latency=args.latency)
+                       with_latency=args.latency, calibration=_calibration(args))
     write_atomic(out / "table.md", sweep_markdown(points))
     write_atomic(out / "table.csv", sweep_csv(points))
     plot_sweep(points, out / "plot.png", title=args.model)
@@ -290,6 +303,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from .explore.sweep import parse_sparsities
     from .models import load_callable
     from .recipe import write_atomic
+    from .recipe.applied import record_calibration
     from .recipe.load import recipe_from_document
     from .recipe.yamlio import dump_document
 
@@ -302,12 +316,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     model, _, pruner, make_doc = _explore_setup(args)
     doc = make_doc({"default_sparsity": 0.0})
     recipe = recipe_from_document(doc, str(out / "recipe.yaml"))
-    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped())
+    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped(),
+                                 _calibration(args))
     write_atomic(out / "sensitivity.csv", sensitivity_csv(result, pruner.groups))
     plot_sensitivity(result, out / "sensitivity.png")
     if args.budget is not None:
         kept = budget_by_sensitivity(result, pruner.groups, recipe, args.budget)
         write_budget(doc, pruner.groups, kept, args.budget, recipe.settings.round_to)
+        if result.calibration_batches:
+            record_calibration(doc, result.calibration_batches)
         recipe_from_document(doc, str(out / "recipe.yaml"))
         write_atomic(out / "recipe.yaml", dump_document(doc))
     log.info("wrote %s to %s", ", ".join(names), out)
@@ -320,7 +337,8 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from .table import format_table
 
     model = build_model(args.model, _model_args(args.model_arg))
-    pruner = Pruner(model, example_inputs([parse_input_shape(s) for s in args.input_shape]), args.recipe)
+    pruner = Pruner(model, example_inputs([parse_input_shape(s) for s in args.input_shape]), args.recipe,
+                    calibration=_calibration(args))
     before = pruner.report()
     rows = [["MACs", before["macs"]], ["params", before["params"]], ["FLOPs (tutorial)", before["flops"]]]
     headers = ["", "model"]
@@ -363,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     p.add_argument("-o", "--output", required=True, help="recipe file to write; an existing one is updated in place")
     p.add_argument("--sparsity", type=float, help="default sparsity of every group (default 0.5)")
-    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma"))
+    p.add_argument("--metric", choices=("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor"))
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")
     _add_set(p)
     _add_target(p)
@@ -379,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(p, "pruned weights (.pt); the applied recipe goes beside it as .yaml")
     _add_set(p)
     _add_target(p)
+    _add_calibration(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("report", help="per group: requested vs realised sparsity, channels, params and MACs")
@@ -386,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "state dict to rank channels with (global mode)")
     _add_set(p)
     p.add_argument("--csv", help="also write the report as CSV to this file")
+    _add_calibration(p)
     p.add_argument("--force", action="store_true", help="replace an existing CSV file")
     p.set_defaults(func=cmd_report)
 
@@ -407,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
     _add_model_options(p)
     p.add_argument("--recipe", help="recipe to apply for the 'after' column")
+    _add_calibration(p)
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("export", help="rebuild a pruned model from its applied recipe and export it")

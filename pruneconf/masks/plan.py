@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -14,7 +14,8 @@ from ..groups import ChannelGroups
 from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
-from .importance import METRICS
+from .calibration import Calibration, Loss, calibrate
+from .importance import DATA_METRICS, METRICS, RankInputs
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +73,43 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def calibration_for(model: nn.Module, groups: ChannelGroups, metric: str, data: Any,
+                    loss: Loss | None = None) -> Calibration | None:
+    """What ``metric`` needs from ``data``: batches are calibrated for its statistic (once:
+    keep the result to rank again), a :class:`Calibration` is used as it is, and a weight
+    metric needs nothing."""
+    statistic = DATA_METRICS.get(metric)
+    if data is None or isinstance(data, Calibration):
+        return data
+    if statistic is None:
+        log.info("metric %s ranks channels by their weights: the calibration batches are not used", metric)
+        return None
+    return calibrate(model, groups, data, (statistic,), loss)
+
+
+def rank_inputs(model: nn.Module, recipe: Recipe, calibration: Calibration | None) -> RankInputs:
+    """What the recipe's metric reads; a data metric without calibration is a located error."""
+    metric = recipe.settings.metric
+    if metric in DATA_METRICS and calibration is None:
+        raise recipe.error(f"metric '{metric}' ranks channels by data: give calibration batches "
+                           "(Pruner(..., calibration=batches), or --calibration module:callable)", "settings.metric")
+    return RankInputs(model_tensors(model), recipe.settings.seed, calibration)
+
+
 def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-              skip: Mapping[str, str] | None = None) -> PruningPlan:
+              skip: Mapping[str, str] | None = None, calibration: Calibration | None = None) -> PruningPlan:
     """Rank every prunable group's channels and keep the best ``kept_channels`` of them.
 
     ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
+    ``calibration`` holds the statistics a data metric ranks by (:func:`calibration_for`).
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return make_global_plan(model, groups, recipe, skip)
+        return make_global_plan(model, groups, recipe, skip, calibration)
     score = METRICS[recipe.settings.metric]
-    tensors = model_tensors(model)
+    inputs = rank_inputs(model, recipe, calibration)
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
@@ -97,10 +122,10 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         keep = kept_channels(g.channels, sparsity, recipe.settings.round_to)
         if keep >= g.channels:
             continue
-        importance = score(g, tensors, recipe.settings.seed)
+        importance = score(g, inputs)
         order = np.argsort(-importance, kind="stable")
         kept[g.center] = np.sort(order[:keep])
     return PruningPlan(groups, kept, requested)
 
 
-__all__ = ["PruningPlan", "make_plan", "model_tensors"]
+__all__ = ["PruningPlan", "calibration_for", "make_plan", "model_tensors", "rank_inputs"]
