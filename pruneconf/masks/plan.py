@@ -79,12 +79,12 @@ def calibration_for(model: nn.Module, groups: ChannelGroups, metric: str, data: 
     keep the result to rank again), a :class:`Calibration` is used as it is, and a weight
     metric needs nothing."""
     statistic = DATA_METRICS.get(metric)
-    if data is None or isinstance(data, Calibration):
-        return data
-    if statistic is None:
-        log.info("metric %s ranks channels by their weights: the calibration batches are not used", metric)
+    if data is None:
         return None
-    return calibrate(model, groups, data, (statistic,), loss)
+    if statistic is None:
+        log.info("metric %s ranks channels by their weights: the calibration data is not used", metric)
+        return None
+    return data if isinstance(data, Calibration) else calibrate(model, groups, data, (statistic,), loss)
 
 
 def rank_inputs(model: nn.Module, recipe: Recipe, calibration: Calibration | None) -> RankInputs:
