@@ -1,8 +1,7 @@
 """The data-metrics benchmark stays working, at CI size (a tiny LM, a few digits epochs).
 
-At this size the metrics' ordering is not robust across seeds (see README, "Ranking by
-data"), so only what holds for every metric is asserted: pruning costs quality one-shot,
-finetuning with masks wins some of it back, and every row is a real measurement.
+At this size the metrics' order is not robust across seeds (README, "Data metrics: quality on
+real data"), so only what held for every metric on seeds 0-2 is asserted.
 """
 from __future__ import annotations
 
@@ -30,14 +29,14 @@ def test_quick_benchmark_rows_table_and_plot(tmp_path):
     rows = bench.run(settings)
     by = {(r.task, r.metric, r.sparsity): r for r in rows}
     assert {m for t, m, _ in by if t == "lm-mlp"} == {"dense", *bench.METRICS}
-    # removing heads always costs perplexity; removing a quarter of the MLP may not, at this size
-    for task, worse in (("lm-all", lambda a, b: a > b), ("digits", lambda a, b: a < b)):
-        dense = by[task, "dense", 0.0].oneshot
-        for r in (r for r in rows if r.task == task and r.metric != "dense"):
-            assert math.isfinite(r.oneshot) and math.isfinite(r.finetuned)
-            assert worse(r.oneshot, dense) or r.oneshot == dense, r
-    lm = [r for r in rows if r.task == "lm-all" and r.metric != "dense"]
-    assert all(r.finetuned < r.oneshot for r in lm), lm   # finetuning with masks recovers perplexity
+    for r in rows:
+        assert math.isfinite(r.oneshot) and math.isfinite(r.finetuned), r
+    # checked on seeds 0-2: a 40-step LM is nearly a unigram model, so one-shot pruning may even
+    # help it, but finetuning with masks always lowers its perplexity; pruning always costs the CNN
+    lm = [r for r in rows if r.task.startswith("lm") and r.metric != "dense"]
+    assert all(r.finetuned < r.oneshot for r in lm), lm
+    dense = by["digits", "dense", 0.0].oneshot
+    assert all(r.oneshot < dense for r in rows if r.task == "digits" and r.metric != "dense")
     bench.plot(rows, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "| activation |" in bench.table(rows, "digits", "accuracy", "{:.2f}%")
