@@ -15,7 +15,7 @@ import importlib.util
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -125,6 +125,21 @@ def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def load_calibration(spec: str) -> Iterable[Any]:
+    """Calibration batches from the user's ``module:callable``, named on the command line
+    (never in a recipe) and called without arguments; each batch takes the form of the
+    example inputs (a tensor, a tuple of positional arguments, a dict of keyword arguments)."""
+    fn = load_callable(spec, key="--calibration")
+    try:
+        batches = fn()
+    except Exception as exc:  # noqa: BLE001 - the user's code: report it as bad input
+        raise ConfigError(f"'{spec}' failed: {type(exc).__name__}: {exc}", key="--calibration") from exc
+    if isinstance(batches, (torch.Tensor, Mapping, str, bytes)) or not isinstance(batches, Iterable):
+        raise ConfigError(f"'{spec}' returned {type(batches).__name__}; expected an iterable of batches "
+                          "(a list, a generator or a DataLoader)", key="--calibration")
+    return batches
 
 
 def parse_input_shape(text: str) -> InputSpec:

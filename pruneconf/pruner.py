@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -22,7 +22,8 @@ from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs
 from .distributed import broadcast_model
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
-from .masks import Masks, PruningPlan, make_plan, register_masks
+from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
+from .masks.calibration import Loss
 from .recipe.load import Recipe, Settings, check_against, load_recipe
 from .trace import trace
 
@@ -50,9 +51,16 @@ def _as_recipe(config: Any) -> Recipe:
 
 
 class Pruner:
-    """Trace ``model`` once, read the recipe, and prune it in place."""
+    """Trace ``model`` once, read the recipe, and prune it in place.
 
-    def __init__(self, model: nn.Module, example_inputs: Any, config: Any = None) -> None:
+    ``calibration`` (an iterable of batches in the form of ``example_inputs``, or a
+    :class:`~pruneconf.masks.Calibration` gathered before) feeds data metrics such as
+    ``activation`` and ``taylor``; ``loss(outputs, batch)`` drives ``taylor``. It is
+    consumed once, when the plan is made, and only if the recipe's metric reads data.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, config: Any = None, calibration: Any = None,
+                 loss: Loss | None = None) -> None:
         self.model = model
         self.example_inputs = example_inputs
         self.recipe = _as_recipe(config)
@@ -64,6 +72,9 @@ class Pruner:
         self._plan: PruningPlan | None = None
         self.dropped: dict[str, str] = {}
         self._skipped: dict[str, str] | None = None
+        self.calibration: Calibration | None = None
+        self._batches = calibration
+        self.loss = loss
 
     def skipped(self) -> dict[str, str]:
         """Prunable groups with layers pruneconf cannot resize, with the reason (computed once)."""
@@ -72,11 +83,25 @@ class Pruner:
                              if (why := unsupported_layer(self.model, [m.param for m in g.members]))}
         return self._skipped
 
+    def calibrate(self, batches: Iterable[Any] | Calibration, loss: Loss | None = None) -> Calibration | None:
+        """Gather what the recipe's metric ranks by from ``batches``: N forwards (plus N
+        backwards of ``loss`` for ``taylor``), streaming per-channel sums only. Returns None
+        for a weight metric, which needs no data. Call it before the plan is made."""
+        if self._plan is not None:
+            raise PruneconfError("calibrate before the plan is made (plan(), register_masks(), apply_masks())")
+        self._batches = None
+        self.calibration = calibration_for(self.model, self.groups, self.recipe.settings.metric, batches,
+                                           loss or self.loss)
+        return self.calibration
+
     def plan(self) -> PruningPlan:
         """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the
         model shows to break it are left whole (see :attr:`dropped`), before any mask exists."""
         if self._plan is None:
-            plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped())
+            if self._batches is not None:
+                self.calibrate(self._batches)
+            plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(),
+                             calibration=self.calibration)
             self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan)
         return self._plan
 
@@ -125,12 +150,14 @@ class Pruner:
     def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
         """Write the recipe (a path or a loaded document) plus an ``applied`` section to ``output``."""
         from .recipe import load_document, write_atomic
-        from .recipe.applied import applied_section
+        from .recipe.applied import applied_section, record_calibration
         from .recipe.yamlio import dump_document
 
         if self.applied is None:
             raise PruneconfError("nothing applied yet: call apply_masks() first")
         doc = load_document(recipe) if isinstance(recipe, (str, os.PathLike)) else recipe
+        if self.calibration is not None:
+            record_calibration(doc, self.calibration.batches)
         doc["applied"] = applied_section(self.applied)
         write_atomic(output, dump_document(doc))
 

@@ -128,18 +128,19 @@ def _outputs(model: nn.Module, example) -> list[torch.Tensor]:
         return _flat(_call(model.eval(), example))
 
 
-def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: float | None = None) -> Pruned:
+def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: float | None = None,
+                  calibration=None) -> Pruned:
     """The pruning invariants, on ``model`` in place: after calibrating its BatchNorm
     statistics, sparsity 0 gives it back bit for bit; then pruning by ``config`` (default
-    sparsity 0.5) gives an applied model whose outputs equal the masked model's within
-    ``atol`` (default: 1e-5 of each output's scale, as ``apply_masks`` checks), with
-    unchanged shapes."""
+    sparsity 0.5; ``calibration`` batches for a data metric) gives an applied model whose
+    outputs equal the masked model's within ``atol`` (default: 1e-5 of each output's scale,
+    as ``apply_masks`` checks), with unchanged shapes."""
     model = calibrated(model, example)
     reference = _outputs(model, example)
     untouched = copy.deepcopy(model)
     Pruner(untouched, example, {"sparsity": 0.0}).apply_masks()
     assert all(torch.equal(a, b) for a, b in zip(_outputs(untouched, example), reference))
-    pruner = Pruner(model, example, config if config is not None else {"sparsity": 0.5})
+    pruner = Pruner(model, example, config if config is not None else {"sparsity": 0.5}, calibration=calibration)
     pruner.register_masks()
     masked = _outputs(model, example)
     pruner.apply_masks()  # raises unless the shrunk model computes what the masked one did

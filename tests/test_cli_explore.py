@@ -127,3 +127,60 @@ def read_csv_report(tmp_path, pruned, net):
 def test_sensitivity_needs_a_callable_eval(tmp_path, net, capsys):
     assert main(["sensitivity", f"{net}:build", *SHAPE, "--eval", f"{net}:nothing", "-o", str(tmp_path)]) == 2
     assert "'--eval'" in capsys.readouterr().err
+
+
+MYDATA = '''
+import torch
+
+def batches():
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randn(4, 3, 8, 8, generator=gen) for _ in range(5)]
+
+def not_batches():
+    return torch.zeros(3)
+'''
+
+
+@pytest.fixture
+def mydata(tmp_path, monkeypatch):
+    (tmp_path / "mydata.py").write_text(MYDATA)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "mydata"
+
+
+def test_prune_with_activation_ranks_by_calibration_data_and_records_the_batch_count(tmp_path, net, mydata):
+    recipe = tmp_path / "recipe.yaml"
+    assert main(["init", f"{net}:build", *SHAPE, "-o", str(recipe), "--metric", "activation"]) == 0
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "--calibration", "mydata:batches", "-o", str(out)]) == 0
+    applied = load_recipe(tmp_path / "pruned.yaml")
+    assert applied.settings.metric == "activation" and applied.settings.calibration_batches == 5
+    assert torch.load(out, weights_only=True)["0.weight"].shape[0] == 8
+    assert "mydata" not in (tmp_path / "pruned.yaml").read_text()  # the data is never named in a recipe
+    # the same data keeps the same channels; under a MAC budget too
+    again = tmp_path / "again.pt"
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "--calibration", "mydata:batches", "-o", str(again), "--target-macs", "0.5"]) == 0
+    assert load_recipe(tmp_path / "again.yaml").settings.calibration_batches == 5
+
+
+def test_data_metric_without_or_with_bad_calibration_is_one_line(tmp_path, net, mydata, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    assert main(["init", f"{net}:build", *SHAPE, "-o", str(recipe), "--metric", "taylor"]) == 0
+    capsys.readouterr()
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "-o", str(tmp_path / "p.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "'settings.metric'" in err and "--calibration" in err and err.count("\n") == 1
+    assert main(["prune", str(recipe), "--model", f"{net}:build", "--calibration", "mydata:not_batches", "-o", str(tmp_path / "p.pt")]) == 2
+    assert "expected an iterable of batches" in capsys.readouterr().err
+
+
+def test_sweep_and_sensitivity_rank_by_taylor_with_calibration(tmp_path, net, mydata):
+    out = tmp_path / "sweep"
+    assert main(["sweep", f"{net}:build", *SHAPE, "--sparsity", "0.25,0.5", "--metric", "taylor",
+                 "--calibration", "mydata:batches", "-o", str(out)]) == 0
+    assert load_recipe(out / "sparsity_0.50.yaml").settings.calibration_batches == 5
+    sens = tmp_path / "sens"
+    assert main(["sensitivity", f"{net}:build", *SHAPE, "--eval", f"{net}:closeness", "--sparsities", "0.5",
+                 "--metric", "activation", "--calibration", "mydata:batches",
+                 "--budget", "0.6", "-o", str(sens)]) == 0
+    assert load_recipe(sens / "recipe.yaml").settings.calibration_batches == 5

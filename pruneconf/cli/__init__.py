@@ -14,8 +14,8 @@ from typing import NoReturn, Sequence
 from .._version import __version__
 from ..errors import PruneconfError
 from .commands import cmd_export, cmd_flops, cmd_graph, cmd_init, cmd_prune, cmd_report, cmd_show
-from .common import (METRIC_CHOICES, add_model_options, add_output, add_recipe_options, add_set, add_target,
-                     add_trust_options)
+from .common import (METRIC_CHOICES, add_calibration, add_model_options, add_output, add_recipe_options, add_set,
+                     add_target, add_trust_options)
 from .explore import add_explore_parsers
 
 log = logging.getLogger("pruneconf")
@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_output(p, "pruned weights (.pt, or .safetensors); the applied recipe goes beside it as .yaml")
     add_set(p)
     add_target(p)
+    add_calibration(p)
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("report", help="per group: requested vs realised sparsity, channels, params and MACs")
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "state dict to rank channels with (global mode)")
     add_set(p)
     p.add_argument("--csv", help="also write the report as CSV to this file")
+    add_calibration(p)
     p.add_argument("--force", action="store_true", help="replace an existing CSV file")
     p.set_defaults(func=cmd_report)
 
@@ -74,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
     add_model_options(p)
     p.add_argument("--recipe", help="recipe to apply for the 'after' column")
+    add_calibration(p)
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("export", help="rebuild a pruned model from its applied recipe and export it")

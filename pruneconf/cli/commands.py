@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (analyse_model, input_specs, model_args, plan_document, recipe_model, refuse_overwrite)
+from .common import (analyse_model, calibration, input_specs, model_args, plan_document, recipe_model,
+                     refuse_overwrite)
 
 log = logging.getLogger("pruneconf")
 
@@ -96,12 +97,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError("would overwrite the recipe itself; choose another output", key="--output")
     refuse_overwrite(args.output, args.force, applied_path)
     doc = load_document(args.recipe)
+    batches = calibration(args)
 
     def pruner_for(recipe):
         model, inputs = recipe_model(recipe, args)
         if args.weights:
             load_weights(model, args.weights)
-        return Pruner(model, inputs, recipe)
+        return Pruner(model, inputs, recipe, calibration=batches)
 
     recipe = plan_document(doc, args, None, pruner_for)
     pruner = pruner_for(recipe)
@@ -131,7 +133,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     model, inputs = recipe_model(recipe, args)
     if args.weights:
         load_weights(model, args.weights)
-    plan = applied_plan(recipe, model, inputs) if recipe.applied else Pruner(model, inputs, recipe).plan()
+    plan = applied_plan(recipe, model, inputs) if recipe.applied else \
+        Pruner(model, inputs, recipe, calibration=calibration(args)).plan()
     report = build_report(plan.groups, plan, recipe)
     print(format_report(report))
     if args.csv:
@@ -146,7 +149,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
     from ..table import format_table
 
     model = build_model(args.model, model_args(args.model_arg))
-    pruner = Pruner(model, example_inputs(input_specs(args.input_shape)), args.recipe)
+    pruner = Pruner(model, example_inputs(input_specs(args.input_shape)), args.recipe, calibration=calibration(args))
     before = pruner.report()
     rows = [["MACs", before["macs"]], ["params", before["params"]], ["FLOPs (tutorial)", before["flops"]]]
     headers = ["", "model"]

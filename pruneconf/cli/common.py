@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import ConfigError
 
-METRIC_CHOICES = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
+METRIC_CHOICES = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor")
 
 
 def model_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -88,6 +88,19 @@ def add_trust_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-recipe-model", action="store_true",
                    help="build the recipe's `model:` even if it is not a torchvision/timm/transformers "
                         "builder: this imports and runs the code it names")
+
+
+def add_calibration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="MODULE:CALLABLE",
+                   help="returns calibration batches (like the example inputs) for the activation and taylor "
+                        "metrics; this runs the code you name")
+
+
+def calibration(args: argparse.Namespace):
+    """The batches ``--calibration`` names (the user's opt-in: never read from a recipe)."""
+    from ..models import load_calibration
+
+    return load_calibration(args.calibration) if getattr(args, "calibration", None) else None
 
 
 def add_set(p: argparse.ArgumentParser) -> None:

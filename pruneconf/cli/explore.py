@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import ConfigError
-from .common import (METRIC_CHOICES, add_model_options, add_set, input_specs, model_args, refuse_outputs)
+from .common import (METRIC_CHOICES, add_calibration, add_model_options, add_set, calibration, input_specs,
+                     model_args, refuse_outputs)
 
 log = logging.getLogger("pruneconf")
 
@@ -52,7 +53,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     refuse_outputs(out, [recipe_name(s) for s in sparsities] + ["table.md", "table.csv", "plot.png"], args.force)
     model, inputs, _, make_doc = _explore_setup(args)
     points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
-                       with_latency=args.latency)
+                       with_latency=args.latency, calibration=calibration(args))
     write_atomic(out / "table.md", sweep_markdown(points))
     write_atomic(out / "table.csv", sweep_csv(points))
     plot_sweep(points, out / "plot.png", title=args.model)
@@ -68,6 +69,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..explore.sweep import parse_sparsities
     from ..models import load_callable
     from ..recipe import write_atomic
+    from ..recipe.applied import record_calibration
     from ..recipe.load import recipe_from_document
     from ..recipe.yamlio import dump_document
 
@@ -80,12 +82,15 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     model, _, pruner, make_doc = _explore_setup(args)
     doc = make_doc({"default_sparsity": 0.0})
     recipe = recipe_from_document(doc, str(out / "recipe.yaml"))
-    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped())
+    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped(),
+                                 calibration(args))
     write_atomic(out / "sensitivity.csv", sensitivity_csv(result, pruner.groups))
     plot_sensitivity(result, out / "sensitivity.png")
     if args.budget is not None:
         kept = budget_by_sensitivity(result, pruner.groups, recipe, args.budget)
         write_budget(doc, pruner.groups, kept, args.budget, recipe.settings.round_to)
+        if result.calibration_batches:
+            record_calibration(doc, result.calibration_batches)
         recipe_from_document(doc, str(out / "recipe.yaml"))
         write_atomic(out / "recipe.yaml", dump_document(doc))
     log.info("wrote %s to %s", ", ".join(names), out)
@@ -94,6 +99,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def _add_explore_options(p: argparse.ArgumentParser) -> None:
     add_model_options(p)
+    add_calibration(p)
     p.add_argument("--weights", help="state dict to load first (torch.save of model.state_dict())")
     p.add_argument("--metric", choices=METRIC_CHOICES)
     p.add_argument("--round-to", type=int, help="keep channel counts multiples of this")

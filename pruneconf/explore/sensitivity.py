@@ -14,7 +14,7 @@ import csv
 import dataclasses
 import io
 import logging
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from torch import nn
 from .._progress import progress
 from ..errors import ConfigError
 from ..groups import ChannelGroups
-from ..masks import make_plan, register_masks
+from ..masks import calibration_for, make_plan, register_masks
 from ..masks.global_rank import taking_part
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
@@ -39,6 +39,7 @@ class Sensitivity:
     sparsities: tuple[float, ...]
     scores: dict[str, dict[float, float]]  # group center -> sparsity -> metric
     kept: dict[str, dict[float, int]]
+    calibration_batches: int | None = None  # batches a data metric ranked by
 
     def drop(self, center: str) -> float:
         """Mean metric lost over the tested sparsities (larger is more sensitive)."""
@@ -65,15 +66,19 @@ def _metric(evaluate: Evaluate, model: nn.Module) -> float:
 
 
 def analyse_sensitivity(model: nn.Module, groups: ChannelGroups, recipe: Recipe, evaluate: Evaluate,
-                        sparsities: Sequence[float], skip: Mapping[str, str] | None = None) -> Sensitivity:
-    """Metric of the model with each group alone pruned at each sparsity (channels ranked by the recipe's metric)."""
+                        sparsities: Sequence[float], skip: Mapping[str, str] | None = None,
+                        calibration: Any = None) -> Sensitivity:
+    """Metric of the model with each group alone pruned at each sparsity (channels ranked by
+    the recipe's metric; a data metric's statistics are gathered once from ``calibration``)."""
     work = copy.deepcopy(model).eval()
     dense = {k: v.detach().clone() for k, v in work.state_dict().items()}
-    result = Sensitivity(_metric(evaluate, work), tuple(sparsities), {}, {})
+    stats = calibration_for(work, groups, recipe.settings.metric, calibration)
+    result = Sensitivity(_metric(evaluate, work), tuple(sparsities), {}, {},
+                         stats.batches if stats is not None else None)
     for g in progress(taking_part(groups, recipe, skip or {}), "sensitivity"):
         result.scores[g.center], result.kept[g.center] = {}, {}
         for sparsity in sparsities:
-            plan = make_plan(work, groups, _single_group(recipe, g.center, sparsity))
+            plan = make_plan(work, groups, _single_group(recipe, g.center, sparsity), calibration=stats)
             masks = register_masks(work, plan)
             try:
                 result.scores[g.center][sparsity] = _metric(evaluate, work)

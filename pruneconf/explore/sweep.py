@@ -22,6 +22,7 @@ from torch import nn
 
 from .._progress import progress
 from ..errors import ConfigError
+from ..recipe.applied import record_calibration
 from ..recipe.load import recipe_from_document
 from ..recipe.yamlio import dump_document, write_atomic
 from ..table import format_table
@@ -85,8 +86,11 @@ def _measure(model: nn.Module, inputs: Any, with_latency: bool) -> tuple[int, in
 
 def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
               make_doc: Callable[[float], CommentedMap], out_dir: str | Path,
-              with_latency: bool = False) -> list[SweepPoint]:
-    """Write, apply and measure one recipe per sparsity; ``model`` itself is left untouched."""
+              with_latency: bool = False, calibration: Any = None) -> list[SweepPoint]:
+    """Write, apply and measure one recipe per sparsity; ``model`` itself is left untouched.
+
+    ``calibration`` (batches) is gathered once, at the first point, for a data metric; every
+    point ranks by the same statistics of the dense model."""
     from ..pruner import Pruner
 
     out_dir = Path(out_dir)
@@ -95,10 +99,15 @@ def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
         doc = make_doc(sparsity)
         path = out_dir / recipe_name(sparsity)
         recipe = recipe_from_document(doc, str(path))
-        write_atomic(path, dump_document(doc))
         pruned = copy.deepcopy(model)
+        pruner = Pruner(pruned, inputs, recipe)
+        if calibration is not None:
+            calibration = pruner.calibrate(calibration)
+        if pruner.calibration is not None:
+            record_calibration(doc, pruner.calibration.batches)
+        write_atomic(path, dump_document(doc))
         with _without_layer_logs():
-            Pruner(pruned, inputs, recipe).apply_masks()
+            pruner.apply_masks()
         points.append(SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency)))
         log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{points[-1].macs:,}", f"{points[-1].params:,}")
     return points

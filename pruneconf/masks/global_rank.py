@@ -19,6 +19,7 @@ from torch import nn
 from .._progress import progress
 from ..groups import ChannelGroups, Group
 from ..recipe.load import Recipe
+from .calibration import Calibration
 from .importance import METRICS
 from .plan import group_keep, top_channels
 
@@ -68,17 +69,17 @@ def global_kept(groups: list[Group], scores: Mapping[str, np.ndarray], fraction:
 
 
 def make_global_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-                     skip: Mapping[str, str] | None = None):
+                     skip: Mapping[str, str] | None = None, calibration: Calibration | None = None):
     """The :class:`PruningPlan` of a ``mode: global`` recipe (see the module docstring)."""
-    from .plan import PruningPlan, model_tensors
+    from .plan import PruningPlan, rank_inputs
 
     score = METRICS[recipe.settings.metric]
-    tensors = model_tensors(model)
+    inputs = rank_inputs(model, recipe, calibration)
     skip = skip or {}
     for center, why in skip.items():
         log.warning("group %s left whole: %s", center, why)
     parts = taking_part(groups, recipe, skip)
-    scores = {g.center: score(g, tensors, recipe.settings.seed) for g in progress(parts, "ranking channels")}
+    scores = {g.center: score(g, inputs) for g in progress(parts, "ranking channels")}
     floors = {g.center: group_keep(g, recipe.max_sparsity_of(g.center), recipe.settings.round_to)
               for g in parts}
     kept = global_kept(parts, scores, recipe.settings.default_sparsity, floors, recipe.settings.round_to)

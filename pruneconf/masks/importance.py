@@ -1,24 +1,59 @@
 """Channel importance metrics, aggregated over every coupled member of a group.
 
-A metric scores each channel of a group from the weights of all the group's members: the
-rows of its sources, the per-channel parameters that follow them and the columns of its
+A weight metric scores each channel of a group from the weights of all the group's members:
+the rows of its sources, the per-channel parameters that follow them and the columns of its
 consumers. Positions that repeat a channel (a depthwise multiplier, a flatten) add up.
+A data metric reads a statistic gathered over calibration batches (:mod:`.calibration`);
+:data:`DATA_METRICS` says which statistic, so calibration collects only what is needed.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Mapping
 
 import numpy as np
 import torch
 
 from .._registry import Registry
+from ..errors import PruneconfError
 from ..groups import Group
 from ..groups.find import Member
 from ..groups.context import CONSUMER, FOLLOWER, SOURCE
+from .calibration import Calibration
 
-Metric = Callable[[Group, Mapping[str, torch.Tensor], int], np.ndarray]
+
+class NeedsCalibration(PruneconfError):
+    """A data metric was asked to rank channels without calibration statistics."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RankInputs:
+    """What a metric may read: the model's tensors, the recipe's seed, calibration statistics."""
+
+    tensors: Mapping[str, torch.Tensor]
+    seed: int = 0
+    calibration: Calibration | None = None
+
+    def statistic(self, name: str, group: Group) -> np.ndarray | None:
+        """The group's per-channel ``name`` statistic; None where calibration saw none of its channels."""
+        if self.calibration is None:
+            raise NeedsCalibration(f"the metric needs calibration batches (statistic '{name}')")
+        return self.calibration.score(name, group)
+
+
+Metric = Callable[[Group, RankInputs], np.ndarray]
 METRICS = Registry("metric")
 metric = METRICS.register
+DATA_METRICS: dict[str, str] = {}  # metric -> the calibration statistic it reads
+
+
+def data_metric(name: str, statistic: str) -> Callable[[Metric], Metric]:
+    """Register a metric that ranks by the calibration statistic ``statistic``."""
+    def decorate(fn: Metric) -> Metric:
+        METRICS.register(name)(fn)
+        DATA_METRICS[name] = statistic
+        return fn
+    return decorate
 
 
 def member_rows(m: Member, tensor: torch.Tensor) -> torch.Tensor:
@@ -43,22 +78,23 @@ def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -
 
 
 @metric("l1_norm")
-def l1_norm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
-    return _per_channel(group, tensors, (SOURCE, CONSUMER), lambda r: r.abs().sum(1))
+def l1_norm(group: Group, inputs: RankInputs) -> np.ndarray:
+    return _per_channel(group, inputs.tensors, (SOURCE, CONSUMER), lambda r: r.abs().sum(1))
 
 
 @metric("l2_norm")
-def l2_norm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
-    return np.sqrt(_per_channel(group, tensors, (SOURCE, CONSUMER), lambda r: r.pow(2).sum(1)))
+def l2_norm(group: Group, inputs: RankInputs) -> np.ndarray:
+    return np.sqrt(_per_channel(group, inputs.tensors, (SOURCE, CONSUMER), lambda r: r.pow(2).sum(1)))
 
 
 @metric("bn_gamma")
-def bn_gamma(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def bn_gamma(group: Group, inputs: RankInputs) -> np.ndarray:
     """|γ| of the norms that follow the group (network slimming); l2_norm where there is none."""
+    tensors = inputs.tensors
     norms = [m for m in group.members if m.role == FOLLOWER and m.param.endswith(".weight")
              and tensors.get(m.param) is not None and tensors[m.param].dim() == 1]
     if not norms:
-        return l2_norm(group, tensors, seed)
+        return l2_norm(group, inputs)
     score = np.zeros(group.channels)
     for m in norms:
         np.add.at(score, m.channels, tensors[m.param].detach().abs().double().numpy()[m.index])
@@ -66,11 +102,11 @@ def bn_gamma(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np
 
 
 @metric("fpgm")
-def fpgm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def fpgm(group: Group, inputs: RankInputs) -> np.ndarray:
     """Filter pruning via geometric median: channels close to all others are redundant."""
     features = []
     for m in group.members:
-        tensor = tensors.get(m.param)
+        tensor = inputs.tensors.get(m.param)
         if m.role != SOURCE or tensor is None:
             continue
         rows = member_rows(m, tensor).double()
@@ -78,13 +114,33 @@ def fpgm(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.nda
         per_channel.index_add_(0, torch.as_tensor(m.channels), rows[torch.as_tensor(m.index)])
         features.append(per_channel)
     if not features:
-        return l2_norm(group, tensors, seed)
+        return l2_norm(group, inputs)
     stacked = torch.cat(features, 1)
     return torch.cdist(stacked, stacked).sum(1).numpy()
 
 
 @metric("random")
-def random(group: Group, tensors: Mapping[str, torch.Tensor], seed: int) -> np.ndarray:
+def random(group: Group, inputs: RankInputs) -> np.ndarray:
     """Seeded per group, so a recipe always keeps the same channels."""
     digest = sum(ord(c) * (i + 1) for i, c in enumerate(group.center))
-    return np.random.default_rng([seed, digest]).random(group.channels)
+    return np.random.default_rng([inputs.seed, digest]).random(group.channels)
+
+
+@data_metric("activation", "activation")
+def activation(group: Group, inputs: RankInputs) -> np.ndarray:
+    """Mean |activation| of each channel where the group's consumers read it, summed over
+    every such tensor (Minitron, Wanda-sp); see :mod:`.calibration`. A group no layer reads
+    as an input (calibration warns) is ranked by ``l2_norm``."""
+    score = inputs.statistic("activation", group)
+    return l2_norm(group, inputs) if score is None else score
+
+
+@data_metric("taylor", "taylor")
+def taylor(group: Group, inputs: RankInputs) -> np.ndarray:
+    """|Σ w·∂L/∂w| over every member slice of the channel, summed over calibration batches:
+    the first-order loss change of removing the whole channel (LLM-Pruner's group Taylor)."""
+    score = inputs.statistic("taylor", group)
+    if score is None:
+        raise NeedsCalibration(f"the calibration has no taylor scores for group '{group.center}'; "
+                               "calibrate this model")
+    return score

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -14,8 +14,9 @@ from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
+from .calibration import Calibration, Loss, calibrate
 from .experts import ExpertDrop, expert_drops
-from .importance import METRICS
+from .importance import DATA_METRICS, METRICS, RankInputs
 
 log = logging.getLogger(__name__)
 
@@ -109,11 +110,35 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def calibration_for(model: nn.Module, groups: ChannelGroups, metric: str, data: Any,
+                    loss: Loss | None = None) -> Calibration | None:
+    """What ``metric`` needs from ``data``: batches are calibrated for its statistic (once:
+    keep the result to rank again), a :class:`Calibration` is used as it is, and a weight
+    metric needs nothing."""
+    statistic = DATA_METRICS.get(metric)
+    if data is None:
+        return None
+    if statistic is None:
+        log.info("metric %s ranks channels by their weights: the calibration data is not used", metric)
+        return None
+    return data if isinstance(data, Calibration) else calibrate(model, groups, data, (statistic,), loss)
+
+
+def rank_inputs(model: nn.Module, recipe: Recipe, calibration: Calibration | None) -> RankInputs:
+    """What the recipe's metric reads; a data metric without calibration is a located error."""
+    metric = recipe.settings.metric
+    if metric in DATA_METRICS and calibration is None:
+        raise recipe.error(f"metric '{metric}' ranks channels by data: give calibration batches "
+                           "(Pruner(..., calibration=batches), or --calibration module:callable)", "settings.metric")
+    return RankInputs(model_tensors(model), recipe.settings.seed, calibration)
+
+
 def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-              skip: Mapping[str, str] | None = None) -> PruningPlan:
+              skip: Mapping[str, str] | None = None, calibration: Calibration | None = None) -> PruningPlan:
     """Rank every prunable group's channels and keep the best ``kept_channels`` of them.
 
     ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
+    ``calibration`` holds the statistics a data metric ranks by (:func:`calibration_for`).
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
@@ -121,8 +146,9 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     drops = expert_drops(model, groups.graph, recipe, tensors)
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return dataclasses.replace(make_global_plan(model, groups, recipe, skip), experts=drops)
+        return dataclasses.replace(make_global_plan(model, groups, recipe, skip, calibration), experts=drops)
     score = METRICS[recipe.settings.metric]
+    inputs = rank_inputs(model, recipe, calibration)
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
@@ -135,8 +161,9 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         keep = group_keep(g, sparsity, recipe.settings.round_to)
         if keep >= g.channels:
             continue
-        kept[g.center] = top_channels(g, score(g, tensors, recipe.settings.seed), keep)
+        kept[g.center] = top_channels(g, score(g, inputs), keep)
     return PruningPlan(groups, kept, requested, drops)
 
 
-__all__ = ["PruningPlan", "group_keep", "make_plan", "model_tensors", "top_channels"]
+__all__ = ["PruningPlan", "calibration_for", "group_keep", "make_plan", "model_tensors", "rank_inputs",
+           "top_channels"]

@@ -77,3 +77,13 @@ def applied_section(plan: "PruningPlan") -> CommentedMap:
         kept = drop.keep.nonzero()[0].tolist()
         out[layer] = CommentedMap(experts=len(drop.keep), kept=len(kept), indices=ranges(kept))
     return out
+
+
+def record_calibration(doc: CommentedMap, batches: int) -> None:
+    """Note under ``settings`` how many calibration batches the data metric ranked by.
+    The data itself is never named in a recipe: it is the user's to give each time."""
+    settings = doc.setdefault("settings", CommentedMap())
+    settings["calibration_batches"] = batches
+    if isinstance(settings, CommentedMap):
+        settings.yaml_add_eol_comment("batches the data metric was calibrated on (a record; the data is not "
+                                      "stored)", "calibration_batches")

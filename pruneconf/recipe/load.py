@@ -17,10 +17,10 @@ from .applied import EXPERTS_APPLIED, Applied, parse_ranges
 from .experts import ExpertChoice, check_experts, parse_experts
 from .yamlio import load_document
 
-METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma")
+METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor")
 MODES = ("uniform", "global")
 SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs",
-            "expert_sparsity")
+            "expert_sparsity", "calibration_batches")
 GROUP_KEYS = ("sparsity", "max_sparsity")
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
              "settings", "groups", "experts", "layers", "applied")
@@ -37,6 +37,7 @@ class Settings:
     max_sparsity: float = 0.9   # the most a group may lose in global mode or under a MAC budget
     target_macs: float | None = None  # the MAC budget (fraction of dense) the group values were chosen for
     expert_sparsity: float = 0.0  # fraction of every mixture-of-experts layer's experts dropped
+    calibration_batches: int | None = None  # how many calibration batches a data metric ranked by (a record)
 
 
 @dataclasses.dataclass
@@ -173,6 +174,8 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
             raise check.fail(f"expected a fraction of the dense MACs in (0, 1], got {target!r}",
                              "settings.target_macs", raw, "target_macs")
         settings.target_macs = float(target)
+    if raw.get("calibration_batches") is not None:
+        settings.calibration_batches = check.integer(raw, "calibration_batches", "settings.calibration_batches", 1)
     if raw.get("exclude") is not None:
         exclude = raw["exclude"]
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
