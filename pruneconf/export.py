@@ -1,8 +1,11 @@
 """Export a (pruned) model to ONNX and TorchScript, written atomically.
 
-ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``), which handles the plain
-modules pruning leaves behind and needs only the ``onnx`` package (``pip install
-"pruneconf[export]"``); TorchScript needs nothing extra.
+ONNX first tries PyTorch's TorchScript-based exporter (``dynamo=False``), which handles the
+plain modules pruning leaves behind and needs only ``onnx``. Models it cannot export (e.g.
+transformers language models, whose mask code uses ``aten::diff``) go through the
+``torch.export``-based exporter (``dynamo=True``), which needs ``onnxscript``; both come with
+``pip install "pruneconf[export]"``. TorchScript needs nothing extra. A model neither exporter
+handles is a :class:`PruneconfError` naming the operator, never a traceback.
 """
 from __future__ import annotations
 
@@ -24,6 +27,23 @@ def _as_tuple(example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or ["(no message)"])[0][:300]
+
+
+def _export_onnx(model: nn.Module, inputs: tuple, path: Path, opset: int) -> None:
+    names = [f"input_{i}" for i in range(len(inputs))]
+    try:
+        torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=opset, input_names=names)
+        return
+    except Exception as exc:  # noqa: BLE001 - retried with the other exporter below
+        if importlib.util.find_spec("onnxscript") is None:
+            raise PruneconfError(f"onnx export failed: {type(exc).__name__}: {_first_line(exc)}; the "
+                                 'torch.export-based exporter may handle it: pip install "pruneconf[export]"') from exc
+    torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=max(opset, 18), input_names=names,
+                      verbose=False)
+
+
 def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, fmt: str = "onnx",
            opset: int = 17) -> Path:
     """Write ``model`` (in eval mode) as ``fmt`` to ``path``; return the path."""
@@ -40,11 +60,14 @@ def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, fmt: 
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporters' deprecation and tracer chatter
             if fmt == "onnx":
-                torch.onnx.export(model, _as_tuple(example_inputs), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=[f"input_{i}" for i in range(len(_as_tuple(example_inputs)))])
+                _export_onnx(model, _as_tuple(example_inputs), tmp, opset)
             else:
                 torch.jit.trace(model, _as_tuple(example_inputs)).save(str(tmp))
         os.replace(tmp, path)
+    except PruneconfError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporters raise many kinds for unsupported code
+        raise PruneconfError(f"{fmt} export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
         model.train(training)
