@@ -14,7 +14,7 @@ from typing import NoReturn, Sequence
 from .._version import __version__
 from ..errors import PruneconfError
 from .commands import cmd_export, cmd_flops, cmd_graph, cmd_init, cmd_prune, cmd_report, cmd_show
-from .common import (METRIC_CHOICES, add_model_options, add_output, add_recipe_options, add_set, add_target,
+from .common import (METRIC_CHOICES, add_device, add_model_options, add_output, add_recipe_options, add_set, add_target,
                      add_trust_options)
 from .explore import add_explore_parsers
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="trace MODEL and write (or refresh) an editable recipe")
     add_model_options(p)
+    add_device(p)
     p.add_argument("-o", "--output", required=True, help="recipe file to write; an existing one is updated in place")
     p.add_argument("--sparsity", type=float, help="default sparsity of every group (default 0.5)")
     p.add_argument("--metric", choices=METRIC_CHOICES)
