@@ -56,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model as RECIPE says; write its weights and the applied recipe")
     add_recipe_options(p, "recipe file (from `pruneconf init`, edited)",
-                       "weights to load first: a state dict (.pt, read with weights_only) or .safetensors")
-    add_output(p, "pruned weights (.pt, or .safetensors); the applied recipe goes beside it as .yaml")
+                       "weights to load first: a state dict (.pt, read with weights_only), .safetensors, or "
+                       "safetensors shards (their directory or index JSON)")
+    add_output(p, "pruned weights (.pt, or .safetensors); the applied recipe goes beside it as .yaml. A directory "
+                  "(existing, ending in /, or suffix-less for sharded weights) streams the safetensors checkpoint "
+                  "tensor by tensor, model on meta, into shards there, with the applied recipe as recipe.yaml")
     add_set(p)
     add_target(p)
     p.set_defaults(func=cmd_prune)

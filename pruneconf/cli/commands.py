@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .common import (analyse_model, input_specs, model_args, plan_document, recipe_model, refuse_overwrite)
+from .stream import cmd_prune_streamed, is_streamed, log_costs
 
 log = logging.getLogger("pruneconf")
 
@@ -82,6 +83,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..recipe import load_document
     from ..reproduce import load_weights, save_weights
 
+    if is_streamed(args):
+        return cmd_prune_streamed(args)
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
     if applied_path == Path(args.recipe) or output == Path(args.recipe):
@@ -103,9 +106,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     save_weights(pruner.model, output)
     pruner.write_applied(doc, applied_path)
     print(format_report(build_report(pruner.groups, plan, recipe)))
-    log.info("pruned %d groups: MACs %s -> %s (%+.2f%%), params %s -> %s (%+.2f%%)", len(plan.kept),
-             f"{before['macs']:,}", f"{after['macs']:,}", 100 * (after["macs"] / before["macs"] - 1),
-             f"{before['params']:,}", f"{after['params']:,}", 100 * (after["params"] / before["params"] - 1))
+    log_costs(len(plan.kept), before, after)
     log.info("wrote %s and %s", output, applied_path)
     return 0
 

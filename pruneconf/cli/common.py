@@ -48,8 +48,8 @@ def analyse_model(model_spec: str, shapes: Sequence[str], kwargs: Mapping[str, A
     return graph, find_groups(graph), specs, lambda recipe: Pruner(model, inputs, recipe)
 
 
-def recipe_model(recipe, args: argparse.Namespace):
-    """The model a recipe describes, and its example inputs.
+def recipe_model(recipe, args: argparse.Namespace, device: str | None = None):
+    """The model a recipe describes, and its example inputs (both on ``device``).
 
     ``--model`` names it on the command line (the user's choice, built as given). Else the
     recipe's ``model:`` is built only if it is in the zoo allow-list, or with
@@ -58,13 +58,13 @@ def recipe_model(recipe, args: argparse.Namespace):
     from ..models import build_model
     from ..reproduce import recipe_inputs
 
-    inputs = recipe_inputs(recipe)
+    inputs = recipe_inputs(recipe, device)
     if args.model:
-        return build_model(args.model, recipe.model_args), inputs
+        return build_model(args.model, recipe.model_args, device=device), inputs
     if not recipe.model:
         raise recipe.error("no model to build: give --model or set `model:` in the recipe", "model")
     model = build_model(recipe.model, recipe.model_args, trusted=args.trust_recipe_model,
-                        refuse=lambda message, key: recipe.error(message, key))
+                        refuse=lambda message, key: recipe.error(message, key), device=device)
     return model, inputs
 
 

@@ -73,18 +73,21 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-              skip: Mapping[str, str] | None = None) -> PruningPlan:
+              skip: Mapping[str, str] | None = None,
+              tensors: Mapping[str, torch.Tensor] | None = None) -> PruningPlan:
     """Rank every prunable group's channels and keep the best ``kept_channels`` of them.
 
     ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
+    ``tensors`` are the weights to rank by, the model's own by default (a checkpoint read
+    tensor by tensor when the model is on the meta device, see :mod:`pruneconf.stream`).
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return make_global_plan(model, groups, recipe, skip)
+        return make_global_plan(model, groups, recipe, skip, tensors)
     score = METRICS[recipe.settings.metric]
-    tensors = model_tensors(model)
+    tensors = model_tensors(model) if tensors is None else tensors
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
