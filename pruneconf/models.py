@@ -9,6 +9,7 @@ initialised models. A spec read from a recipe is only built if it is in the mode
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
@@ -96,12 +97,14 @@ def _builder(spec: str, trusted: bool, refuse: Callable[[str, str], Exception]) 
 
 
 def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: bool = True,
-                refuse: Callable[[str, str], Exception] | None = None) -> nn.Module:
+                refuse: Callable[[str, str], Exception] | None = None, device: str | None = None) -> nn.Module:
     """Build the model ``spec`` names with ``kwargs``.
 
     ``trusted`` is for a spec the user gave (command line, code). An untrusted one, read from
     a recipe, is only built from the zoo allow-list with plain arguments; ``refuse(message,
-    key)`` makes the located error (the recipe's file and line).
+    key)`` makes the located error (the recipe's file and line). ``device`` is the default
+    device while building: ``"meta"`` gives every parameter a shape and no storage, so a
+    model of any size builds in a moment (see :mod:`pruneconf.meta`).
     """
     from .zoo import check_plain_arguments
 
@@ -111,11 +114,13 @@ def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: 
     if not trusted:
         check_plain_arguments(spec, kwargs, refuse)
     try:
-        model = builder(**kwargs)
+        with torch.device(device) if device else contextlib.nullcontext():
+            model = builder(**kwargs)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - the builder's own complaint about its arguments
-        raise ConfigError(f"building '{spec}' failed: {type(exc).__name__}: {_first_line(exc)}",
+        where = f" on the {device} device" if device else ""
+        raise ConfigError(f"building '{spec}'{where} failed: {type(exc).__name__}: {_first_line(exc)}",
                           key="MODEL") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module", key="MODEL")
@@ -172,18 +177,21 @@ def check_input_sizes(specs: Sequence[InputSpec], key: str = "--input-shape") ->
         raise ConfigError("name every example input (NAME=SHAPE) or none", key=key)
 
 
-def example_inputs(specs: Sequence[InputSpec], seed: int = 0) -> Any:
+def example_inputs(specs: Sequence[InputSpec], seed: int = 0, device: str | None = None) -> Any:
     """Random inputs: a tensor, a tuple for several, a dict of keyword inputs when named.
-    Integer inputs are small indices (0 or 1), valid for any embedding or index."""
+    Integer inputs are small indices (0 or 1), valid for any embedding or index. On the
+    ``meta`` device they have shapes and dtypes only, as the model they feed."""
     specs = [s if isinstance(s, InputSpec) else InputSpec(*s) for s in specs]
     check_input_sizes(specs)
     gen = torch.Generator().manual_seed(seed)
     tensors = []
     for spec in specs:
-        if spec.dtype.is_floating_point:
-            tensors.append(torch.randn(spec.shape, generator=gen).to(spec.dtype))
+        if device == "meta":
+            tensors.append(torch.empty(spec.shape, dtype=spec.dtype, device="meta"))
+        elif spec.dtype.is_floating_point:
+            tensors.append(torch.randn(spec.shape, generator=gen).to(device=device, dtype=spec.dtype))
         else:
-            tensors.append(torch.randint(0, 2, spec.shape, generator=gen).to(spec.dtype))
+            tensors.append(torch.randint(0, 2, spec.shape, generator=gen).to(device=device, dtype=spec.dtype))
     if specs and specs[0].name is not None:
         return {s.name: t for s, t in zip(specs, tensors)}
     return tensors[0] if len(tensors) == 1 else tuple(tensors)

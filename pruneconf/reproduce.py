@@ -23,16 +23,21 @@ from .recipe.load import Recipe, check_against, load_recipe
 from .trace import trace
 
 
-def recipe_inputs(recipe: Recipe) -> Any:
+def recipe_inputs(recipe: Recipe, device: str | None = None) -> Any:
     """Random example inputs of the shapes, dtypes and names the recipe was traced with."""
     if not recipe.input_shapes:
         raise recipe.error("expected the example input shapes `pruneconf init` wrote", "input_shapes")
-    return example_inputs(recipe.input_shapes)
+    return example_inputs(recipe.input_shapes, device=device)
 
 
 def read_state_dict(path: str | os.PathLike) -> Mapping[str, torch.Tensor]:
-    """A ``state_dict`` from ``path`` (``.safetensors``, or ``torch.save`` read with
-    ``weights_only=True``); never unpickles arbitrary objects."""
+    """A ``state_dict`` from ``path`` (``.safetensors``, a directory of safetensors shards or
+    its index JSON, or ``torch.save`` read with ``weights_only=True``); never unpickles
+    arbitrary objects."""
+    from .stream.checkpoint import Checkpoint, is_sharded
+
+    if is_sharded(path):
+        return Checkpoint.open(path).load_all()
     try:
         if str(path).endswith(".safetensors"):
             from safetensors.torch import load_file

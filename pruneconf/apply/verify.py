@@ -112,16 +112,18 @@ def _first_failing_prefix(centers: list[str], fails: Callable[[list[str]], bool]
     return hi
 
 
-def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan,
-                         atol: float = 1e-5) -> tuple[PruningPlan, dict[str, str]]:
+def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan, atol: float = 1e-5,
+                         run: Any = None) -> tuple[PruningPlan, dict[str, str]]:
     """``plan`` without the groups whose shrinking breaks the model, and why each was dropped.
 
     Groups are added in graph order; the first prefix that fails names one culprit (found in
     ``log2(n)`` dry runs), which is dropped before searching again. A clean plan costs one.
+    ``run`` is the dry run, anything with ``problem(plan) -> str | None``; a :class:`DryRun`
+    of ``model`` by default.
     """
     if not plan.kept:
         return plan, {}
-    run = DryRun(model, example, atol)
+    run = run if run is not None else DryRun(model, example, atol)
     problem = run.problem(plan)
     if problem is None:
         return plan, {}

@@ -14,8 +14,8 @@ from typing import NoReturn, Sequence
 from .._version import __version__
 from ..errors import PruneconfError
 from .commands import cmd_export, cmd_flops, cmd_graph, cmd_init, cmd_prune, cmd_report, cmd_show
-from .common import (METRIC_CHOICES, add_calibration, add_model_options, add_output, add_recipe_options, add_set,
-                     add_target, add_trust_options)
+from .common import (METRIC_CHOICES, add_calibration, add_device, add_model_options, add_output, add_recipe_options,
+                     add_set, add_target, add_trust_options)
 from .explore import add_explore_parsers
 
 log = logging.getLogger("pruneconf")
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="trace MODEL and write (or refresh) an editable recipe")
     add_model_options(p)
+    add_device(p)
     p.add_argument("-o", "--output", required=True, help="recipe file to write; an existing one is updated in place")
     p.add_argument("--sparsity", type=float, help="default sparsity of every group (default 0.5)")
     p.add_argument("--metric", choices=METRIC_CHOICES)
@@ -55,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", help="prune a model as RECIPE says; write its weights and the applied recipe")
     add_recipe_options(p, "recipe file (from `pruneconf init`, edited)",
-                       "weights to load first: a state dict (.pt, read with weights_only) or .safetensors")
-    add_output(p, "pruned weights (.pt, or .safetensors); the applied recipe goes beside it as .yaml")
+                       "weights to load first: a state dict (.pt, read with weights_only), .safetensors, or "
+                       "safetensors shards (their directory or index JSON)")
+    add_output(p, "pruned weights (.pt, or .safetensors); the applied recipe goes beside it as .yaml. A directory "
+                  "(existing, ending in /, or suffix-less for sharded weights) streams the safetensors checkpoint "
+                  "tensor by tensor, model on meta, into shards there, with the applied recipe as recipe.yaml")
     add_set(p)
     add_target(p)
     add_calibration(p)

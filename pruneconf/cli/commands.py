@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .common import (analyse_model, calibration, input_specs, model_args, plan_document, recipe_model,
                      refuse_overwrite)
+from .stream import cmd_prune_streamed, is_streamed, log_costs
 
 log = logging.getLogger("pruneconf")
 
@@ -17,13 +18,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     from ..recipe.yamlio import dump_document
 
     kwargs = model_args(args.model_arg)
-    graph, groups, specs = analyse_model(args.model, args.input_shape, kwargs)
+    _, groups, specs, make_pruner = analyse_model(args.model, args.input_shape, kwargs, args.device)
     settings = {k: v for k, v in (("default_sparsity", args.sparsity), ("metric", args.metric),
                                   ("round_to", args.round_to)) if v is not None}
     existing = _existing_recipe(args.output)
     doc = build_recipe(groups, model=args.model, model_args=kwargs, input_shapes=specs, settings=settings,
                        existing=existing)
-    plan_document(doc, args, [g.center for g in groups.prunable], lambda recipe: _pruner_for_init(args, recipe))
+    plan_document(doc, args, [g.center for g in groups.prunable], make_pruner)
     write_atomic(args.output, dump_document(doc))
     log.info("wrote %s: %d groups, %d prunable", args.output, len(groups), len(groups.prunable))
     return 0
@@ -40,14 +41,6 @@ def _existing_recipe(path: str):
         raise ConfigError("exists and is not a recipe (expected a mapping of recipe keys): init refreshes a "
                           "recipe in place and replaces nothing else; choose another output", path=path)
     return doc
-
-
-def _pruner_for_init(args: argparse.Namespace, recipe):
-    from ..models import build_model, example_inputs
-    from ..pruner import Pruner
-
-    return Pruner(build_model(args.model, model_args(args.model_arg)), example_inputs(input_specs(args.input_shape)),
-                  recipe)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -79,7 +72,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     if suffix not in writers:
         raise ConfigError(f"expected a .graphml or .dot output file, got '{args.output}'", key="--output")
     refuse_overwrite(args.output, args.force)
-    graph, _, _ = analyse_model(args.model, args.input_shape, model_args(args.model_arg))
+    graph, _, _, _ = analyse_model(args.model, args.input_shape, model_args(args.model_arg))
     write_atomic(args.output, writers[suffix](graph))
     log.info("wrote %s: %d nodes, %d edges", args.output, graph.number_of_nodes(), graph.number_of_edges())
     return 0
@@ -91,6 +84,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..recipe import load_document
     from ..reproduce import load_weights, save_weights
 
+    if is_streamed(args):
+        return cmd_prune_streamed(args)
     output = Path(args.output)
     applied_path = output.with_suffix(".yaml")
     if applied_path == Path(args.recipe) or output == Path(args.recipe):
@@ -113,9 +108,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     save_weights(pruner.model, output)
     pruner.write_applied(doc, applied_path)
     print(format_report(build_report(pruner.groups, plan, recipe)))
-    log.info("pruned %d groups: MACs %s -> %s (%+.2f%%), params %s -> %s (%+.2f%%)", len(plan.kept),
-             f"{before['macs']:,}", f"{after['macs']:,}", 100 * (after["macs"] / before["macs"] - 1),
-             f"{before['params']:,}", f"{after['params']:,}", 100 * (after["params"] / before["params"] - 1))
+    log_costs(len(plan.kept), before, after)
     log.info("wrote %s and %s", output, applied_path)
     return 0
 

@@ -34,20 +34,22 @@ def input_specs(shapes: Sequence[str]):
     return specs
 
 
-def analyse_model(model_spec: str, shapes: Sequence[str], kwargs: Mapping[str, Any] | None = None):
-    """Build the model (named on the command line), trace it on random inputs, resolve its groups."""
+def analyse_model(model_spec: str, shapes: Sequence[str], kwargs: Mapping[str, Any] | None = None,
+                  device: str = "cpu"):
+    """Build the model (named on the command line), trace it on example inputs, resolve its
+    groups. Returns the graph, the groups, the input specs and a ``make_pruner(recipe)`` on
+    the same model (on ``device``: see :mod:`pruneconf.meta`)."""
     from ..groups import find_groups
-    from ..models import build_model, example_inputs
-    from ..trace import trace
+    from ..meta import build_and_trace
+    from ..pruner import Pruner
 
     specs = input_specs(shapes)
-    model = build_model(model_spec, kwargs)
-    graph = trace(model, example_inputs(specs))
-    return graph, find_groups(graph), specs
+    model, inputs, graph, _ = build_and_trace(model_spec, kwargs, specs, device)
+    return graph, find_groups(graph), specs, lambda recipe: Pruner(model, inputs, recipe)
 
 
-def recipe_model(recipe, args: argparse.Namespace):
-    """The model a recipe describes, and its example inputs.
+def recipe_model(recipe, args: argparse.Namespace, device: str | None = None):
+    """The model a recipe describes, and its example inputs (both on ``device``).
 
     ``--model`` names it on the command line (the user's choice, built as given). Else the
     recipe's ``model:`` is built only if it is in the zoo allow-list, or with
@@ -56,13 +58,13 @@ def recipe_model(recipe, args: argparse.Namespace):
     from ..models import build_model
     from ..reproduce import recipe_inputs
 
-    inputs = recipe_inputs(recipe)
+    inputs = recipe_inputs(recipe, device)
     if args.model:
-        return build_model(args.model, recipe.model_args), inputs
+        return build_model(args.model, recipe.model_args, device=device), inputs
     if not recipe.model:
         raise recipe.error("no model to build: give --model or set `model:` in the recipe", "model")
     model = build_model(recipe.model, recipe.model_args, trusted=args.trust_recipe_model,
-                        refuse=lambda message, key: recipe.error(message, key))
+                        refuse=lambda message, key: recipe.error(message, key), device=device)
     return model, inputs
 
 
@@ -74,6 +76,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "for a keyword input; repeat for several inputs")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the model constructor; repeatable")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    from ..meta import DEVICES
+
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to build and trace MODEL: meta builds no weights (any size, in seconds); auto is "
+                        "meta for transformers models (falling back to cpu if an op needs values), else cpu")
 
 
 def add_recipe_options(p: argparse.ArgumentParser, recipe_help: str, weights_help: str | None) -> None:

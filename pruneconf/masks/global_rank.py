@@ -14,6 +14,7 @@ import logging
 from typing import Mapping
 
 import numpy as np
+import torch
 from torch import nn
 
 from .._progress import progress
@@ -69,12 +70,14 @@ def global_kept(groups: list[Group], scores: Mapping[str, np.ndarray], fraction:
 
 
 def make_global_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-                     skip: Mapping[str, str] | None = None, calibration: Calibration | None = None):
-    """The :class:`PruningPlan` of a ``mode: global`` recipe (see the module docstring)."""
+                     skip: Mapping[str, str] | None = None, calibration: Calibration | None = None,
+                     tensors: Mapping[str, torch.Tensor] | None = None):
+    """The :class:`PruningPlan` of a ``mode: global`` recipe (see the module docstring);
+    ``calibration`` and ``tensors`` as for :func:`~pruneconf.masks.plan.make_plan`."""
     from .plan import PruningPlan, rank_inputs
 
     score = METRICS[recipe.settings.metric]
-    inputs = rank_inputs(model, recipe, calibration)
+    inputs = rank_inputs(model, recipe, calibration, tensors)
     skip = skip or {}
     for center, why in skip.items():
         log.warning("group %s left whole: %s", center, why)

@@ -124,31 +124,37 @@ def calibration_for(model: nn.Module, groups: ChannelGroups, metric: str, data: 
     return data if isinstance(data, Calibration) else calibrate(model, groups, data, (statistic,), loss)
 
 
-def rank_inputs(model: nn.Module, recipe: Recipe, calibration: Calibration | None) -> RankInputs:
-    """What the recipe's metric reads; a data metric without calibration is a located error."""
+def rank_inputs(model: nn.Module, recipe: Recipe, calibration: Calibration | None,
+                tensors: Mapping[str, torch.Tensor] | None = None) -> RankInputs:
+    """What the recipe's metric reads (the model's tensors unless ``tensors`` are given); a
+    data metric without calibration is a located error."""
     metric = recipe.settings.metric
     if metric in DATA_METRICS and calibration is None:
         raise recipe.error(f"metric '{metric}' ranks channels by data: give calibration batches "
                            "(Pruner(..., calibration=batches), or --calibration module:callable)", "settings.metric")
-    return RankInputs(model_tensors(model), recipe.settings.seed, calibration)
+    return RankInputs(model_tensors(model) if tensors is None else tensors, recipe.settings.seed, calibration)
 
 
 def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-              skip: Mapping[str, str] | None = None, calibration: Calibration | None = None) -> PruningPlan:
+              skip: Mapping[str, str] | None = None, calibration: Calibration | None = None,
+              tensors: Mapping[str, torch.Tensor] | None = None) -> PruningPlan:
     """Rank every prunable group's channels and keep the best ``kept_channels`` of them.
 
     ``skip`` maps group centers to a reason they must stay whole (layers we cannot resize).
     ``calibration`` holds the statistics a data metric ranks by (:func:`calibration_for`).
+    ``tensors`` are the weights to rank by, the model's own by default (a checkpoint read
+    tensor by tensor when the model is on the meta device, see :mod:`pruneconf.stream`).
     Ties break by channel index, so the same weights and recipe always keep the same channels.
     A ``mode: global`` recipe ranks across groups instead (:mod:`.global_rank`).
     """
-    tensors = model_tensors(model)
+    tensors = model_tensors(model) if tensors is None else tensors
     drops = expert_drops(model, groups.graph, recipe, tensors)
     if recipe.settings.mode == "global":
         from .global_rank import make_global_plan
-        return dataclasses.replace(make_global_plan(model, groups, recipe, skip, calibration), experts=drops)
+        return dataclasses.replace(make_global_plan(model, groups, recipe, skip, calibration, tensors),
+                                   experts=drops)
     score = METRICS[recipe.settings.metric]
-    inputs = rank_inputs(model, recipe, calibration)
+    inputs = rank_inputs(model, recipe, calibration, tensors)
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
