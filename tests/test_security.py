@@ -230,3 +230,12 @@ def test_zoo_recipes_need_no_flag(workdir, model, args, shape):
     assert main(["prune", str(workdir / "z.yaml"), "-o", str(workdir / "z-pruned.safetensors")]) == 0
     assert main(["report", str(workdir / "z-pruned.yaml")]) == 0
     assert main(["show", str(workdir / "z-pruned.yaml"), "--check"]) == 0
+
+
+def test_set_on_a_recipe_with_an_empty_key_is_the_files_error(workdir, capsys):
+    """Found by the long CLI fuzz run: `--set` on a recipe whose group key was blanked crashed."""
+    text = (workdir / "base.yaml").read_text().replace("\n  '0':", "\n  :", 1)
+    (workdir / "r.yaml").write_text(text)
+    assert main(["prune", str(workdir / "r.yaml"), "--model", "evil.py:build", "--set", "0=None",
+                 "-o", str(workdir / "out.pt")]) == 2
+    assert re.search(r"r\.yaml:\d+: 'groups': expected names as keys", capsys.readouterr().err)

@@ -46,7 +46,7 @@ def _group_target(key: str, centers: Iterable[str]) -> tuple[str, str] | None:
 
 
 def _unknown(key: str, centers: Iterable[str]) -> ConfigError:
-    known = list(SETTINGS) + list(centers)
+    known = list(SETTINGS) + [str(c) for c in centers]
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"; did you mean '{close[0]}'?" if close else f"; expected a setting ({', '.join(SETTINGS)}) or a group"
     return ConfigError(f"not a setting or group{hint}", key=f"--set {key}")
@@ -88,8 +88,7 @@ def _follow_default(groups: CommentedMap, old: Any, new: Any) -> None:
 def overridden_recipe(doc: CommentedMap, pairs: Sequence[str], path: str,
                       centers: Iterable[str] | None = None) -> Recipe:
     """Apply ``pairs`` and validate the document with the recipe file's own checks."""
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k) or {}, dict) for k in ("settings", "groups")):
-        recipe_from_document(doc, path)  # not a recipe's shape: the file's own located error
+    recipe_from_document(doc, path)  # the file itself must be valid: its own located error first
     apply_overrides(doc, pairs, centers)
     try:
         return recipe_from_document(doc, path)
