@@ -2,7 +2,8 @@
 
 One row per family of ``tests/llm_models.py`` (tiny random configs: 2 layers, hidden 64,
 4 query heads over 2 key/value heads where the family has grouped-query attention,
-intermediate 128, vocabulary 128; nothing downloaded), pruned with
+intermediate 128, vocabulary 128; mixture-of-experts models with 4 experts of 32 channels,
+top-2, MACs of the active path; nothing downloaded), pruned with
 ``Pruner(model, inputs, {"sparsity": 0.5})``, ``register_masks()``, ``apply_masks()``.
 
 Columns: groups found; groups pruned; groups left whole with their first reason (the
@@ -25,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from llm_models import BY_NAME, FAMILIES, Family, generate  # noqa: E402
+from llm_models import BY_NAME, FAMILIES, MOE_FAMILIES, Family, generate  # noqa: E402
 from pruneconf import Pruner, trace  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.errors import PruneconfError  # noqa: E402
@@ -64,7 +65,7 @@ def row(family: Family) -> list:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default=",".join(f.name for f in FAMILIES),
+    parser.add_argument("--families", default=",".join(f.name for f in FAMILIES + MOE_FAMILIES),
                         help="comma-separated families (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)

@@ -81,7 +81,18 @@ FAMILIES = [
         eos_token_id=2, bos_token_id=1, suppress_tokens=None, begin_suppress_tokens=None),
         "WhisperForConditionalGeneration", _whisper_inputs, decoder=False),
 ]
-BY_NAME = {f.name: f for f in FAMILIES}
+# Mixture of experts (2 layers, 4 experts, top-2, GQA): ``tests/test_moe.py`` and the table.
+EXPERTS = 4
+MOE_SIZES = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64)
+MOE_FAMILIES = [
+    Family("mixtral", lambda: transformers.MixtralConfig(intermediate_size=32, num_local_experts=EXPERTS,
+                                                         **MOE_SIZES), "MixtralForCausalLM"),
+    Family("qwen2_moe", lambda: transformers.Qwen2MoeConfig(
+        moe_intermediate_size=32, num_experts=EXPERTS, intermediate_size=48, shared_expert_intermediate_size=48,
+        norm_topk_prob=False, **MOE_SIZES), "Qwen2MoeForCausalLM"),
+]
+BY_NAME = {f.name: f for f in FAMILIES + MOE_FAMILIES}
 
 
 def generate(family: Family, model: nn.Module, inputs: dict, tokens: int = 6) -> torch.Tensor:

@@ -16,6 +16,7 @@ import jsonschema
 
 import pytest
 import torch
+import transformers
 from ruamel.yaml import YAML
 
 from helpers import prune_exactly
@@ -24,30 +25,14 @@ from pruneconf.analysis import total_macs
 from pruneconf.recipe.experts import ExpertChoice
 from pruneconf.recipe.load import Recipe, Settings
 
-transformers = pytest.importorskip("transformers")
+from llm_models import BY_NAME, EXPERTS
 
-SMALL = dict(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, num_experts_per_tok=2, max_position_embeddings=64)
-EXPERTS = 4
-
-
-def mixtral():
-    config = transformers.MixtralConfig(intermediate_size=32, num_local_experts=EXPERTS, **SMALL)
-    return transformers.MixtralForCausalLM(config)
-
-
-def qwen2_moe():
-    config = transformers.Qwen2MoeConfig(moe_intermediate_size=32, num_experts=EXPERTS, intermediate_size=48,
-                                         shared_expert_intermediate_size=48, norm_topk_prob=False, **SMALL)
-    return transformers.Qwen2MoeForCausalLM(config)
-
-
-MODELS = {"mixtral": mixtral, "qwen2_moe": qwen2_moe}
+MODELS = ("mixtral", "qwen2_moe")
 
 
 def build(name: str):
     torch.manual_seed(0)
-    return MODELS[name]().eval()
+    return getattr(transformers, BY_NAME[name].model)(BY_NAME[name].config()).eval()
 
 
 def example(tokens: int = 8) -> dict:
