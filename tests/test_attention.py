@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 
 from helpers import analyse, prune_exactly
@@ -295,9 +296,7 @@ def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make, embedding, le
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_hugging_face_models_prune_exactly(arch):
-    """Runs where ``transformers`` is installed (it is not a test dependency): small random
-    models from configs, nothing downloaded."""
-    transformers = pytest.importorskip("transformers")
+    """Small random models from configs, nothing downloaded."""
     torch.manual_seed(0)
     small = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
     if arch == "bert":
