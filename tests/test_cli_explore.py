@@ -39,8 +39,8 @@ def net(tmp_path):
 
 def assert_on_budget(applied_recipe, target):
     """The report's MACs are the cost model's for the applied counts (exact for conv and
-    linear layers), and they land on ``target`` within one channel step of the costliest group:
-    both planners stop at the count closest to the target."""
+    linear layers), and they land on ``target`` within half a channel step of the costliest
+    group: both planners keep the closer side of the last step, which is at most that one."""
     namespace = {}
     exec(NET, namespace)
     costs = CostModel(Pruner(namespace["build"](), torch.randn(2, 3, 8, 8)).groups)
@@ -51,7 +51,7 @@ def assert_on_budget(applied_recipe, target):
     assert main(["report", str(applied_recipe), "--csv", str(table), "--force"]) == 0
     total = read_csv(table)[-1]
     assert (int(total["macs_before"]), int(total["macs_after"])) == (dense, macs)
-    assert abs(macs - target * dense) <= step, (macs / dense, target, step / dense)
+    assert abs(macs - target * dense) <= step / 2, (macs / dense, target, step / dense)
 
 
 def read_csv(path):
