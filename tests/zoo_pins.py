@@ -73,6 +73,7 @@ PINS = {
     'torchvision:regnet_y_128gf': (0.64, {'fc': 'reaches the model output'}),
     'torchvision:regnet_y_16gf': (0.64, {'fc': 'reaches the model output'}),
     'torchvision:regnet_y_1_6gf': (0.66, {'fc': 'reaches the model output'}),
+    'torchvision:regnet_y_32gf': (0.61, {'fc': 'reaches the model output'}),
     'torchvision:regnet_y_3_2gf': (0.68, {'fc': 'reaches the model output'}),
     'torchvision:regnet_y_400mf': (0.7, {'fc': 'reaches the model output'}),
     'torchvision:regnet_y_800mf': (0.68, {'fc': 'reaches the model output'}),
@@ -209,6 +210,10 @@ PINS = {
     'torchvision:vgg19_bn': (0.74, {'classifier.6': 'reaches the model output'}),
     'torchvision:vit_b_16': (0.73, {'heads.head': 'reaches the model output'}),
     'torchvision:vit_b_32': (0.74, {'heads.head': 'reaches the model output'}),
+    'torchvision:vit_h_14': (0.74, {'heads.head': 'reaches the model output'}),
+    'torchvision:vit_l_16': (0.74, {'heads.head': 'reaches the model output'}),
+    'torchvision:vit_l_32': (0.74, {'heads.head': 'reaches the model output'}),
+    'torchvision:wide_resnet101_2': (0.74, {'fc': 'reaches the model output'}),
     'torchvision:wide_resnet50_2': (0.74, {'fc': 'reaches the model output'}),
     'segmentation:deeplabv3_mobilenet_v3_large': (0.74, {
         'classifier.4': 'reaches the model output',
