@@ -23,7 +23,6 @@ import collections
 import dataclasses
 import logging
 import os
-import re
 import sys
 import time
 from typing import Callable
@@ -32,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from helpers import calibrated  # noqa: E402
+from helpers import calibrated, left_whole  # noqa: E402
 from pruneconf import Pruner, trace  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.table import format_table  # noqa: E402
@@ -63,35 +62,6 @@ def headline_entries() -> list[Entry]:
             for name, make in HEADLINE.items()]
 
 
-def short_reason(reason: str) -> str:
-    """A reason without the node it happened at, so equal causes count together."""
-    reason = re.sub(r" at '[^']*'$", "", reason)
-    reason = re.sub(r"produced by '[^']*' \(([^)]*)\)", r"produced by '\1'", reason)
-    reason = re.sub(r" \(letter '.'\)", "", reason)
-    reason = re.sub(r" \('[^']*'\)$", "", reason)  # "cannot resize X layers yet ('param')"
-    reason = re.sub(r" \[[\d, ]*\]", "", reason)  # split sizes differ per block
-    return reason
-
-
-def left_whole(pruner: Pruner) -> collections.Counter:
-    """Why each group that kept all its channels did so, one count per group."""
-    kept = pruner.plan().kept
-    skipped = pruner.skipped()
-    why: collections.Counter = collections.Counter()
-    for g in pruner.groups:
-        if g.center in kept:
-            continue
-        if not g.prunable:
-            why[short_reason(g.reasons[0])] += 1
-        elif g.center in skipped:
-            why[short_reason(skipped[g.center]).split(":")[0]] += 1
-        elif g.center in pruner.dropped:
-            why["shrinking it breaks the model's code"] += 1
-        else:
-            why["too few channels to drop one at this sparsity"] += 1
-    return why
-
-
 def measure(entry: Entry, size: int) -> list:
     torch.manual_seed(0)
     model, x = entry.build(size)
@@ -100,7 +70,7 @@ def measure(entry: Entry, size: int) -> list:
     pruner = Pruner(model, x, {"sparsity": 0.5})
     pruner.apply_masks()  # raises VerificationError unless masked == applied
     after = total_macs(trace(model, x))
-    reasons = left_whole(pruner)
+    reasons = collections.Counter(left_whole(pruner).values())
     text = "; ".join(f"{r} ×{n}" for r, n in reasons.most_common())
     return [len(pruner.groups), len(pruner.plan().kept), sum(reasons.values()), text or "-",
             f"{before / 1e6:.1f}M", f"{after / 1e6:.1f}M", f"{100 * (1 - after / before):.0f}%"]

@@ -18,7 +18,7 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
-from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs
+from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs, widened
 from .distributed import broadcast_model
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
@@ -117,7 +117,7 @@ class Pruner:
         With ``verify`` the shrunk model must reproduce the masked model's outputs on the
         example inputs in eval mode (max error ≤ ``atol`` × output scale); otherwise the
         model is restored as it was before this call and :class:`VerificationError` raised.
-        Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
+        Half-precision models are compared in float32 (:func:`~pruneconf.apply.verify.widened`). Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
         every rank ends with the same shrunk model (call it on ``ddp_model.module``).
         """
         plan = self.plan()
@@ -126,26 +126,35 @@ class Pruner:
         training = self.model.training
         self.model.eval()
         try:
-            expected = model_outputs(self.model, self.example_inputs) if verify else None
-            masks.remove()
-            masked = {name: p.detach().clone() for name, p in self.model.named_parameters() if name in masks.masks}
             if verify:
-                done, problem = compare_shrunk(self.model, self.example_inputs, plan, expected, atol)
+                with widened(self.model, self.example_inputs) as example:  # half precision: checked in fp32
+                    problem = self._shrink_checked(plan, masks, example, atol)
             else:
-                done, problem = shrink(self.model, plan), None
-            if problem is not None:
-                done.undo()
-                with torch.no_grad():
-                    for name, p in self.model.named_parameters():
-                        if name in masked:
-                            p.copy_(masked[name])
-                self.masks = register_masks(self.model, plan)
-                raise VerificationError(f"the shrunk model {problem}; the model was restored with its masks")
+                masks.remove()
+                shrink(self.model, plan)
+                problem = None
         finally:
             self.model.train(training)
+        if problem is not None:
+            self.masks = register_masks(self.model, plan)
+            raise VerificationError(f"the shrunk model {problem}; the model was restored with its masks")
         self.masks = None
         self.applied = plan
         return plan
+
+    def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float) -> str | None:
+        """Shrink, compare with the masked model, and undo the shrinking if they differ."""
+        expected = model_outputs(self.model, example)
+        masks.remove()
+        masked = {name: p.detach().clone() for name, p in self.model.named_parameters() if name in masks.masks}
+        done, problem = compare_shrunk(self.model, example, plan, expected, atol)
+        if problem is not None:
+            done.undo()
+            with torch.no_grad():
+                for name, p in self.model.named_parameters():
+                    if name in masked:
+                        p.copy_(masked[name])
+        return problem
 
     def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
         """Write the recipe (a path or a loaded document) plus an ``applied`` section to ``output``."""

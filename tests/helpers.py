@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from pruneconf.masks.norms import attach_masked_norms, masked_norms
 from pruneconf.masks.plan import PruningPlan
 from pruneconf.masks.stats import attach_masked_statistics, masked_statistics
 from pruneconf.trace.refs import iter_tensors
+from zoo_pins import PINS
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:
@@ -152,15 +154,59 @@ def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: f
     return Pruned(pruner, reference, masked, applied)
 
 
-def check_pruning(model: nn.Module, x, groups: ChannelGroups | None = None) -> float:
+def short_reason(reason: str) -> str:
+    """A reason without the node it happened at, so equal causes compare (and count) equal."""
+    reason = re.sub(r" at '[^']*'$", "", reason)
+    reason = re.sub(r"produced by '[^']*' \(([^)]*)\)", r"produced by '\1'", reason)
+    reason = re.sub(r" \(letter '.'\)", "", reason)
+    reason = re.sub(r" \('[^']*'\)$", "", reason)  # "cannot resize X layers yet ('param')"
+    reason = re.sub(r" \[[\d, ]*\]", "", reason)  # split sizes differ per block
+    return reason
+
+
+def left_whole(pruner: Pruner) -> dict[str, str]:
+    """Every group that kept all its channels, with why: its ``reasons`` when it is not
+    prunable, ``Pruner.skipped()`` when pruneconf cannot shrink it yet, ``Pruner.dropped``
+    when the dry run saw shrinking it break the model's code, or too few channels."""
+    kept = pruner.plan().kept
+    skipped = pruner.skipped()
+    why = {}
+    for g in pruner.groups:
+        if g.center in kept:
+            continue
+        if not g.prunable:
+            why[g.center] = short_reason(g.reasons[0])
+        elif g.center in skipped:
+            why[g.center] = short_reason(skipped[g.center]).split(":")[0]
+        elif g.center in pruner.dropped:
+            why[g.center] = "shrinking it breaks the model's code"
+        else:
+            why[g.center] = "too few channels to drop one at this sparsity"
+    return why
+
+
+def check_pruning(model: nn.Module, x, pin: str, groups: ChannelGroups | None = None) -> float:
     """The zoo check: something prunable, no missed coupling, :func:`prune_exactly` at 0.5,
-    and fewer MACs and parameters. ``groups`` are found when not given. Returns the MACs
-    kept (a fraction)."""
+    fewer MACs and parameters, and what ``zoo_pins.PINS[pin]`` says: the groups left whole,
+    each with its reason, and the least fraction of MACs cut. A model that loses a pruned
+    group fails. ``groups`` are found when not given. Returns the MACs kept (a fraction)."""
     groups = groups if groups is not None else find_groups(trace(model, x))
     assert groups.prunable, f"{type(model).__name__}: nothing prunable"
     assert assert_no_influence(model, x, groups) > 0
     before = trace(model, x)
-    prune_exactly(model, x)
+    pruned = prune_exactly(model, x)
     after = trace(model, x)
     assert total_macs(after) < total_macs(before) and total_params(after) < total_params(before)
-    return total_macs(after) / total_macs(before)
+    kept = total_macs(after) / total_macs(before)
+    assert_pinned(pin, 1 - kept, left_whole(pruned.pruner))
+    return kept
+
+
+def assert_pinned(pin: str, cut: float, whole: dict[str, str]) -> None:
+    """``cut`` and ``whole`` as ``zoo_pins.PINS[pin]`` has them; the message is the line to
+    paste there when a change is intended."""
+    line = f"{pin!r}: ({int(100 * cut) / 100}, {whole!r}),"
+    assert pin in PINS, f"no pin for {pin}; measured:\n{line}"
+    least, pinned = PINS[pin]
+    assert whole == pinned, f"{pin}: groups left whole changed; measured:\n{line}"
+    assert cut >= least, f"{pin}: MACs cut by {cut:.3f}, pinned at least {least}; measured:\n{line}"

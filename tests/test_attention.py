@@ -6,6 +6,7 @@ import io
 import pytest
 import torch
 import torch.nn.functional as F
+import transformers
 from torch import nn
 
 from helpers import analyse, prune_exactly
@@ -255,12 +256,19 @@ def test_gpt2_style_attention_prunes_whole_heads_and_updates_split_and_layer_siz
     assert model.c_attn.weight.shape == (12, 36) and model.c_proj.weight.shape == (12, 12)
 
 
-@pytest.mark.parametrize("make", [lambda: Transformer(fused=False), lambda: Transformer(head_dim=6, dynamic=True),
-                                  lambda: SelfAttentionBlock(), GPT2Block])
-def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make):
-    """``load_pruned`` redoes head counts, folded scales and left-whole groups from the recipe."""
+@pytest.mark.parametrize("make, embedding, left_whole", [
+    (lambda: Transformer(fused=False), "embed", set()),
+    (lambda: Transformer(head_dim=6, dynamic=True), "embed", {"attn.qkv"}),  # C // heads: the dry run leaves it whole
+    (SelfAttentionBlock, "inp", set()),
+    (GPT2Block, "embed", {"c_attn.weight"}),  # its reshape to (B, N, C) fixes the width too
+])
+def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make, embedding, left_whole):
+    """``load_pruned`` redoes head counts, folded scales and left-whole groups from the recipe:
+    the embedding is kept whole by editing the recipe, so heads prune without it, and where the
+    model's code ties the head dim to the embedding the dry run leaves the heads whole too."""
     from pruneconf import load_pruned
-    from pruneconf.recipe import write_atomic, write_recipe
+    from pruneconf.recipe import load_document, write_atomic, write_recipe
+    from pruneconf.recipe.yamlio import dump_document
 
     torch.manual_seed(0)
     model = make()
@@ -270,21 +278,25 @@ def test_pruned_attention_rebuilds_from_its_recipe(tmp_path, make):
     groups = Pruner(model, x, {}).groups
     write_atomic(recipe, write_recipe(recipe, groups, input_shapes=[list(x.shape)],
                                       settings={"default_sparsity": 0.5}))
-    text = recipe.read_text().replace("  embed:\n    sparsity: 0.5", "  embed:\n    sparsity: 0.0")
-    recipe.write_text(text)
+    before = recipe.read_text()
+    doc = load_document(recipe)
+    doc["groups"][embedding]["sparsity"] = 0.0
+    write_atomic(recipe, dump_document(doc))
+    assert recipe.read_text() != before
     pruner = Pruner(model, x, str(recipe))
     pruner.apply_masks()
+    assert pruner.recipe.sparsity[embedding] == 0.0 and set(pruner.dropped) == left_whole
+    assert embedding not in pruner.applied.kept and not left_whole & set(pruner.applied.kept)
     pruner.write_applied(recipe, applied)
     torch.save(model.state_dict(), weights)
     load_pruned(fresh, applied, weights)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert torch.equal(outputs(fresh, x)[0], outputs(model, x)[0])
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "vit"])
 def test_hugging_face_models_prune_exactly(arch):
-    """Small random models from configs, nothing downloaded (``transformers`` is a test
-    dependency)."""
-    import transformers
+    """Small random models from configs, nothing downloaded."""
     torch.manual_seed(0)
     small = dict(num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
     if arch == "bert":

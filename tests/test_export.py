@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from helpers import calibrated
-from pruneconf import Pruner
+from pruneconf import Pruner, load_pruned
 from pruneconf.cli import main
 from pruneconf.export import export
 from pruneconf.recipe import write_atomic, write_recipe
@@ -55,6 +55,13 @@ def test_cli_exports_from_an_applied_recipe(tmp_path):
     assert session.get_inputs()[0].shape == [2, 3, 32, 32]
     state = torch.load(tmp_path / "p.pt", weights_only=True)
     assert state["conv1.weight"].shape[0] == 32
+    pruned = load_pruned(torchvision.models.resnet18(), tmp_path / "p.yaml", tmp_path / "p.pt").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = pruned(x).numpy()
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert got.shape == expected.shape and np.isfinite(expected).all() and np.abs(expected).max() > 0
+    assert close(got, expected)
     assert main(["export", str(tmp_path / "p.yaml"), "--weights", str(tmp_path / "p.pt"), "-o", str(onnx_path)]) == 2
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import timm
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -370,7 +371,6 @@ def test_group_whose_shrinking_breaks_the_code_is_left_whole():
 
 @pytest.mark.parametrize("name, kwargs", [("convnext_atto", {}), ("vit_tiny_patch16_224", {"img_size": 32})])
 def test_timm_residual_streams_prune(name, kwargs):
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model, x = timm.create_model(name, pretrained=False, **kwargs), torch.randn(2, 3, 32, 32)
     groups = analyse(model, x)

@@ -4,15 +4,16 @@ Models are built with ``weights=None`` in train mode (so auxiliary heads are tra
 reduced input sizes where the architecture allows. On each model: the no-influence
 invariant (the grouping found every consumer of every prunable channel), sparsity 0 gives
 the original bit for bit, and sparsity 0.5 gives a smaller model whose outputs equal the
-masked model's (checked inside ``apply_masks``). The largest models run these only in the
-slow run (`pytest -m slow`).
+masked model's (checked inside ``apply_masks``), leaving whole only the groups
+``zoo_pins.PINS`` lists, for the reasons it gives, and cutting at least its share of MACs.
+The largest models run these only in the slow run (`pytest -m slow`).
 """
 import pytest
 import torch
 import torchvision
 
 from helpers import check_pruning
-from pruneconf import find_groups, trace
+from pruneconf import Pruner, find_groups, trace
 from pruneconf.groups.context import FOLLOWER, SOURCE
 from pruneconf.recipe import build_recipe
 from pruneconf.recipe.yamlio import dump_document, round_trip_yaml
@@ -64,7 +65,7 @@ def test_every_layer_is_grouped_or_reported(name):
                                                             input_shapes=[list(x.shape)])))
     assert list(doc["groups"]) == [g.center for g in groups.prunable]
     if name not in LARGE:
-        check_pruning(model, x, groups)
+        check_pruning(model, x, f"torchvision:{name}", groups)
 
 
 @pytest.mark.slow
@@ -72,4 +73,14 @@ def test_every_layer_is_grouped_or_reported(name):
 def test_pruning_large_models(name):
     model = torchvision.models.get_model(name, weights=None)
     x = example(name)
-    check_pruning(model, x, find_groups(trace(model, x)))
+    check_pruning(model, x, f"torchvision:{name}")
+
+
+def test_a_model_that_loses_a_pruned_group_fails_its_pin(monkeypatch):
+    """As if a change left one of resnet18's groups whole: its MACs still fall, but the pin
+    of the groups left whole fails."""
+    skipped = Pruner.skipped
+    monkeypatch.setattr(Pruner, "skipped", lambda self: {**skipped(self), "layer1.0.conv1": "cannot resize (simulated)"})
+    torch.manual_seed(0)
+    with pytest.raises(AssertionError, match="groups left whole changed"):
+        check_pruning(torchvision.models.resnet18(), example("resnet18"), "torchvision:resnet18")

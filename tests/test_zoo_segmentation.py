@@ -1,7 +1,8 @@
 """Every torchvision segmentation model (with its auxiliary head) pruned at 0.5 at 64 px.
 
 Masked and applied models must agree (``apply_masks`` raises otherwise), every output keeps
-its shape and sparsity 0 gives the original bit for bit: see ``helpers.check_pruning``.
+its shape, sparsity 0 gives the original bit for bit, and the groups left whole and the MACs
+cut are the pinned ones (``zoo_pins.PINS``): see ``helpers.check_pruning``.
 """
 import pytest
 import torch
@@ -19,4 +20,4 @@ def test_the_zoo_is_complete():
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SEGMENTATION])
 def test_segmentation_model(name):
     torch.manual_seed(0)
-    check_pruning(*segmentation_model(name))
+    check_pruning(*segmentation_model(name), f"segmentation:{name}")

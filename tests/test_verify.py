@@ -1,0 +1,117 @@
+"""The check behind "exact": the shrunk model must compute what the masked model computed.
+
+Its two ways out are tested here: a shrunk model that *differs* (not only one that fails to
+run) is refused and the masked model restored bit for bit; and half-precision models are
+held to the same bound as float32 ones, not to a forgiveness of several percent.
+"""
+import copy
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import pruneconf.apply.verify as verify
+from helpers import calibrated
+from pruneconf import Pruner, VerificationError
+from pruneconf.apply.verify import full_precision, max_relative_error, widened
+
+HALF = (torch.bfloat16, torch.float16)
+
+
+def small() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 4))
+
+
+def outputs(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def up(t: torch.Tensor, steps: int) -> torch.Tensor:
+    """``t`` moved ``steps`` representable values away from zero."""
+    for _ in range(steps):
+        t = torch.nextafter(t, t.sign() * float("inf"))
+    return t
+
+
+def test_comparison_is_in_full_precision():
+    torch.backends.cudnn.allow_tf32 = True
+    with full_precision():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # restored
+    x = torch.linspace(-3, 3, 100)
+    assert max_relative_error([x], [x + 1e-6]) == pytest.approx(1e-6 / 3, rel=0.1)  # fp32: exact
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_half_precision_outputs_forgive_two_ulps_of_each_element_and_no_more(dtype):
+    x = torch.linspace(-3, 3, 101).to(dtype)
+    assert max_relative_error([x], [up(x, 1)]) == 0.0
+    assert max_relative_error([x], [up(x, 2)]) == 0.0
+    assert max_relative_error([x], [up(x, 4)]) > 1e-5
+    # 2 % of every element, and 2 % of one small element next to a large one: both count
+    assert max_relative_error([x], [x * 1.02]) > 1e-5
+    y = torch.tensor([1.0, 0.05, -0.3]).to(dtype)
+    assert max_relative_error([y], [y * torch.tensor([1.0, 1.02, 1.0]).to(dtype)]) > 1e-5
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_a_half_precision_model_is_compared_in_float32_and_narrowed_back_exactly(dtype):
+    model = small().to(dtype)
+    model[1].running_mean.normal_()
+    params = {name: (p, p.detach().clone()) for name, p in model.state_dict(keep_vars=True).items()}
+    x = {"input": torch.randn(2, 3, 6, 6, dtype=dtype)}
+    with widened(model, x) as wide:
+        assert wide["input"].dtype == torch.float32 and model[0].weight.dtype == torch.float32
+    for name, t in model.state_dict(keep_vars=True).items():
+        assert t is params[name][0], name  # the same objects: masks and optimizers keep them
+        assert t.dtype == params[name][1].dtype and torch.equal(t, params[name][1]), name
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_a_half_precision_model_prunes_exactly(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    model = calibrated(torchvision.models.resnet18(), x).to(dtype)
+    original = model.conv1.weight.detach().clone()
+    pruner = Pruner(model, x.to(dtype), {"sparsity": 0.5})
+    plan = pruner.apply_masks()
+    assert not pruner.dropped and model.conv1.out_channels == 32
+    assert {t.dtype for t in model.state_dict().values() if t.is_floating_point()} == {dtype}
+    assert torch.equal(model.conv1.weight, original[torch.as_tensor(plan.kept["conv1"])])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_shrunk_model_that_differs_is_refused_and_the_masked_model_restored(monkeypatch, dtype):
+    """One shrunk weight 2 % off must be caught, in bf16 too, and nothing of it may remain."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = calibrated(small(), x).to(dtype)
+    x = x.to(dtype)
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.register_masks()  # the dry run is over: only apply's own check is left
+    masked_state = copy.deepcopy(model.state_dict())
+    masked = outputs(model, x)
+    real_shrink = verify.shrink
+
+    def shrink_off_by_two_percent(model, plan, **kwargs):
+        done = real_shrink(model, plan, **kwargs)
+        assert model[7].in_features == 16  # it is the shrunk layer that is disturbed
+        with torch.no_grad():
+            model[7].weight.mul_(1.02)
+        return done
+
+    monkeypatch.setattr(verify, "shrink", shrink_off_by_two_percent)
+    with pytest.raises(VerificationError, match="differs from the masked one"):
+        pruner.apply_masks()
+    assert model[0].out_channels == 8 and model[7].in_features == 32
+    state = model.state_dict()
+    assert list(state) == list(masked_state)
+    for name, tensor in masked_state.items():
+        assert state[name].dtype == tensor.dtype and torch.equal(state[name], tensor), name
+    assert pruner.masks is not None and torch.equal(outputs(model, x), masked)
+    monkeypatch.setattr(verify, "shrink", real_shrink)
+    pruner.apply_masks()  # the restored model still prunes
+    assert model[7].in_features == 16
