@@ -9,13 +9,13 @@ fields as ``model_args``, or ``model: path/to/config.json``) without the user wr
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
 from .errors import ConfigError
+from .jsonfile import read_json
 
 MAX_CONFIG_BYTES = 4 << 20  # a config.json is a few KiB; refuse anything absurd before parsing
 
@@ -60,18 +60,7 @@ def config_path(spec: str) -> Path:
 def read_config(spec: str) -> dict[str, Any]:
     """The fields of a transformers ``config.json``, checked to be plain data of a known type."""
     path = config_path(spec)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config: {exc.strerror}", path=str(path), key="MODEL") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"larger than {MAX_CONFIG_BYTES >> 20} MiB: not a transformers config.json",
-                          path=str(path), key="MODEL")
-    try:
-        values = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"not a JSON config: {exc}", path=str(path), key="MODEL") from None
+    values = read_json(path, MAX_CONFIG_BYTES, "transformers config.json", "MODEL")
     if not isinstance(values, dict) or not isinstance(values.get("model_type"), str):
         raise ConfigError("expected a transformers config: a JSON object with a `model_type`",
                           path=str(path), key="MODEL")

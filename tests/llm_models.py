@@ -17,6 +17,10 @@ from torch import nn
 SIZES = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
 SEQ = 8
+# A tiny Llama as a ``config.json`` would hold it (meta-device and streaming tests).
+TINY_LLAMA_JSON = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32,
+                   "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                   "num_key_value_heads": 2, "vocab_size": 64, "max_position_embeddings": 32}
 
 
 @dataclasses.dataclass(frozen=True)

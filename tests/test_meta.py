@@ -4,13 +4,11 @@ import json
 import pytest
 import torch
 
+from llm_models import TINY_LLAMA_JSON as LLAMA
 from pruneconf.cli import main
 from pruneconf.meta import build_and_trace
 from pruneconf.models import parse_input_shape
 
-LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
-         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
-         "max_position_embeddings": 32}
 
 NEEDS_VALUES = '''
 import torch.nn as nn

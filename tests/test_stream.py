@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from llm_models import TINY_LLAMA_JSON as LLAMA
 from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.models import build_model
@@ -15,9 +16,6 @@ from pruneconf.recipe.load import load_recipe
 from pruneconf.recipe.yamlio import dump_document, load_document
 from pruneconf.reproduce import load_pruned, recipe_inputs
 
-LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 64,
-         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 64,
-         "max_position_embeddings": 32}
 
 ATTENTION = '''
 import torch.nn as nn

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..jsonfile import read_json
 
 INDEX_SUFFIX = ".safetensors.index.json"
 MAX_INDEX_BYTES = 64 << 20  # a 70B model's index is ~100 KiB
@@ -139,18 +140,7 @@ def _safe_open(path: Path):
 
 def _read_index(path: Path) -> dict[str, str]:
     """The ``weight_map`` of an index JSON, checked: names to plain file names in its folder."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read the index: {exc.strerror}", path=str(path), key="weights") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise ConfigError(f"larger than {MAX_INDEX_BYTES >> 20} MiB: not a safetensors index", path=str(path),
-                          key="weights")
-    try:
-        index = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ConfigError(f"not a JSON index: {exc}", path=str(path), key="weights") from None
+    index = read_json(path, MAX_INDEX_BYTES, "safetensors index", "weights")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConfigError("expected a JSON object with a non-empty `weight_map`", path=str(path), key="weights")
