@@ -220,6 +220,7 @@ def _peak_growth_mb(tmp_path, *argv) -> float:
     return int(done.stdout.split()[-1]) / 1024
 
 
+@pytest.mark.slow  # about a minute: two fresh processes over a 192 MB checkpoint
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs") or not hasattr(os, "posix_fadvise"),
                     reason="needs Linux's /proc/self/clear_refs and posix_fadvise")
 def test_streaming_memory_follows_a_tensor_not_the_checkpoint(tmp_path):
