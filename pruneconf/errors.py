@@ -24,3 +24,10 @@ class ConfigError(PruneconfError, ValueError):
 
 class TraceError(PruneconfError, RuntimeError):
     """The model could not be run on the example inputs; the model is left as it was."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), for one-line errors
+    about code pruneconf does not own (a user's builder, an exporter)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"

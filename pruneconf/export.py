@@ -18,17 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PruneconfError
+from .errors import PruneconfError, first_line
 
 FORMATS = ("onnx", "torchscript")
 
 
 def _as_tuple(example_inputs: Any) -> tuple:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or ["(no message)"])[0][:300]
 
 
 def _export_onnx(model: nn.Module, inputs: tuple, path: Path, opset: int) -> None:
@@ -38,7 +34,7 @@ def _export_onnx(model: nn.Module, inputs: tuple, path: Path, opset: int) -> Non
         return
     except Exception as exc:  # noqa: BLE001 - retried with the other exporter below
         if importlib.util.find_spec("onnxscript") is None:
-            raise PruneconfError(f"onnx export failed: {type(exc).__name__}: {_first_line(exc)}; the "
+            raise PruneconfError(f"onnx export failed: {type(exc).__name__}: {first_line(exc)}; the "
                                  'torch.export-based exporter may handle it: pip install "pruneconf[export]"') from exc
     torch.onnx.export(model, inputs, str(path), dynamo=True, opset_version=max(opset, 18), input_names=names,
                       verbose=False)
@@ -67,7 +63,7 @@ def export(model: nn.Module, example_inputs: Any, path: str | os.PathLike, fmt: 
     except PruneconfError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporters raise many kinds for unsupported code
-        raise PruneconfError(f"{fmt} export failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+        raise PruneconfError(f"{fmt} export failed: {type(exc).__name__}: {first_line(exc)}") from exc
     finally:
         tmp.unlink(missing_ok=True)
         model.train(training)

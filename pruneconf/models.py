@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 DTYPES = {"float": torch.float32, "float32": torch.float32, "float16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
@@ -120,16 +120,12 @@ def build_model(spec: str, kwargs: Mapping[str, Any] | None = None, *, trusted: 
         raise
     except Exception as exc:  # noqa: BLE001 - the builder's own complaint about its arguments
         where = f" on the {device} device" if device else ""
-        raise ConfigError(f"building '{spec}'{where} failed: {type(exc).__name__}: {_first_line(exc)}",
+        raise ConfigError(f"building '{spec}'{where} failed: {type(exc).__name__}: {first_line(exc)}",
                           key="MODEL") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"'{spec}' returned {type(model).__name__}, not a torch.nn.Module", key="MODEL")
     return model
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
 
 
 def load_calibration(spec: str) -> Iterable[Any]:

@@ -45,14 +45,16 @@ def _existing_recipe(path: str):
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ..groups import find_groups
-    from ..recipe.load import load_recipe
+    from ..recipe import load_document
+    from ..recipe.load import recipe_from_document
     from ..recipe.show import show_recipe, show_traced
     from ..trace import trace
     from ..trace.fingerprint import fingerprint
 
-    recipe = load_recipe(args.recipe)
+    doc = load_document(args.recipe)
+    recipe = recipe_from_document(doc, args.recipe)
     if not (args.check or args.model):
-        print(show_recipe(recipe))
+        print(show_recipe(recipe, doc))
         return 0
     model, inputs = recipe_model(recipe, args)
     groups = find_groups(trace(model, inputs))

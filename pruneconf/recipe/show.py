@@ -13,7 +13,6 @@ from ..table import format_table
 from .generate import SUMMARY_MARK
 from .load import Recipe
 from .plan import kept_channels
-from .yamlio import load_document
 
 _SUMMARY = re.compile(rf"(\d+) {SUMMARY_MARK} (\d+) layers:.*· MACs ([\d.]+%) · params ([\d.]+%)")
 HEADERS = ["group", "channels", "sparsity", "keep", "layers", "MACs", "params"]
@@ -57,9 +56,9 @@ def _header_blocked(path: str) -> list[str]:
     return [line for line in header[start:] if line]
 
 
-def show_recipe(recipe: Recipe) -> str:
-    """The table from the recipe alone: channel counts and shares from its comments."""
-    doc = load_document(recipe.path)
+def show_recipe(recipe: Recipe, doc: Any) -> str:
+    """The table from the recipe alone (``doc``, its parsed document): channel counts and
+    shares from its comments."""
     groups = doc.get("groups") or {}
     rows = []
     for center in groups:
