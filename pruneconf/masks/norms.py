@@ -32,6 +32,7 @@ from ..groups.context import CHANNEL_STATS
 from ..groups.rules.norm import NORM_OPS, normalized_dims
 from ..trace.refs import Ref
 from .plan import PruningPlan, model_tensors
+from .scope import ModuleScope
 
 # Positional parameters of torch.nn.functional.layer_norm / rms_norm (and torch.layer_norm).
 _SIGNATURES = {"layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
@@ -134,21 +135,15 @@ class _MaskedNormMode(TorchFunctionMode):
         return entry[1] if bound["input"].shape[-weight.dim():] == weight.shape else None
 
 
-class _Scope:
-    """The forward hooks of one module: enter the mode before forward, leave it after."""
+class _Scope(ModuleScope):
+    """The norms of one module, recognised by their weight tensors."""
 
     def __init__(self, kept: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
         self.kept = kept
-        self.active: list[_MaskedNormMode] = []  # a stack: the module may run inside itself
 
-    def enter(self, module: nn.Module, args: Any) -> None:
-        mode = _MaskedNormMode(self.kept)
-        mode.__enter__()
-        self.active.append(mode)
-
-    def leave(self, module: nn.Module, args: Any, out: Any) -> None:
-        if self.active:  # empty when an earlier pre-hook raised before ours ran
-            self.active.pop().__exit__(None, None, None)
+    def make_mode(self) -> _MaskedNormMode:
+        return _MaskedNormMode(self.kept)
 
 
 def attach_masked_norms(model: nn.Module, norms: list[MaskedNorm]) -> list:
@@ -160,10 +155,7 @@ def attach_masked_norms(model: nn.Module, norms: list[MaskedNorm]) -> list:
         scopes.setdefault(norm.module, {})[id(weight)] = (weight, norm.kept)
     handles = []
     for path, kept in scopes.items():
-        module = model.get_submodule(path)
-        scope = _Scope(kept)
-        handles.append(module.register_forward_pre_hook(scope.enter))
-        handles.append(module.register_forward_hook(scope.leave, prepend=True, always_call=True))
+        handles += _Scope(kept).attach(model.get_submodule(path))
     return handles
 
 

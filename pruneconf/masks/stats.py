@@ -29,6 +29,7 @@ from ..groups.context import CHANNEL_STATS
 from ..groups.rules.reduction import STATISTICS, reduced_dims
 from ..trace.opnames import canonical_name
 from .plan import PruningPlan
+from .scope import ModuleScope
 
 Key = tuple  # (op, ndim, reduced dims, ((dim, size), ...) of the pruned dims)
 
@@ -97,15 +98,15 @@ class _MaskedStatisticMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-class _Scope:
+class _Scope(ModuleScope):
     """One module's statistics; ``depth`` counts its children running (their calls are theirs)."""
 
     def __init__(self, stats: list[MaskedStatistic]) -> None:
+        super().__init__()
         self.table = {s.key: s.kept for s in stats}
         self.ops = {s.key[0] for s in stats}
         self.names: dict[Any, str] = {}
         self.depth = 0
-        self.active: list[_MaskedStatisticMode] = []  # a stack: the module may run inside itself
 
     def kept_of(self, func, args: tuple, kwargs: dict):
         op = self.names.get(func)
@@ -120,14 +121,8 @@ class _Scope:
                 return self.table[(key_op, ndim, key_dims, sizes)]
         return None
 
-    def enter(self, module: nn.Module, args: Any) -> None:
-        mode = _MaskedStatisticMode(self)
-        mode.__enter__()
-        self.active.append(mode)
-
-    def leave(self, module: nn.Module, args: Any, out: Any) -> None:
-        if self.active:  # empty when an earlier pre-hook raised before ours ran
-            self.active.pop().__exit__(None, None, None)
+    def make_mode(self) -> _MaskedStatisticMode:
+        return _MaskedStatisticMode(self)
 
     def child_enter(self, module: nn.Module, args: Any) -> None:
         self.depth += 1
@@ -145,8 +140,7 @@ def attach_masked_statistics(model: nn.Module, stats: list[MaskedStatistic]) -> 
     for path, found in by_module.items():
         module = model.get_submodule(path)
         scope = _Scope(found)
-        handles.append(module.register_forward_pre_hook(scope.enter))
-        handles.append(module.register_forward_hook(scope.leave, prepend=True, always_call=True))
+        handles += scope.attach(module)
         for child in module.children():
             handles.append(child.register_forward_pre_hook(scope.child_enter, prepend=True))
             handles.append(child.register_forward_hook(scope.child_leave, always_call=True))
