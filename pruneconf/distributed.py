@@ -5,8 +5,17 @@ each rank's own batches; before shrinking, rank ``src``'s parameters and buffers
 broadcast so all ranks apply identical masks to identical tensors. A model sharded with
 FSDP2 cannot be shrunk in place (FSDP2 owns its parameters and their flat buffers): its
 full state is gathered into an unsharded twin, which is then shrunk like any model.
+
+Commands that try many recipes (``sensitivity``, ``sweep``) split their points across the
+ranks of a ``torchrun`` launch: each rank computes its share, every rank receives every
+share (:func:`gather_shares`), and rank 0 writes the files.
 """
 from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import nn
@@ -14,8 +23,57 @@ from torch import nn
 from .errors import PruneconfError
 
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
 def distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks; ``(0, 1)`` outside distributed runs."""
+    if not distributed():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+@contextlib.contextmanager
+def torchrun_group() -> Iterator[None]:
+    """A gloo process group for the block when launched by ``torchrun`` with more than one
+    process (``WORLD_SIZE`` > 1); nothing otherwise. A group that already exists is used
+    and left in place. Gloo: the ranks only exchange small results, on the CPU."""
+    if distributed() or int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        yield
+        return
+    torch.distributed.init_process_group("gloo")
+    log.info("rank %d of %d", *rank_and_world())
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def gather_shares(work: Callable[[], T]) -> list[T]:
+    """Every rank's ``work()``, in rank order, on every rank (``[work()]`` outside
+    distributed runs). A rank whose work raised re-raises its error after the exchange and
+    every other rank raises a :class:`PruneconfError` naming it, so no rank is left waiting
+    for a rank that failed. Results travel pickled between the ranks of one launch."""
+    if not distributed():
+        return [work()]
+    error: Exception | None = None
+    try:
+        outcome = (True, work())
+    except Exception as exc:  # noqa: BLE001 - re-raised below, once every rank knows
+        error, outcome = exc, (False, " ".join(f"{type(exc).__name__}: {exc}".split()))
+    outcomes: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(outcomes, outcome)
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, (ok, message) in enumerate(outcomes) if not ok]
+    if failed:
+        raise PruneconfError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+    return [result for _, result in outcomes]
 
 
 def broadcast_model(model: nn.Module, src: int = 0) -> None:
