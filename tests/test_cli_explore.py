@@ -15,6 +15,7 @@ from pruneconf.recipe import load_document
 from pruneconf.recipe.load import load_recipe
 
 NET = '''
+import os
 import torch
 import torch.nn as nn
 
@@ -23,6 +24,14 @@ def build(width=16):
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                          nn.Conv2d(width, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 32, 1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+
+def build_per_rank():
+    """Rank r of a torchrun launch builds other weights (+r): every rank must explore rank 0's."""
+    model = build()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(int(os.environ.get("RANK", "0")))
+    return model
 
 def closeness(model):
     """Deterministic metric, higher is better: minus the distance to the dense model's outputs."""
@@ -221,8 +230,8 @@ def one_thread():
 
 
 def test_sensitivity_under_torchrun_writes_what_one_process_writes(tmp_path, net, one_thread):
-    argv = ["sensitivity", f"{net}:build", *SHAPE, "--eval", f"{net}:closeness", "--sparsities", "0.25,0.5,0.75",
-            "--budget", "0.6"]
+    argv = ["sensitivity", f"{net}:build_per_rank", *SHAPE, "--eval", f"{net}:closeness",
+            "--sparsities", "0.25,0.5,0.75", "--budget", "0.6"]
     assert main([*argv, "-o", str(tmp_path / "one")]) == 0
     run = _torchrun_cli(*argv, "-o", str(tmp_path / "two"))
     assert "rank 0: 5 of the 9 (group, sparsity) points" in run.stderr

@@ -19,6 +19,7 @@ log = logging.getLogger("pruneconf")
 
 def _explore_setup(args: argparse.Namespace):
     """The model (weights loaded), example inputs, a pruner on them, and the recipe builder."""
+    from ..distributed import broadcast_model
     from ..models import build_model, example_inputs
     from ..pruner import Pruner
     from ..reproduce import load_weights
@@ -28,6 +29,7 @@ def _explore_setup(args: argparse.Namespace):
     model = build_model(args.model, kwargs)
     if args.weights:
         load_weights(model, args.weights)
+    broadcast_model(model)  # under torchrun: every rank explores rank 0's model, even unseeded random weights
     inputs = example_inputs(specs)
     pruner = Pruner(model, inputs)
     centers = [g.center for g in pruner.groups.prunable]
