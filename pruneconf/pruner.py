@@ -5,6 +5,8 @@
     ...
     pruner.apply_masks()             # shrink the layers; checked against the masked model
 
+Under FSDP2, plan before ``fully_shard`` and apply on an unsharded twin (:meth:`Pruner.gather`).
+
 ``OneShotChannelPruner`` keeps the API of TinyNeuralNetwork's pruning tutorial.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
 from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs, widened
-from .distributed import broadcast_model
+from .distributed import broadcast_model, copy_full_state, sharded
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
@@ -50,6 +52,13 @@ def _as_recipe(config: Any) -> Recipe:
     return Recipe(path="<config>", settings=settings, sparsity=sparsity)
 
 
+def _refuse_sharded(model: nn.Module) -> None:
+    """Tracing and ranking read whole tensors: on FSDP2 shards they would see a part or nothing."""
+    if sharded(model):
+        raise PruneconfError("the model is sharded (FSDP2): create the Pruner and make its plan "
+                             "(pruner.plan()) before fully_shard, on the whole model")
+
+
 class Pruner:
     """Trace ``model`` once, read the recipe, and prune it in place.
 
@@ -63,6 +72,7 @@ class Pruner:
                  loss: Loss | None = None) -> None:
         self.model = model
         self.example_inputs = example_inputs
+        _refuse_sharded(model)
         self.recipe = _as_recipe(config)
         self.graph = trace(model, example_inputs)
         self.groups: ChannelGroups = find_groups(self.graph)
@@ -98,6 +108,7 @@ class Pruner:
         """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the
         model shows to break it are left whole (see :attr:`dropped`), before any mask exists."""
         if self._plan is None:
+            _refuse_sharded(self.model)
             if self._batches is not None:
                 self.calibrate(self._batches)
             plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(),
@@ -111,6 +122,19 @@ class Pruner:
             self.masks = register_masks(self.model, self.plan())
         return self.masks
 
+    def gather(self, model: nn.Module) -> nn.Module:
+        """Move this pruner from the FSDP2-sharded model it masks to ``model``, an unsharded
+        one built the same way, on the example inputs' device: the full weights are gathered into it, the
+        masks leave the sharded model and hold on ``model``, and :meth:`apply_masks` then
+        shrinks ``model``. A collective: call it on every rank. Returns ``model``."""
+        plan = self.plan()
+        copy_full_state(self.model, model)
+        if self.masks is not None:
+            self.masks.remove()
+        self.model = model
+        self.masks = register_masks(model, plan)
+        return model
+
     def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
         """Shrink every pruned layer; remove masks and hooks.
 
@@ -120,6 +144,9 @@ class Pruner:
         Half-precision models are compared in float32 (:func:`~pruneconf.apply.verify.widened`). Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
         every rank ends with the same shrunk model (call it on ``ddp_model.module``).
         """
+        if sharded(self.model):
+            raise PruneconfError("an FSDP2-sharded model cannot be shrunk in place: call "
+                                 "pruner.gather(unsharded_model) on every rank first")
         plan = self.plan()
         masks = self.register_masks()
         broadcast_model(self.model)

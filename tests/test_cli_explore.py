@@ -1,5 +1,9 @@
 """`pruneconf sweep`, `sensitivity`, `report`, and `--set` / `--target-macs` on init and prune."""
 import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from pruneconf.recipe import load_document
 from pruneconf.recipe.load import load_recipe
 
 NET = '''
+import os
 import torch
 import torch.nn as nn
 
@@ -19,6 +24,14 @@ def build(width=16):
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                          nn.Conv2d(width, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 32, 1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 4))
+
+def build_per_rank():
+    """Rank r of a torchrun launch builds other weights (+r): every rank must explore rank 0's."""
+    model = build()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(int(os.environ.get("RANK", "0")))
+    return model
 
 def closeness(model):
     """Deterministic metric, higher is better: minus the distance to the dense model's outputs."""
@@ -195,3 +208,47 @@ def test_sweep_and_sensitivity_rank_by_taylor_with_calibration(tmp_path, net, my
                  "--metric", "activation", "--calibration", "mydata:batches",
                  "--budget", "0.6", "-o", str(sens)]) == 0
     assert load_recipe(sens / "recipe.yaml").settings.calibration_batches == 5
+
+
+def _torchrun_cli(*argv):
+    """``torchrun --nproc_per_node 2 -m pruneconf ARGV`` on the CPU (gloo), one thread per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "pruneconf", *argv], capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+@pytest.fixture
+def one_thread():
+    """The one-process reference computes on one thread, as each torchrun rank does: the
+    same float results need the same reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_sensitivity_under_torchrun_writes_what_one_process_writes(tmp_path, net, one_thread):
+    argv = ["sensitivity", f"{net}:build_per_rank", *SHAPE, "--eval", f"{net}:closeness",
+            "--sparsities", "0.25,0.5,0.75", "--budget", "0.6"]
+    assert main([*argv, "-o", str(tmp_path / "one")]) == 0
+    run = _torchrun_cli(*argv, "-o", str(tmp_path / "two"))
+    assert "rank 0: 5 of the 9 (group, sparsity) points" in run.stderr
+    assert "rank 1: 4 of the 9 (group, sparsity) points" in run.stderr
+    for name in ("sensitivity.csv", "recipe.yaml"):
+        assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text()
+    assert len(read_csv(tmp_path / "two" / "sensitivity.csv")) == 1 + 3 * 3
+
+
+@pytest.mark.slow
+def test_sweep_under_torchrun_writes_what_one_process_writes(tmp_path, net, one_thread):
+    argv = ["sweep", f"{net}:build", *SHAPE, "--sparsity", "0.2:0.8:0.2"]
+    assert main([*argv, "-o", str(tmp_path / "one")]) == 0
+    run = _torchrun_cli(*argv, "-o", str(tmp_path / "two"))
+    assert "rank 1: 2 of the 4 sparsities" in run.stderr
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two").iterdir()) and len(names) == 4 + 3
+    for name in names:
+        if name != "plot.png":
+            assert (tmp_path / "two" / name).read_text() == (tmp_path / "one" / name).read_text(), name

@@ -1,4 +1,8 @@
-"""``sweep`` and ``sensitivity``: many recipes for one model named on the command line."""
+"""``sweep`` and ``sensitivity``: many recipes for one model named on the command line.
+
+Launched with ``torchrun --nproc_per_node N``, both deal their points out across the N
+processes (:mod:`pruneconf.distributed`); rank 0 writes the same files one process would.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +19,7 @@ log = logging.getLogger("pruneconf")
 
 def _explore_setup(args: argparse.Namespace):
     """The model (weights loaded), example inputs, a pruner on them, and the recipe builder."""
+    from ..distributed import broadcast_model
     from ..models import build_model, example_inputs
     from ..pruner import Pruner
     from ..reproduce import load_weights
@@ -24,6 +29,7 @@ def _explore_setup(args: argparse.Namespace):
     model = build_model(args.model, kwargs)
     if args.weights:
         load_weights(model, args.weights)
+    broadcast_model(model)  # under torchrun: every rank explores rank 0's model, even unseeded random weights
     inputs = example_inputs(specs)
     pruner = Pruner(model, inputs)
     centers = [g.center for g in pruner.groups.prunable]
@@ -41,6 +47,7 @@ def _explore_setup(args: argparse.Namespace):
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..distributed import rank_and_world, torchrun_group
     from ..explore.plot import plot_sweep, require_matplotlib
     from ..explore.sweep import parse_sparsities, recipe_name, run_sweep, sweep_csv, sweep_markdown
     from ..recipe import write_atomic
@@ -51,9 +58,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     require_matplotlib()
     out = Path(args.output)
     refuse_outputs(out, [recipe_name(s) for s in sparsities] + ["table.md", "table.csv", "plot.png"], args.force)
-    model, inputs, _, make_doc = _explore_setup(args)
-    points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
-                       with_latency=args.latency, calibration=calibration(args))
+    with torchrun_group():
+        if args.latency and rank_and_world()[1] > 1:
+            log.warning("--latency under torchrun: ranks time their points at once on shared cores; "
+                        "quote latencies measured in one process")
+        model, inputs, _, make_doc = _explore_setup(args)
+        points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
+                           with_latency=args.latency, calibration=calibration(args))
+        if rank_and_world()[0] != 0:
+            return 0
     write_atomic(out / "table.md", sweep_markdown(points))
     write_atomic(out / "table.csv", sweep_csv(points))
     plot_sweep(points, out / "plot.png", title=args.model)
@@ -63,6 +76,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from ..distributed import rank_and_world, torchrun_group
     from ..explore.budget import write_budget
     from ..explore.plot import plot_sensitivity, require_matplotlib
     from ..explore.sensitivity import analyse_sensitivity, budget_by_sensitivity, sensitivity_csv
@@ -79,11 +93,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     out = Path(args.output)
     names = ["sensitivity.csv", "sensitivity.png"] + (["recipe.yaml"] if args.budget is not None else [])
     refuse_outputs(out, names, args.force)
-    model, _, pruner, make_doc = _explore_setup(args)
-    doc = make_doc({"default_sparsity": 0.0})
-    recipe = recipe_from_document(doc, str(out / "recipe.yaml"))
-    result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped(),
-                                 calibration(args))
+    with torchrun_group():
+        model, _, pruner, make_doc = _explore_setup(args)
+        doc = make_doc({"default_sparsity": 0.0})
+        recipe = recipe_from_document(doc, str(out / "recipe.yaml"))
+        result = analyse_sensitivity(model, pruner.groups, recipe, evaluate, sparsities, pruner.skipped(),
+                                     calibration(args))
+        if rank_and_world()[0] != 0:
+            return 0
     write_atomic(out / "sensitivity.csv", sensitivity_csv(result, pruner.groups))
     plot_sensitivity(result, out / "sensitivity.png")
     if args.budget is not None:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._progress import progress
+from ..distributed import gather_shares, rank_and_world
 from ..errors import ConfigError
 from ..groups import ChannelGroups
 from ..masks import calibration_for, make_plan, register_masks
@@ -69,25 +70,47 @@ def analyse_sensitivity(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
                         sparsities: Sequence[float], skip: Mapping[str, str] | None = None,
                         calibration: Any = None) -> Sensitivity:
     """Metric of the model with each group alone pruned at each sparsity (channels ranked by
-    the recipe's metric; a data metric's statistics are gathered once from ``calibration``)."""
+    the recipe's metric; a data metric's statistics are gathered once from ``calibration``).
+
+    Under ``torch.distributed`` (``torchrun``) the (group, sparsity) points are dealt out
+    across the ranks, and every rank returns the whole result (a collective)."""
     work = copy.deepcopy(model).eval()
-    dense = {k: v.detach().clone() for k, v in work.state_dict().items()}
     stats = calibration_for(work, groups, recipe.settings.metric, calibration)
     result = Sensitivity(_metric(evaluate, work), tuple(sparsities), {}, {},
                          stats.batches if stats is not None else None)
-    for g in progress(taking_part(groups, recipe, skip or {}), "sensitivity"):
-        result.scores[g.center], result.kept[g.center] = {}, {}
-        for sparsity in sparsities:
-            plan = make_plan(work, groups, _single_group(recipe, g.center, sparsity), calibration=stats)
-            masks = register_masks(work, plan)
-            try:
-                result.scores[g.center][sparsity] = _metric(evaluate, work)
-            finally:
-                masks.remove()
-                work.load_state_dict(dense)
-            result.kept[g.center][sparsity] = len(plan.kept.get(g.center, range(g.channels)))
-        log.debug("%s: mean drop %.4g", g.center, result.drop(g.center))
+    points = [(g.center, sparsity) for g in taking_part(groups, recipe, skip or {}) for sparsity in sparsities]
+    rank, world = rank_and_world()
+    if world > 1:
+        log.info("rank %d: %d of the %d (group, sparsity) points", rank, len(points[rank::world]), len(points))
+    shares = gather_shares(lambda: _scores(work, groups, recipe, evaluate, points[rank::world], stats))
+    scores = {}
+    for share_rank, share in enumerate(shares):
+        scores.update(zip(points[share_rank::world], share))
+    for center, sparsity in points:
+        score, kept = scores[center, sparsity]
+        result.scores.setdefault(center, {})[sparsity] = score
+        result.kept.setdefault(center, {})[sparsity] = kept
+    for center in result.scores:
+        log.debug("%s: mean drop %.4g", center, result.drop(center))
     return result
+
+
+def _scores(work: nn.Module, groups: ChannelGroups, recipe: Recipe, evaluate: Evaluate,
+            points: Sequence[tuple[str, float]], stats: Any) -> list[tuple[float, int]]:
+    """(metric, kept channels) of ``work`` with each point's group alone pruned; ``work``'s
+    weights are restored after each."""
+    dense = {k: v.detach().clone() for k, v in work.state_dict().items()}
+    out = []
+    for center, sparsity in progress(points, "sensitivity"):
+        plan = make_plan(work, groups, _single_group(recipe, center, sparsity), calibration=stats)
+        masks = register_masks(work, plan)
+        try:
+            score = _metric(evaluate, work)
+        finally:
+            masks.remove()
+            work.load_state_dict(dense)
+        out.append((score, len(plan.kept.get(center, range(groups[center].channels)))))
+    return out
 
 
 def sensitivity_csv(result: Sensitivity, groups: ChannelGroups) -> str:

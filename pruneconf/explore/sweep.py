@@ -21,6 +21,7 @@ from ruamel.yaml.comments import CommentedMap
 from torch import nn
 
 from .._progress import progress
+from ..distributed import gather_shares, rank_and_world
 from ..errors import ConfigError
 from ..recipe.applied import record_calibration
 from ..recipe.load import recipe_from_document
@@ -90,27 +91,52 @@ def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
     """Write, apply and measure one recipe per sparsity; ``model`` itself is left untouched.
 
     ``calibration`` (batches) is gathered once, at the first point, for a data metric; every
-    point ranks by the same statistics of the dense model."""
-    from ..pruner import Pruner
-
+    point ranks by the same statistics of the dense model. Under ``torch.distributed``
+    (``torchrun``) the points are dealt out across the ranks (each gathers the calibration
+    at its own first point), every rank returns every point, and rank 0 writes the recipes."""
     out_dir = Path(out_dir)
     points = [SweepPoint(0.0, None, *_measure(model, inputs, with_latency))]
-    for sparsity in progress(sparsities, "sweep"):
-        doc = make_doc(sparsity)
-        path = out_dir / recipe_name(sparsity)
-        recipe = recipe_from_document(doc, str(path))
-        pruned = copy.deepcopy(model)
-        pruner = Pruner(pruned, inputs, recipe)
-        if calibration is not None:
-            calibration = pruner.calibrate(calibration)
-        if pruner.calibration is not None:
-            record_calibration(doc, pruner.calibration.batches)
-        write_atomic(path, dump_document(doc))
-        with _without_layer_logs():
-            pruner.apply_masks()
-        points.append(SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency)))
-        log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{points[-1].macs:,}", f"{points[-1].params:,}")
+    rank, world = rank_and_world()
+    mine = list(sparsities)[rank::world]
+    if world > 1:
+        log.info("rank %d: %d of the %d sparsities", rank, len(mine), len(sparsities))
+
+    def share() -> list[tuple[SweepPoint, str]]:
+        out, batches = [], calibration
+        for sparsity in progress(mine, "sweep"):
+            point, text, batches = _point(model, inputs, sparsity, make_doc(sparsity), out_dir / recipe_name(sparsity),
+                                          with_latency, batches)
+            out.append((point, text))
+        return out
+
+    shares = gather_shares(share)
+    for index in range(len(sparsities)):
+        point, text = shares[index % world][index // world]
+        if rank == 0:
+            write_atomic(out_dir / point.recipe, text)
+        points.append(point)
     return points
+
+
+def _point(model: nn.Module, inputs: Any, sparsity: float, doc: CommentedMap, path: Path, with_latency: bool,
+           calibration: Any) -> tuple[SweepPoint, str, Any]:
+    """Prune a copy of ``model`` by ``doc`` and measure it: the point, the recipe's text, and
+    the calibration to rank the next points by (gathered here if ``calibration`` was batches)."""
+    from ..pruner import Pruner
+
+    recipe = recipe_from_document(doc, str(path))
+    pruned = copy.deepcopy(model)
+    pruner = Pruner(pruned, inputs, recipe)
+    if calibration is not None:
+        calibration = pruner.calibrate(calibration)
+    if pruner.calibration is not None:
+        record_calibration(doc, pruner.calibration.batches)
+    text = dump_document(doc)
+    with _without_layer_logs():
+        pruner.apply_masks()
+    point = SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency))
+    log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{point.macs:,}", f"{point.params:,}")
+    return point, text, calibration
 
 
 def _rows(points: Sequence[SweepPoint]) -> tuple[list[str], list[list[Any]]]:

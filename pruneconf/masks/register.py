@@ -9,15 +9,23 @@ means or variances written as tensor ops) are computed over the kept channels on
 (:mod:`.norms`, :mod:`.stats`); routers never pick a masked expert (:mod:`.experts`).
 Nothing is added to the model's
 ``state_dict``.
+
+Under FSDP2 (``fully_shard``) a parameter is a DTensor holding one shard per rank: its
+mask is distributed the same way, so each rank zeroes only its own shard. FSDP2 computes
+gradients on gathered copies and writes the reduce-scattered shard into ``.grad``
+without autograd, so a tensor hook on the shard would never run; FSDP2 does call the
+shard's post-accumulate-grad hooks, which mask the gradient before any clipping or step.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import is_dtensor
 from .experts import ExpertDrop, attach_router_masks
 from .norms import MaskedNorm, attach_masked_norms, masked_norms
 from .plan import PruningPlan, model_tensors
@@ -50,10 +58,16 @@ class Masks:
         self.enforce()
         for name, mask in self.masks.items():
             param = self._params[name]
-            if isinstance(param, nn.Parameter) and param.requires_grad:
+            if not (isinstance(param, nn.Parameter) and param.requires_grad):
+                continue
+            if is_dtensor(param):
+                self._handles.append(param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, mask)))
+            else:
                 self._handles.append(param.register_hook(
                     lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
-        self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce()))
+        # first of all forward pre-hooks: FSDP2's own gathers the shards the forward reads
+        self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce(),
+                                                                  prepend=True))
         self._handles.extend(attach_masked_norms(self.model, self.norms))
         self._handles.extend(attach_masked_statistics(self.model, self.stats))
         self._handles.extend(attach_router_masks(self.model, self.experts))
@@ -64,8 +78,25 @@ class Masks:
         self._handles.clear()
 
 
+def _mask_grad(mask: torch.Tensor, param: torch.Tensor) -> None:
+    param.grad.mul_(mask)
+
+
+def _shaped_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """``mask`` as ``param`` holds its values: the same shard of it on this rank (a DTensor with
+    the parameter's mesh and placements, cut locally: every rank built the same mask), in the
+    parameter's dtype and on its device."""
+    if not is_dtensor(param):
+        return mask
+    from torch.distributed.tensor import distribute_tensor
+
+    local = mask.to(device=param.device, dtype=param.dtype)
+    return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+
+
 def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]:
-    """One 0/1 tensor per pruned parameter (buffers are left alone: their channel is cut off)."""
+    """One 0/1 tensor per pruned parameter (buffers are left alone: their channel is cut off);
+    for a sharded (DTensor) parameter, this rank's shard of it."""
     params = dict(model.named_parameters(remove_duplicate=False))
     masks: dict[str, torch.Tensor] = {}
     for (name, dim), keep in plan.members.items():
@@ -77,8 +108,8 @@ def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]
         if keep.ndim == 2:  # a row per expert of a stacked parameter
             shape[0] = keep.shape[0]
         mask = torch.as_tensor(keep.astype(np.float32)).reshape(shape)
-        masks[name] = masks[name] * mask if name in masks else mask.expand_as(param).clone()
-    return masks
+        masks[name] = masks[name] * mask if name in masks else mask.expand(param.shape).clone()
+    return {name: _shaped_like(mask, params[name]) for name, mask in masks.items()}
 
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
