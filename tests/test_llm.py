@@ -76,3 +76,23 @@ def test_layers_keep_different_widths_and_still_generate():
     assert first.self_attn.num_key_value_groups == second.self_attn.num_key_value_groups == 2
     assert (first.mlp.gate_proj.out_features, second.mlp.gate_proj.out_features) == (64, 32)
     assert torch.equal(generate(family, model, inputs), masked)
+
+
+def test_phi3_layers_slice_their_fused_projection_at_their_own_head_counts():
+    """Phi-3 computes its q/k/v offsets from ``config.num_attention_heads``, which every layer
+    shares: layer 0 loses half its heads and reads its own count from a ``LayerConfig``,
+    layer 1 keeps all its heads and the model's config."""
+    from pruneconf.apply.layer_config import LayerConfig
+
+    family = next(f for f in FAMILIES if f.name == "phi3")
+    model, inputs = family.build()
+    pruner = Pruner(model, inputs, {"sparsity": 0.5, "groups": {"model.layers.1.self_attn.qkv_proj": 0.0}})
+    pruner.register_masks()
+    masked = generate(family, model, inputs)
+    pruner.apply_masks()
+    first, second = model.model.layers[0].self_attn, model.model.layers[1].self_attn
+    assert (first.qkv_proj.out_features, second.qkv_proj.out_features) == (64, 128)
+    assert isinstance(first.config, LayerConfig) and first.config.num_attention_heads == 2
+    assert first.num_key_value_heads == 1 and second.num_key_value_heads == 2
+    assert second.config is model.config and model.config.num_attention_heads == 4
+    assert torch.equal(generate(family, model, inputs), masked)
