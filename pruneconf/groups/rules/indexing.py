@@ -191,7 +191,8 @@ def getitem(ctx: RuleContext) -> None:
         gathered = _gathered(ctx, x, index)
         return unsupported(ctx) if gathered is None else ctx.set_out(gathered)
     span = _span(ctx.shape(x), index)
-    head_size = _head_sections(ctx, x, span[0]) if span is not None else None
+    channels = span is not None and span[0] in ctx.labels(x)  # a dim without channels has no heads
+    head_size = _head_sections(ctx, x, span[0]) if channels else None
     ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0], span[0] if head_size else None, head_size or 0))
 
 
