@@ -115,3 +115,43 @@ def test_a_shrunk_model_that_differs_is_refused_and_the_masked_model_restored(mo
     monkeypatch.setattr(verify, "shrink", real_shrink)
     pruner.apply_masks()  # the restored model still prunes
     assert model[7].in_features == 16
+
+
+class EncoderDecoder(nn.Module):
+    """A seq2seq model in miniature: the decoder reads the encoder's features, which the model
+    also returns, as a transformers ``ModelOutput`` (``named``) or a plain tuple."""
+
+    def __init__(self, named: bool):
+        super().__init__()
+        self.named = named
+        self.encoder, self.decoder = nn.Linear(10, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        from transformers.modeling_outputs import Seq2SeqLMOutput
+
+        features = torch.relu(self.encoder(x))
+        logits = self.decoder(features)
+        return Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=features) if self.named else (logits, features)
+
+
+def test_a_model_outputs_secondary_hidden_state_shrinks_with_its_channels():
+    """The logits keep their width; the encoder's features narrow to the kept channels, and
+    apply checks those against the masked model's."""
+    torch.manual_seed(0)
+    model, x = EncoderDecoder(named=True).eval(), torch.randn(3, 10)
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.register_masks()
+    masked = outputs(model, x)
+    pruner.apply_masks()
+    applied = outputs(model, x)
+    kept = pruner.applied.kept["encoder"]
+    assert applied.logits.shape == masked.logits.shape and applied.encoder_last_hidden_state.shape == (3, 8)
+    torch.testing.assert_close(applied.logits, masked.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(applied.encoder_last_hidden_state, masked.encoder_last_hidden_state[:, kept],
+                               atol=1e-6, rtol=0)
+
+
+def test_outputs_of_a_plain_tuple_keep_their_width():
+    pruner = Pruner(EncoderDecoder(named=False), torch.randn(3, 10), {"sparsity": 0.5})
+    assert not pruner.groups["encoder"].prunable
+    assert any("reaches the model output" in r for r in pruner.groups["encoder"].reasons)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
-from .attributes import size_attribute_changes
+from .attributes import describe, size_attribute_changes
 from .experts import expert_count_changes
 from .resize import needs_resizer, resizer_for
 
@@ -111,7 +111,7 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
         if log_changes:
-            log.info("[ATTR] %s.%s: %s -> %s", path.get(id(module), type(module).__name__), name, getattr(module, name), value)
+            log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), describe(module, name, value))
         setattr(module, name, value)
     shrunk = Shrunk(replaced, list(touched.values()))
     for module, old in touched.values():

@@ -12,12 +12,13 @@ import copy
 import logging
 from typing import Any, Callable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
 from ..masks.register import register_masks
-from ..trace.refs import iter_tensors
+from ..trace.refs import iter_refs, iter_tensors
 from ..trace.tracer import _call
 from .shrink import shrink
 
@@ -92,6 +93,27 @@ def model_outputs(model: nn.Module, example: Any) -> list[torch.Tensor]:
         return [t.detach().clone() for t in iter_tensors(_call(model, example))]
 
 
+def kept_outputs(outputs: list[torch.Tensor], plan: PruningPlan) -> list[torch.Tensor]:
+    """The masked model's ``outputs`` as the shrunk model returns them.
+
+    Most outputs keep their width (the ``output`` channel rule pins them); an output that
+    may shrink (a ``ModelOutput``'s secondary hidden states) loses the channels the plan
+    prunes, and the kept ones must match. Outputs are matched with the traced output's
+    tensors in order; a model that returns a different structure is compared as it is.
+    """
+    graph = plan.groups.graph
+    refs = list(iter_refs(graph.nodes[graph.graph["output"]]["args"]))
+    if len(refs) != len(outputs):
+        return outputs
+    kept = []
+    for tensor, ref in zip(outputs, refs):
+        for dim, keep in plan.surviving(ref.node, ref.index).items():
+            if not keep.all() and dim < tensor.dim() and tensor.shape[dim] == len(keep):
+                tensor = tensor.index_select(dim, torch.as_tensor(np.flatnonzero(keep), device=tensor.device))
+        kept.append(tensor)
+    return kept
+
+
 def ulp(x: torch.Tensor) -> torch.Tensor:
     """The spacing of ``x``'s dtype at each element of ``x`` (subnormals: the smallest one)."""
     info = torch.finfo(x.dtype)
@@ -129,6 +151,7 @@ def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: 
 
     Returns ``(Shrunk, problem)``: ``problem`` is None when the outputs agree within ``atol``.
     """
+    expected = kept_outputs(expected, plan)
     done = shrink(model, plan, log_changes=log_changes)
     try:
         error = max_relative_error(expected, model_outputs(model, example))
@@ -211,4 +234,5 @@ def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan, atol
     return plan.restricted(centers), dropped
 
 
-__all__ = ["DryRun", "compare_shrunk", "drop_breaking_groups", "max_relative_error", "model_outputs", "ulp", "widened"]
+__all__ = ["DryRun", "compare_shrunk", "drop_breaking_groups", "kept_outputs", "max_relative_error", "model_outputs",
+           "ulp", "widened"]

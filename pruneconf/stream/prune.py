@@ -36,7 +36,7 @@ from ..apply import shrink, unsupported_layer
 from ..apply.attributes import size_attribute_changes
 from ..apply.resize import resizer_for
 from ..apply.shrink import owner
-from ..apply.verify import drop_breaking_groups, model_outputs
+from ..apply.verify import drop_breaking_groups, kept_outputs, model_outputs
 from ..errors import ConfigError
 from ..groups import ChannelGroups, find_groups
 from ..masks import PruningPlan, make_plan
@@ -108,13 +108,14 @@ class ShapeDryRun:
     def __init__(self, model: nn.Module, example: Any) -> None:
         self.model = copy.deepcopy(model).eval()
         self.example = example
-        self.expected = _signature(model_outputs(self.model, example))
+        self.expected = model_outputs(self.model, example)  # meta tensors: shapes only
 
     def problem(self, plan: PruningPlan) -> str | None:
+        expected = _signature(kept_outputs(self.expected, plan))
         done = shrink(self.model, plan, log_changes=False)
         try:
             got = _signature(model_outputs(self.model, self.example))
-            return None if got == self.expected else "returns outputs of other shapes"
+            return None if got == expected else "returns outputs of other shapes"
         except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
             return f"fails to run: {type(exc).__name__}: {exc}"
         finally:

@@ -255,9 +255,11 @@ class _Trace:
         self.bind(base, Ref(record, 0))
 
     def add_output(self, out: Any) -> None:
+        """The output node; ``target`` names a ``ModelOutput``'s type (see the ``output`` rule)."""
         self.seen = []
-        args = (map_structure(out, self.ref_of),)
-        self.add(Record(name=self.unique("output"), kind="output", op="output", args=args, inputs=self.seen))
+        args, named = (map_structure(out, self.ref_of),), dataclasses.is_dataclass(out) and isinstance(out, Mapping)
+        self.add(Record(name=self.unique("output"), kind="output", op="output",
+                        target=type(out).__name__ if named else "", args=args, inputs=self.seen))
 
     # -- module hooks -----------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: Any) -> None:

@@ -69,10 +69,13 @@ def prelu(ctx: RuleContext) -> None:
 
 
 FACTORIES = (
-    "zeros", "ones", "empty", "full", "arange", "range", "linspace", "logspace", "eye", "rand",
+    "empty", "arange", "range", "linspace", "logspace", "eye", "rand",
     "randn", "randint", "randperm", "tensor", "as_tensor", "from_numpy", "scalar_tensor",
-    "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "empty_strided",
+    "new_empty", "new_tensor", "empty_strided",
 )
+# Factories that fill every element with one value (``position_bias = torch.zeros(1,
+# self.n_heads, q, k)``): any subset of their channels is the same tensor, smaller.
+UNIFORM_FACTORIES = ("zeros", "ones", "full", "new_zeros", "new_ones", "new_full")
 
 
 @register(*FACTORIES)
@@ -84,3 +87,16 @@ def factory(ctx: RuleContext) -> None:
     """
     for i, shape in enumerate(ctx.out_shapes):
         ctx.set_out(ctx.blocked_labels(shape, f"tensor created with fixed sizes at '{ctx.node}'"), i)
+
+
+@register(*UNIFORM_FACTORIES)
+def uniform_factory(ctx: RuleContext) -> None:
+    """A tensor of one value everywhere: its channels may shrink with whatever it meets.
+
+    Dropping channels of a constant tensor leaves the same constant, so masked and shrunk
+    agree wherever the smaller tensor is built. Its size is the model's number, usually a
+    size attribute (``self.n_heads``) that apply updates like a reshape's
+    (:mod:`pruneconf.apply.attributes`); a literal that cannot follow is caught by the dry run.
+    """
+    for i, shape in enumerate(ctx.out_shapes):
+        ctx.set_out({d: ctx.space.new(n) for d, n in enumerate(shape) if n > 1}, i)

@@ -11,6 +11,7 @@ so they shrink alike and the model's own ``chunk`` call still splits them correc
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -70,8 +71,73 @@ def _bounds(index: Any) -> tuple[Any, Any, Any]:
     return index.start, index.stop, index.step
 
 
-def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLabels:
-    """Labels of ``x[index]``; constant bounds on a channel dim block what they anchor."""
+def _span(shape: tuple[int, ...], index: Any) -> tuple[int, int, int] | None:
+    """``(dim, start, stop)`` of a basic index that slices one dim with step 1 and keeps the
+    others whole, or None."""
+    plan = index_plan(shape, index)
+    cut = [(d, i) for d, _, i in (plan or ()) if not _whole(i, shape[d])]
+    if plan is None or len(cut) != 1 or not isinstance(cut[0][1], slice) or cut[0][1].step not in (None, 1):
+        return None
+    d, i = cut[0]
+    if not all(b is None or type(b) is int for b in (i.start, i.stop)):
+        return None
+    span = range(shape[d])[i]
+    return d, span.start, span.stop
+
+
+def _heads_of(graph, node: str, shape: tuple[int, ...], dim: int) -> int | None:
+    """The head size if every consumer of ``node`` (a slice of ``shape`` along ``dim``)
+    reshapes it into ``(heads, head_size)`` there, else None."""
+    size, users = set(), list(graph.successors(node))
+    for user in users:
+        attrs = graph.nodes[user]
+        out = tuple(attrs["out_shapes"][0])
+        if attrs["op"] not in ("view", "reshape") or len(out) != len(shape) + 1 \
+                or out[:dim] != shape[:dim] or out[dim + 2:] != shape[dim + 1:]:
+            return None
+        size.add(out[dim + 1])
+    return size.pop() if len(size) == 1 and users else None
+
+
+def _head_sections(ctx: RuleContext, x: Ref, dim: int) -> int | None:
+    """The head size if the slices of ``x`` along ``dim`` are sections split into heads.
+
+    A fused projection (Phi-3's ``qkv_proj``) is sliced into queries, keys and values at
+    offsets the model computes from its head counts (``config.num_attention_heads *
+    head_dim``). When the slices tile the dim and each is only reshaped into heads, every
+    section may lose whole heads (checked once unions are solved, see
+    :func:`_whole_heads`): apply updates the head counts the offsets come from
+    (:mod:`pruneconf.apply.attributes`), and the dry run leaves the group whole if the
+    offsets do not follow.
+    """
+    shape, spans, sizes = ctx.shape(x), [], set()
+    for user in ctx.graph.successors(x.node):
+        attrs = ctx.graph.nodes[user]
+        if attrs["op"] != "getitem" or attrs["args"][0] != x:
+            continue
+        span = _span(shape, attrs["args"][1])
+        if span is None or span[0] != dim:
+            return None
+        sizes.add(_heads_of(ctx.graph, user, tuple(attrs["out_shapes"][0]), dim))
+        spans.append(span[1:])
+    spans.sort()
+    tiled = (len(spans) > 1 and spans[0][0] == 0 and spans[-1][1] == shape[dim]
+             and all(a[1] == b[0] for a, b in zip(spans, spans[1:])))
+    return sizes.pop() if tiled and len(sizes) == 1 and None not in sizes else None
+
+
+def _whole_heads(ctx: RuleContext, node: str, lab: np.ndarray, size: int, roots: np.ndarray) -> None:
+    """Block a section whose heads are not pruned whole (each head one channel): its
+    offsets would no longer be multiples of the head size."""
+    heads = roots[lab].reshape(-1, size)
+    if not (heads == heads[:, :1]).all():
+        ctx.space.block(lab, f"{PARTIAL.format(op='getitem')} (a section not pruned in whole heads) at '{node}'")
+
+
+def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape, sections: int | None = None,
+            head_size: int = 0) -> TensorLabels:
+    """Labels of ``x[index]``; constant bounds on a channel dim block what they anchor,
+    except on the dim ``sections`` that slices cut into sections of heads of ``head_size``."""
     out: TensorLabels = {}
     reason = PARTIAL.format(op=ctx.op)
     for d, o, index in plan:
@@ -80,6 +146,9 @@ def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLa
             continue
         if _whole(index, len(lab)):
             kept = lab
+        elif d == sections:
+            kept = lab[index]
+            ctx.deferred.append(functools.partial(_whole_heads, ctx, ctx.node, kept, head_size))
         else:
             start, stop, step = _bounds(index)
             if step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
@@ -121,7 +190,10 @@ def getitem(ctx: RuleContext) -> None:
     if plan is None:
         gathered = _gathered(ctx, x, index)
         return unsupported(ctx) if gathered is None else ctx.set_out(gathered)
-    ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0]))
+    span = _span(ctx.shape(x), index)
+    channels = span is not None and span[0] in ctx.labels(x)  # a dim without channels has no heads
+    head_size = _head_sections(ctx, x, span[0]) if channels else None
+    ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0], span[0] if head_size else None, head_size or 0))
 
 
 @register("setitem")

@@ -14,6 +14,7 @@ import functools
 
 import numpy as np
 
+from ...trace.refs import Ref, iter_refs
 from ..context import CHANNEL_STATS, Note, RuleContext, TensorLabels
 from ..registry import register
 from .common import as_dims, block_dims, keep_dims, norm_dim
@@ -125,8 +126,31 @@ def along(ctx: RuleContext) -> None:
         ctx.set_out(labels, i)
 
 
+# Secondary fields of a transformers ``ModelOutput`` named like these hold the residual
+# stream's features: ``encoder_last_hidden_state``, ``hidden_states`` (one per layer).
+FEATURE_FIELDS = ("hidden_state", "hidden_states")
+
+
+def _pinned(ctx: RuleContext) -> list[Ref]:
+    """The output tensors whose width callers depend on.
+
+    The primary output (the first field: logits, a classifier's scores, a base model's
+    ``last_hidden_state``) and every output of a plain tuple or dict keep their width. The
+    secondary hidden-state fields of a ``ModelOutput`` (the tracer names its type) are the
+    model's internal features: a seq2seq model's ``encoder_last_hidden_state`` is what its
+    decoder's cross-attention reads, so pruning the hidden size must narrow it, and the
+    shrunk model's copy is checked against the masked model's kept channels
+    (:func:`pruneconf.apply.verify.kept_outputs`).
+    """
+    out = ctx.args[0]
+    if not ctx.attrs["target"] or not isinstance(out, dict):
+        return ctx.tensor_args()
+    return [ref for k, (name, value) in enumerate(out.items())
+            if k == 0 or not str(name).endswith(FEATURE_FIELDS) for ref in iter_refs(value)]
+
+
 @register("output")
 def output(ctx: RuleContext) -> None:
-    """Channels that reach the model's outputs keep their size: callers depend on it."""
-    for ref in ctx.tensor_args():
+    """Channels that reach the model's pinned outputs keep their size: callers depend on it."""
+    for ref in _pinned(ctx):
         ctx.block_tensor(ctx.labels(ref), "reaches the model output")
