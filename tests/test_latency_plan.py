@@ -230,3 +230,15 @@ def test_recipe_settings_are_validated(tmp_path):
         recipe_from_document(doc, "r.yaml")
     with pytest.raises(ConfigError, match="settings.latency_table"):
         recipe_from_document({"settings": {"latency_table": [1]}}, "r.yaml")
+
+
+def test_sweep_over_latency_targets(tmp_path, net):
+    table = _table_file(tmp_path, net)
+    out = tmp_path / "sweep"
+    argv = ["sweep", net, "--input-shape", "1,3,8,8", "--target-latency", "0.6,1", "-o", str(out)]
+    assert main(argv) == 2  # no table
+    assert main(argv + ["--latency-table", table]) == 0
+    recipes = [load_recipe(out / f"target_latency_{t}.yaml") for t in ("0.60", "1.00")]
+    assert [r.settings.target_latency for r in recipes] == [0.6, 1.0]
+    assert all(v == 0 for v in recipes[1].sparsity.values()) and any(v > 0 for v in recipes[0].sparsity.values())
+    assert "target latency" in (out / "table.md").read_text()

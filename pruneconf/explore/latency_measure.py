@@ -124,22 +124,23 @@ def place_inputs(inputs: Any, setup: Setup) -> Any:
     return tuple(place_inputs(v, setup) for v in inputs)
 
 
-def time_ms(call: Any, args: tuple, setup: Setup, min_run_time: float) -> float:
-    """Median milliseconds of ``call(*args)`` (inference mode, two warm-up calls first)."""
+def time_ms(call: Any, args: tuple, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
+    """Milliseconds of ``call(*args)`` (inference mode, after a warm-up call): the median of the
+    timed blocks, or their minimum, which resists neighbours sharing the cores (noise only adds)."""
     def forward() -> None:
         with torch.inference_mode():
             call(*args)
     forward()
-    forward()
     timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=setup.threads)
-    return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+    blocks = timer.blocked_autorange(min_run_time=min_run_time)
+    return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
 
 
-def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float) -> float:
+def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
     """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs."""
     if isinstance(inputs, dict):
-        return time_ms(lambda: model(**inputs), (), setup, min_run_time)
-    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup, min_run_time)
+        return time_ms(lambda: model(**inputs), (), setup, min_run_time, statistic)
+    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup, min_run_time, statistic)
 
 
 def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
@@ -174,11 +175,11 @@ def _input(unit: Unit, groups: ChannelGroups, plan: PruningPlan | None, setup: S
 
 
 def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup, min_run_time: float,
-              plan: PruningPlan | None = None) -> float:
+              plan: PruningPlan | None = None, statistic: str = "median") -> float:
     module = model.get_submodule(unit.module)
     if plan is not None:
         module = _shrunk(module, unit.module, plan)
-    return time_ms(module, (_input(unit, groups, plan, setup),), setup, min_run_time)
+    return time_ms(module, (_input(unit, groups, plan, setup),), setup, min_run_time, statistic)
 
 
 def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> bool:
@@ -205,7 +206,7 @@ def device_name(device: str) -> str:
 
 def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: Setup, *, model_name: str,
                   fingerprint: str, input_shapes: list[str], skip: dict[str, str],
-                  min_run_time: float = 0.05) -> LatencyTable:
+                  min_run_time: float = 0.05, statistic: str = "median") -> LatencyTable:
     """Time the dense model, every unit, and every measurable group's units at its probe counts."""
     placed = place_model(model, setup)
     parts = measurable(groups, skip)
@@ -214,11 +215,11 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     counts = {g.center: probe_counts(g.channels)[0] for g in parts}
     timings = len(units) + sum((len(counts[c]) - 1) * len(us) for c, us in by_group.items())
     log.info("timing %d units, %d shrunk variants of %d groups: about %.0f s", len(units), timings - len(units),
-             len(parts), timings * (min_run_time + 0.02))
+             len(parts), timings * (min_run_time + 0.05))
     bar = progress_bar(timings, "latency table")
     dense_units = {}
     for u in units:
-        dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time)
+        dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time, statistic=statistic)
         bar.update()
     curves = {}
     for g in parts:
@@ -229,18 +230,18 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
             plan = PruningPlan(groups, {g.center: np.arange(k)}, {}) if k < g.channels else None
             for u in by_group[g.center]:
                 ms[u.name].append(dense_units[u.name] if plan is None else
-                                  time_unit(placed, u, groups, setup, min_run_time, plan))
+                                  time_unit(placed, u, groups, setup, min_run_time, plan, statistic))
                 bar.update(plan is not None)
         totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
         curves[g.center] = Curve(g.channels, learn_round_to(g.channels, totals), counts[g.center], ms)
-    dense = model_ms(placed, place_inputs(inputs, setup), setup, max(min_run_time, 0.2))
+    dense = model_ms(placed, place_inputs(inputs, setup), setup, max(20 * min_run_time, 1.0), statistic)
     bar.close()
     return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
-                        dense_units, curves, torch.__version__, min_run_time)
+                        dense_units, curves, torch.__version__, min_run_time, statistic)
 
 
 def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,
-                 min_run_time: float = 0.5) -> tuple[float, float]:
+                 min_run_time: float = 0.5, statistic: str = "median") -> tuple[float, float]:
     """Measured milliseconds of the dense model and of a copy shrunk by ``plan`` (timing only:
     ``Pruner.apply_masks`` is what verifies a prune), alternating three times, medians."""
     from ..apply import shrink
@@ -249,5 +250,5 @@ def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,
     shrink(pruned, plan, log_changes=False)
     placed = [place_model(m, setup) for m in (model, pruned)]
     args = place_inputs(inputs, setup)
-    rounds = [[model_ms(m, args, setup, min_run_time / 3) for m in placed] for _ in range(3)]
+    rounds = [[model_ms(m, args, setup, min_run_time / 3, statistic) for m in placed] for _ in range(3)]
     return tuple(float(np.median([r[i] for r in rounds])) for i in range(2))  # type: ignore[return-value]

@@ -1,0 +1,197 @@
+"""Benchmark: does planning on a measured latency table buy the speed it promises?
+
+One command per machine (``--models`` picks a subset)::
+
+    OMP_NUM_THREADS=1 python benchmarks/latency_aware.py --threads 1 -o latency_aware.json
+
+Per torchvision model (``weights=None``, 224x224, eval mode), through the CLI users run:
+
+1. ``pruneconf latency MODEL --input-shape 1,3,224,224 --threads T [--channels-last]`` (the
+   layout is chosen per model: channels_last where the dense model runs faster in it);
+   tables are cached in ``--tables`` so a rerun measures nothing twice;
+2. three recipes with ``pruneconf init``: ``--target-latency 0.5 --latency-table`` (plan A),
+   ``--target-macs 0.5`` (the uniform MAC plan) and ``--target-macs 0.5 --latency-table``
+   (the latency-aware plan at the same MAC budget);
+3. each recipe prunes a copy with ``Pruner.apply_masks()``, which verifies masked == applied;
+4. dense and pruned copies are timed alternately (``--rounds``, medians of
+   ``torch.utils.benchmark`` blocks) with the table's threads and layout.
+
+Must show: (a) plan A's measured latency / dense within +-10 % of 0.5; (b) at 0.5 of the MACs,
+latency-aware at least as fast as uniform on every model and >= 1.2x on two; (c) plan A's
+measured speedup >= 0.9 x its MAC-predicted speedup at batch 8. The machine's load average
+and the CPU time other processes took during the timings are recorded with every row.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analysis_speed import others_cpu_s  # noqa: E402  (the sibling benchmark)
+
+import pruneconf  # noqa: E402
+from pruneconf.analysis import total_macs  # noqa: E402
+from pruneconf.cli import main as cli  # noqa: E402
+from pruneconf.explore.latency_measure import model_ms, place_inputs, place_model  # noqa: E402
+from pruneconf.explore.latency_table import Setup  # noqa: E402
+from pruneconf.recipe.load import load_recipe  # noqa: E402
+
+MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_1_6gf"]
+TARGET = 0.5
+log = logging.getLogger("latency_aware")
+
+
+def run_cli(argv: list[str]) -> None:
+    code = cli(argv)
+    if code != 0:
+        raise SystemExit(f"pruneconf {' '.join(argv)} exited {code}")
+
+
+def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> str:
+    """channels_last where the dense model runs faster in it, else contiguous."""
+    if args.layout != "auto":
+        return args.layout
+    setups = {layout: Setup("cpu", "float32", 1, args.threads, layout) for layout in ("contiguous", "channels_last")}
+    times = {layout: model_ms(place_model(model, s), place_inputs(x, s), s, 1.0, args.statistic)
+             for layout, s in setups.items()}
+    return min(times, key=times.get)
+
+
+def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> torch.nn.Module:
+    pruned = copy.deepcopy(model)
+    pruneconf.Pruner(pruned, x, load_recipe(recipe)).apply_masks()  # raises unless masked == applied
+    return pruned.eval()
+
+
+def time_pair(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, layout: str,
+              args: argparse.Namespace) -> dict[str, float]:
+    """Alternating medians: dense ms, pruned ms, their ratio, and the cores others used meanwhile."""
+    setup = Setup("cpu", "float32", batch, args.threads, layout)
+    x = place_inputs(torch.randn(batch, 3, 224, 224), setup)
+    placed = [place_model(m, setup) for m in (dense, pruned)]
+    wall, others = time.perf_counter(), others_cpu_s()
+    rounds = [[model_ms(m, x, setup, args.min_run_time, args.statistic) for m in placed] for _ in range(args.rounds)]
+    contention = max(0.0, (others_cpu_s() - others) / (time.perf_counter() - wall))
+    dense_ms = statistics.median(r[0] for r in rounds)
+    pruned_ms = statistics.median(r[1] for r in rounds)
+    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms,
+            "ratio": statistics.median(r[1] / r[0] for r in rounds), "others_cores": contention}
+
+
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    spec = f"torchvision.models:{name}"
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, 224, 224)
+    layout = pick_layout(model, x, args)
+    table = Path(args.tables) / f"{name}.json"
+    started = time.perf_counter()
+    run_cli(["-q", "latency", spec, "--input-shape", "1,3,224,224", "--threads", str(args.threads),
+             "--min-run-time", str(args.table_run_time), "--statistic", args.statistic, "-o", str(table)]
+            + (["--channels-last"] if layout == "channels_last" else []))
+    table_s = time.perf_counter() - started
+    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table)],
+               "uniform_macs": ["--target-macs", str(TARGET)],
+               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table)]}
+    row: dict[str, Any] = {"model": name, "layout": layout, "threads": args.threads, "table_s": table_s,
+                           "statistic": args.statistic,
+                           "load_before": os.getloadavg()}
+    macs_dense = total_macs(pruneconf.trace(model, x))
+    pruned = {}
+    for key, extra in recipes.items():
+        path = work / f"{name}-{key}.yaml"
+        run_cli(["-q", "init", spec, "--input-shape", "1,3,224,224", "-o", str(path), *extra])
+        pruned[key] = pruned_copy(model, x, str(path))
+        predicted = load_recipe(path).settings.latency_table
+        row[key] = {"macs": total_macs(pruneconf.trace(pruned[key], x)) / macs_dense,
+                    "predicted": predicted.get("predicted") if predicted else None}
+    for batch in args.batches:
+        timing = time_pair(model, pruned["latency"], batch, layout, args)
+        timing["mac_speedup"] = 1 / row["latency"]["macs"]
+        timing["measured_over_mac"] = (1 / timing["ratio"]) / timing["mac_speedup"]
+        row["latency"][f"batch{batch}"] = timing
+    for key in ("uniform_macs", "latency_macs"):
+        row[key]["batch1"] = time_pair(model, pruned[key], 1, layout, args)
+    row["aware_vs_uniform"] = row["uniform_macs"]["batch1"]["pruned_ms"] / row["latency_macs"]["batch1"]["pruned_ms"]
+    row["load_after"] = os.getloadavg()
+    return row
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | layout | (a) measured / dense (target 0.50) | predicted | (b) aware vs uniform at 0.5 MACs "
+             "| (c) measured / MAC speedup b1 | b8 | others' cores | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a = r["latency"]
+        b8 = a.get("batch8", {}).get("measured_over_mac")
+        lines.append(f"| {r['model']} | {r['layout']} | {a['batch1']['ratio']:.3f} | {a['predicted']:.3f} | "
+                     f"{r['aware_vs_uniform']:.2f}x | {a['batch1']['measured_over_mac']:.2f} | "
+                     f"{'' if b8 is None else f'{b8:.2f}'} | {a['batch1']['others_cores']:.2f} | "
+                     f"{r['load_before'][0]:.1f} |")
+    return lines
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    a = [r["model"] for r in rows if abs(r["latency"]["batch1"]["ratio"] / TARGET - 1) > 0.1]
+    b_slower = [r["model"] for r in rows if r["aware_vs_uniform"] < 1.0]
+    b_fast = [r["model"] for r in rows if r["aware_vs_uniform"] >= 1.2]
+    c = [r["model"] for r in rows if r["latency"].get("batch8", {}).get("measured_over_mac", 1.0) < 0.9]
+    return [f"(a) within +-10 % of {TARGET}: {'all' if not a else 'missed on ' + ', '.join(a)}",
+            f"(b) aware >= uniform on every model: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}; "
+            f">= 1.2x on {len(b_fast)} ({', '.join(b_fast) or 'none'})",
+            f"(c) measured >= 0.9 x MAC-predicted at batch 8: {'all' if not c else 'missed on ' + ', '.join(c)}"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision models")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
+    p.add_argument("--batches", default="1,8", help="batches timed for (c)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds per timing")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per model timing")
+    p.add_argument("--table-run-time", type=float, default=0.02, help="--min-run-time of `pruneconf latency`")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")
+    p.add_argument("--tables", default="latency_tables", help="folder caching the latency tables")
+    p.add_argument("-o", "--output", default="latency_aware.json")
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    Path(args.tables).mkdir(parents=True, exist_ok=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            log.info("%s ...", name)
+            rows.append(bench_model(name, args, Path(tmp)))
+            Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+            log.info("\n".join(render(rows[-1:])))
+    print("\n".join(render(rows) + [""] + verdict(rows)))
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()}
+
+
+if __name__ == "__main__":
+    main()
