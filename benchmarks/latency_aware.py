@@ -177,14 +177,20 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     Path(args.tables).mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             log.info("%s ...", name)
-            rows.append(bench_model(name, args, Path(tmp)))
-            Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))
+            try:
+                rows.append(bench_model(name, args, Path(tmp)))
+            except SystemExit as exc:  # a plan the CLI refused: recorded, the other models still run
+                log.error("%s: %s", name, exc)
+                failed.append({"model": name, "error": str(exc)})
+                continue
+            Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows, "failed": failed},
+                                                          indent=1))
             log.info("\n".join(render(rows[-1:])))
-    print("\n".join(render(rows) + [""] + verdict(rows)))
+    print("\n".join(render(rows) + [""] + verdict(rows) + [f"{f['model']}: FAILED {f['error']}" for f in failed]))
 
 
 def machine() -> dict[str, Any]:

@@ -234,10 +234,25 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
                 bar.update(plan is not None)
         totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
         curves[g.center] = Curve(g.channels, learn_round_to(g.channels, totals), counts[g.center], ms)
-    dense = model_ms(placed, place_inputs(inputs, setup), setup, max(20 * min_run_time, 1.0), statistic)
     bar.close()
+    half = {c: probe_counts(curve.channels)[1] for c, curve in curves.items()}
+    dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)
     return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
-                        dense_units, curves, torch.__version__, min_run_time, statistic)
+                        dense_units, curves, torch.__version__, min_run_time, statistic, calibration)
+
+
+def _whole_model(model: nn.Module, inputs: Any, groups: ChannelGroups, half: dict[str, int], setup: Setup,
+                 min_run_time: float, statistic: str) -> tuple[float, dict[str, Any] | None]:
+    """The dense model's time and, to calibrate the predictor, the time with every group at
+    ``half`` (timed alternately); without a calibration if that model cannot be built or run."""
+    plan = PruningPlan(groups, {c: np.arange(k) for c, k in half.items() if k < groups[c].channels}, {})
+    try:
+        dense_ms, half_ms = measure_plan(model, inputs, plan, setup, 3 * min_run_time, statistic)
+    except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size: no calibration point
+        log.info("no calibration point (the model at half width does not run: %s)", exc)
+        placed = place_model(model, setup)
+        return model_ms(placed, place_inputs(inputs, setup), setup, min_run_time, statistic), None
+    return dense_ms, {"kept": half, "ms": half_ms}
 
 
 def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,

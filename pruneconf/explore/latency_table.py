@@ -102,13 +102,14 @@ class LatencyTable:
     torch_version: str = ""
     min_run_time: float = 0.0
     statistic: str = "median"  # of the timed blocks: median, or min on a shared machine
+    calibration: dict[str, Any] | None = None  # {"kept": {center: count}, "ms": whole model at those counts}
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.setup.device, "device_name": self.device_name, "dtype": self.setup.dtype,
                 "batch": self.setup.batch, "threads": self.setup.threads, "layout": self.setup.layout,
                 "model": self.model, "fingerprint": self.fingerprint, "input_shapes": self.input_shapes,
                 "torch": self.torch_version, "min_run_time": self.min_run_time,
-                "statistic": self.statistic, "dense_ms": self.dense_ms,
+                "statistic": self.statistic, "calibration": self.calibration, "dense_ms": self.dense_ms,
                 "units": self.units,
                 "groups": {c: {"channels": g.channels, "round_to": g.round_to, "counts": g.counts, "ms": g.ms}
                            for c, g in self.groups.items()}}
@@ -121,17 +122,31 @@ class LatencyTable:
 
 
 class Predictor:
-    """Predicted model milliseconds for kept counts per group (groups not given stay whole)."""
+    """Predicted model milliseconds for kept counts per group (groups not given stay whole).
+
+    The model's time is ``rest + scale * (sum of the units' predicted times)``. Units timed
+    alone run with their input hot in cache and skip the functional ops between them, so the
+    two constants are calibrated on whole-model timings: the dense model and the model with
+    every group at about half its channels (``calibration``) fix both. Without that second
+    point, ``rest`` is the untimed difference and ``scale`` 1.
+    """
 
     def __init__(self, table: LatencyTable) -> None:
         self.table = table
-        timed = sum(table.units.values())
-        self.rest = max(0.0, table.dense_ms - timed)
-        self.scale = min(1.0, table.dense_ms / timed) if timed > 0 else 1.0
         self.touching: dict[str, list[str]] = {u: [] for u in table.units}
         for center, curve in table.groups.items():
             for unit in curve.ms:
                 self.touching[unit].append(center)
+        timed = sum(table.units.values())
+        self.rest, self.scale = max(0.0, table.dense_ms - timed), min(1.0, table.dense_ms / timed) if timed else 1.0
+        calibration = table.calibration or {}
+        if isinstance(calibration.get("kept"), dict) and isinstance(calibration.get("ms"), (int, float)):
+            half = sum(self.unit_ms(u, calibration["kept"]) for u in table.units) / self.scale
+            if timed - half > 0.05 * timed and table.dense_ms > calibration["ms"]:
+                self.scale = (table.dense_ms - calibration["ms"]) / (timed - half)
+                self.rest = table.dense_ms - self.scale * timed
+                if self.rest < 0:
+                    self.rest, self.scale = 0.0, table.dense_ms / timed
 
     def unit_ms(self, unit: str, kept: Mapping[str, float]) -> float:
         ratio = 1.0
@@ -230,7 +245,19 @@ def parse_table(raw: Any, path: str, key: str) -> LatencyTable:
     return LatencyTable(setup, check.get(raw, "device_name", str, ""), check.get(raw, "model", str, ""),
                         check.get(raw, "fingerprint", str, ""), shapes, dense, units, groups,
                         str(raw.get("torch", "")), float(min_run_time) if isinstance(min_run_time, (int, float))
-                        else 0.0, str(raw.get("statistic", "median")))
+                        else 0.0, str(raw.get("statistic", "median")), _calibration(check, raw, groups))
+
+
+def _calibration(check: _Check, raw: Mapping, groups: Mapping[str, Curve]) -> dict[str, Any] | None:
+    value = raw.get("calibration")
+    if value is None:
+        return None
+    kept = check.get(value, "kept", dict, "calibration.")
+    for center, count in kept.items():
+        if center not in groups or isinstance(count, bool) or not isinstance(count, int) \
+                or not 1 <= count <= groups[center].channels:
+            raise check.fail("expected a measured group's kept count", f"calibration.kept.{center}")
+    return {"kept": kept, "ms": check.ms(check.get(value, "ms", (int, float), "calibration."), "calibration.ms")}
 
 
 def read_tables(path: str | Path) -> dict[str, Any]:

@@ -56,7 +56,8 @@ def parse_sparsities(text: str, key: str = "--sparsity", allow_one: bool = False
         raise ConfigError(f"expected START:STOP:STEP or a comma-separated list, got '{text}'",
                           key=key) from None
     if not values or any(not (0 < v < 1 or allow_one and v == 1) for v in values):
-        raise ConfigError(f"expected fractions in (0, 1{']' if allow_one else ')'}, got '{text}'", key=key)
+        what = "latency fractions in (0, 1]" if allow_one else "sparsities in (0, 1)"
+        raise ConfigError(f"expected {what}, got '{text}'", key=key)
     return values
 
 
