@@ -242,3 +242,35 @@ def test_sweep_over_latency_targets(tmp_path, net):
     assert [r.settings.target_latency for r in recipes] == [0.6, 1.0]
     assert all(v == 0 for v in recipes[1].sparsity.values()) and any(v > 0 for v in recipes[0].sparsity.values())
     assert "target latency" in (out / "table.md").read_text()
+
+
+def test_mac_budget_is_spent_where_macs_cost_time():
+    """Group 0's norm, ReLU and pool are slow but count no MACs: at the same MAC budget the
+    latency-aware plan cuts it deeper than the uniform plan and is predicted faster."""
+    from pruneconf.explore.budget import plan_budget
+    from pruneconf.explore.predict import CostModel
+
+    pruner = Pruner(build(), torch.randn(SHAPE), {"sparsity": 0})
+    table = linear_table(pruner, fixed=0.0)
+    for unit in ("1", "2", "3"):
+        table.units[unit] *= 20
+    table.dense_ms = sum(table.units.values())
+    scores = pruner.channel_scores(table.groups)
+    aware = plan_latency(pruner.groups, pruner.recipe, table, scores, target_macs=0.5)
+    uniform = plan_budget(pruner.groups, pruner.recipe, 0.5)
+    costs = CostModel(pruner.groups)
+    assert abs(costs.macs(aware.kept) / costs.macs({}) - 0.5) < 0.05
+    assert aware.kept["0"] < uniform["0"]
+    predictor = Predictor(table)
+    assert predictor.ms(aware.kept) < predictor.ms(uniform)
+
+
+def test_predictor_is_calibrated_on_two_whole_model_timings():
+    pruner = Pruner(build(), torch.randn(SHAPE), {"sparsity": 0})
+    table = linear_table(pruner, fixed=0.0)
+    half = {c: probe_counts(g.channels)[1] for c, g in table.groups.items()}
+    table.dense_ms = 3 * sum(table.units.values())  # whole-model timings three times the units'
+    table.calibration = {"kept": half, "ms": 0.5 * table.dense_ms}
+    predictor = Predictor(table)
+    assert predictor.ms({}) == pytest.approx(table.dense_ms)
+    assert predictor.ms(half) == pytest.approx(0.5 * table.dense_ms)

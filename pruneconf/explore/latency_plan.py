@@ -8,6 +8,9 @@ each group's scores divided by their mean so groups compete by rank, not by scal
 time a step saves is predicted from the table, with the neighbouring groups' current
 widths (:class:`~.latency_table.Predictor`). Steps stop once the predicted latency (or, with
 ``--target-macs``, the MACs) reach the target; the closer of the last two settings is kept.
+Under a MAC budget the total of MACs removed is fixed, so a step's price is also multiplied
+by the MACs it removes per millisecond it saves: the budget is spent where MACs cost time
+(norms, activations and depthwise layers around them, layers at fast widths).
 The chosen counts are written as group sparsities that reproduce them exactly, and the
 recipe records the target and the table's device and hash.
 """
@@ -49,8 +52,9 @@ class _Greedy:
     """The state of the search: current counts, and each group's next step priced."""
 
     def __init__(self, parts: list[Group], table: LatencyTable, recipe: Recipe,
-                 scores: Mapping[str, np.ndarray]) -> None:
+                 scores: Mapping[str, np.ndarray], macs: CostModel | None = None) -> None:
         self.parts = {g.center: g for g in parts}
+        self.macs = macs  # under a MAC budget: also price the MACs a step spends
         self.predictor = Predictor(table)
         self.step = {g.center: _step(table.groups[g.center].round_to, recipe.settings.round_to, g.channels)
                      for g in parts}
@@ -75,7 +79,10 @@ class _Greedy:
         saved = self.predictor.saving(center, self.kept, lower)
         if saved <= 1e-9:
             return None
-        return (self.cum[center][now] - self.cum[center][lower]) / saved, lower
+        price = (self.cum[center][now] - self.cum[center][lower]) / saved
+        if self.macs is not None:  # the budget fixes the MACs removed: each should buy the most time
+            price *= (self.macs.macs(self.kept) - self.macs.macs({**self.kept, center: lower})) / saved
+        return price, lower
 
     def advance(self) -> bool:
         """Take the cheapest step; False when no step saves time."""
@@ -112,8 +119,8 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
         if table.groups[g.center].channels != g.channels:
             raise ConfigError(f"the table has {table.groups[g.center].channels} channels for group {g.center}, the "
                               f"model {g.channels}: measure the table again", key="--latency-table")
-    greedy = _Greedy(parts, table, recipe, scores)
     costs = CostModel(groups)
+    greedy = _Greedy(parts, table, recipe, scores, costs if target_macs is not None else None)
     dense_macs = costs.macs({})
 
     def distance(kept: Mapping[str, int]) -> float:
