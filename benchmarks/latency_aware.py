@@ -14,7 +14,8 @@ Per torchvision model (``weights=None``, 224x224, eval mode), through the CLI us
    (the latency-aware plan at the same MAC budget);
 3. each recipe prunes a copy with ``Pruner.apply_masks()``, which verifies masked == applied;
 4. dense and pruned copies are timed alternately (``--rounds``, medians of
-   ``torch.utils.benchmark`` blocks) with the table's threads and layout.
+   ``torch.utils.benchmark`` blocks and of the per-round ratios; ``--statistic min`` takes
+   minima instead, which resist busy neighbours) with the table's threads and layout.
 
 Must show: (a) plan A's measured latency / dense within +-10 % of 0.5; (b) at 0.5 of the MACs,
 latency-aware at least as fast as uniform on every model and >= 1.2x on two; (c) plan A's
@@ -46,7 +47,7 @@ import pruneconf  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.cli import main as cli  # noqa: E402
 from pruneconf.explore.latency_measure import model_ms, place_inputs, place_model  # noqa: E402
-from pruneconf.explore.latency_table import Setup  # noqa: E402
+from pruneconf.explore.latency_table import Setup, read_tables  # noqa: E402
 from pruneconf.recipe.load import load_recipe  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_1_6gf"]
@@ -60,10 +61,16 @@ def run_cli(argv: list[str]) -> None:
         raise SystemExit(f"pruneconf {' '.join(argv)} exited {code}")
 
 
-def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> str:
-    """channels_last where the dense model runs faster in it, else contiguous."""
+def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, table: Path) -> str:
+    """channels_last where the dense model runs faster in it, else contiguous; the layout of a
+    table measured before (a rerun reuses it instead of measuring another)."""
     if args.layout != "auto":
         return args.layout
+    if table.exists():
+        layouts = {entry["layout"] for entry in read_tables(table).values()
+                   if entry.get("threads") == args.threads and entry.get("batch") == 1}
+        if len(layouts) == 1:
+            return layouts.pop()
     setups = {layout: Setup("cpu", "float32", 1, args.threads, layout) for layout in ("contiguous", "channels_last")}
     times = {layout: model_ms(place_model(model, s), place_inputs(x, s), s, 1.0, args.statistic)
              for layout, s in setups.items()}
@@ -78,25 +85,31 @@ def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> torch.n
 
 def time_pair(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, layout: str,
               args: argparse.Namespace) -> dict[str, float]:
-    """Alternating medians: dense ms, pruned ms, their ratio, and the cores others used meanwhile."""
+    """Dense ms, pruned ms and their ratio, timed alternately over ``--rounds`` (medians of the
+    per-round ratios, or with ``--statistic min`` the minimum of each over all rounds), and
+    the cores other processes used meanwhile."""
     setup = Setup("cpu", "float32", batch, args.threads, layout)
     x = place_inputs(torch.randn(batch, 3, 224, 224), setup)
     placed = [place_model(m, setup) for m in (dense, pruned)]
     wall, others = time.perf_counter(), others_cpu_s()
     rounds = [[model_ms(m, x, setup, args.min_run_time, args.statistic) for m in placed] for _ in range(args.rounds)]
     contention = max(0.0, (others_cpu_s() - others) / (time.perf_counter() - wall))
-    dense_ms = statistics.median(r[0] for r in rounds)
-    pruned_ms = statistics.median(r[1] for r in rounds)
-    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms,
-            "ratio": statistics.median(r[1] / r[0] for r in rounds), "others_cores": contention}
+    if args.statistic == "min":  # the least disturbed of all rounds, for each model
+        dense_ms, pruned_ms = min(r[0] for r in rounds), min(r[1] for r in rounds)
+        ratio = pruned_ms / dense_ms
+    else:
+        dense_ms, pruned_ms = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
+        ratio = statistics.median(r[1] / r[0] for r in rounds)
+    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "ratio": ratio, "others_cores": contention,
+            "rounds": rounds}
 
 
 def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spec = f"torchvision.models:{name}"
     model = getattr(torchvision.models, name)().eval()
     x = torch.randn(1, 3, 224, 224)
-    layout = pick_layout(model, x, args)
     table = Path(args.tables) / f"{name}.json"
+    layout = pick_layout(model, x, args, table)
     started = time.perf_counter()
     run_cli(["-q", "latency", spec, "--input-shape", "1,3,224,224", "--threads", str(args.threads),
              "--min-run-time", str(args.table_run_time), "--statistic", args.statistic, "-o", str(table)]

@@ -14,8 +14,8 @@ from pruneconf.cli import main
 from pruneconf.errors import ConfigError
 from pruneconf.explore.latency_measure import find_units, learn_round_to, measure_table, probe_counts
 from pruneconf.explore.latency_plan import plan_latency
-from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, parse_table,
-                                             read_tables, select_table)
+from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, read_tables,
+                                             select_table)
 from pruneconf.recipe.load import load_recipe, recipe_from_document
 from pruneconf.trace.fingerprint import fingerprint
 
@@ -171,6 +171,7 @@ def test_init_and_prune_with_target_latency_are_exact(tmp_path, net):
                  "--latency-table", table]) == 0
     loaded = load_recipe(recipe)
     assert loaded.settings.target_latency == 0.5
+    assert "a multiple of 8, the step the table measured as fast" in recipe.read_text()
     recorded = loaded.settings.latency_table
     assert recorded["device"] == "cpu" and recorded["hash"] == select_table(table, fingerprint(
         Pruner(build(), torch.randn(SHAPE)).graph)).hash

@@ -154,6 +154,11 @@ def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPl
                        round_to: int, target_latency: float | None, target_macs: float | None) -> None:
     """Store the counts as group sparsities; record the target and which table planned them."""
     write_group_sparsities(doc, groups, plan.kept, round_to)
+    for center, step in plan.round_to.items():
+        if step > 1:
+            doc["groups"][center].yaml_add_eol_comment(
+                f"keeps {plan.kept[center]} of {groups[center].channels}: a multiple of {step}, the step the "
+                "table measured as fast", "sparsity")
     settings = doc.setdefault("settings", CommentedMap())
     if target_latency is not None:
         settings["target_latency"] = target_latency

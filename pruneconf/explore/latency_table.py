@@ -128,7 +128,8 @@ class Predictor:
     alone run with their input hot in cache and skip the functional ops between them, so the
     two constants are calibrated on whole-model timings: the dense model and the model with
     every group at about half its channels (``calibration``) fix both. Without that second
-    point, ``rest`` is the untimed difference and ``scale`` 1.
+    point, ``rest`` is the untimed difference and ``scale`` 1 (less if the units add up to
+    more than the dense model).
     """
 
     def __init__(self, table: LatencyTable) -> None:
