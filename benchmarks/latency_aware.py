@@ -137,20 +137,31 @@ def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, An
         row["latency"][f"batch{batch}"] = timing
     for key in ("uniform_macs", "latency_macs"):
         row[key]["batch1"] = time_pair(model, pruned[key], 1, layout, args)
-    row["aware_vs_uniform"] = row["uniform_macs"]["batch1"]["pruned_ms"] / row["latency_macs"]["batch1"]["pruned_ms"]
     row["load_after"] = os.getloadavg()
     return row
 
 
+def median_ratio(timing: dict[str, Any]) -> float:
+    """The median of the per-round pruned / dense ratios (each round timed both back to back)."""
+    return statistics.median(p / d for d, p in timing["rounds"])
+
+
+def aware_vs_uniform(row: dict[str, Any]) -> float:
+    """Speed of the latency-aware plan over the uniform one at the same MACs: each pruned model's
+    time over the dense model's in its own session, so a load change between sessions cancels."""
+    return row["uniform_macs"]["batch1"]["ratio"] / row["latency_macs"]["batch1"]["ratio"]
+
+
 def render(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | layout | (a) measured / dense (target 0.50) | predicted | (b) aware vs uniform at 0.5 MACs "
-             "| (c) measured / MAC speedup b1 | b8 | others' cores | load |",
+    lines = ["| model | layout | (a) measured / dense, target 0.50 (median of rounds) | predicted "
+             "| (b) aware vs uniform at 0.5 MACs | (c) measured / MAC-predicted speedup, batch 1 | batch 8 "
+             "| others' cores | load |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         a = r["latency"]
         b8 = a.get("batch8", {}).get("measured_over_mac")
-        lines.append(f"| {r['model']} | {r['layout']} | {a['batch1']['ratio']:.3f} | {a['predicted']:.3f} | "
-                     f"{r['aware_vs_uniform']:.2f}x | {a['batch1']['measured_over_mac']:.2f} | "
+        lines.append(f"| {r['model']} | {r['layout']} | {a['batch1']['ratio']:.3f} ({median_ratio(a['batch1']):.3f}) "
+                     f"| {a['predicted']:.3f} | {aware_vs_uniform(r):.2f}x | {a['batch1']['measured_over_mac']:.2f} | "
                      f"{'' if b8 is None else f'{b8:.2f}'} | {a['batch1']['others_cores']:.2f} | "
                      f"{r['load_before'][0]:.1f} |")
     return lines
@@ -158,8 +169,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
 
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
     a = [r["model"] for r in rows if abs(r["latency"]["batch1"]["ratio"] / TARGET - 1) > 0.1]
-    b_slower = [r["model"] for r in rows if r["aware_vs_uniform"] < 1.0]
-    b_fast = [r["model"] for r in rows if r["aware_vs_uniform"] >= 1.2]
+    b_slower = [r["model"] for r in rows if aware_vs_uniform(r) < 1.0]
+    b_fast = [r["model"] for r in rows if aware_vs_uniform(r) >= 1.2]
     c = [r["model"] for r in rows if r["latency"].get("batch8", {}).get("measured_over_mac", 1.0) < 0.9]
     return [f"(a) within +-10 % of {TARGET}: {'all' if not a else 'missed on ' + ', '.join(a)}",
             f"(b) aware >= uniform on every model: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}; "
@@ -180,6 +191,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")
     p.add_argument("--tables", default="latency_tables", help="folder caching the latency tables")
     p.add_argument("-o", "--output", default="latency_aware.json")
+    p.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's output and exit")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     return args
@@ -187,6 +199,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.render:
+        done = json.loads(Path(args.render).read_text())
+        print("\n".join(render(done["rows"]) + [""] + verdict(done["rows"])))
+        return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     Path(args.tables).mkdir(parents=True, exist_ok=True)

@@ -112,6 +112,9 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
     """``--latency-table`` with ``--target-latency`` or ``--target-macs``: plan on the table, in place."""
     from ..explore.latency_plan import plan_latency, write_latency_plan
 
+    if any(p.is_meta for p in pruner.model.parameters()):
+        raise ConfigError("a latency plan weighs channel importance, which needs the weights: plan it in memory "
+                          "(`init` or `prune` to a file), then stream the planned recipe", key="--latency-table")
     inputs = recipe.input_shapes or []
     batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
     table = load_table(args, pruner.graph, batch)
