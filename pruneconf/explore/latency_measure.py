@@ -179,6 +179,8 @@ def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup,
     module = model.get_submodule(unit.module)
     if plan is not None:
         module = _shrunk(module, unit.module, plan)
+        if setup.layout == "channels_last":  # slicing gives contiguous weights back
+            module = module.to(memory_format=torch.channels_last)
     return time_ms(module, (_input(unit, groups, plan, setup),), setup, min_run_time, statistic)
 
 
