@@ -78,7 +78,9 @@ def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespac
 
 
 def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> torch.nn.Module:
-    pruned = copy.deepcopy(model)
+    """Traced in train mode, as `pruneconf init` traced it (stochastic depth adds ops there, and
+    the recipe's fingerprint must match); ``apply_masks`` verifies masked == applied in eval mode."""
+    pruned = copy.deepcopy(model).train()
     pruneconf.Pruner(pruned, x, load_recipe(recipe)).apply_masks()  # raises unless masked == applied
     return pruned.eval()
 
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             log.info("%s ...", name)
             try:
                 rows.append(bench_model(name, args, Path(tmp)))
-            except SystemExit as exc:  # a plan the CLI refused: recorded, the other models still run
+            except (SystemExit, pruneconf.PruneconfError) as exc:  # recorded; the other models still run
                 log.error("%s: %s", name, exc)
                 failed.append({"model": name, "error": str(exc)})
                 continue
