@@ -15,6 +15,8 @@ import logging
 import os
 from typing import Any, Iterable
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -103,6 +105,18 @@ class Pruner:
         self.calibration = calibration_for(self.model, self.groups, self.recipe.settings.metric, batches,
                                            loss or self.loss)
         return self.calibration
+
+    def channel_scores(self, centers: Iterable[str]) -> dict[str, np.ndarray]:
+        """Each listed group's channel importance by the recipe's metric, for planners that weigh
+        importance against cost (a latency plan); calibrates first if batches were given."""
+        from .masks.importance import METRICS
+        from .masks.plan import rank_inputs
+
+        if self._batches is not None:
+            self.calibrate(self._batches)
+        inputs = rank_inputs(self.model, self.recipe, self.calibration)
+        score = METRICS[self.recipe.settings.metric]
+        return {c: score(self.groups[c], inputs) for c in centers}
 
     def plan(self) -> PruningPlan:
         """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the

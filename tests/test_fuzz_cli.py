@@ -190,3 +190,60 @@ def _model_command(command):
 test_init = _model_command("init")
 test_graph = _model_command("graph")
 test_flops = _model_command("flops")
+
+
+@pytest.fixture(scope="module")
+def table(base):
+    """A latency table of net.py, measured fast (timings are not what these tests check)."""
+    path = base / "t.json"
+    assert run(["latency", f"{base / 'net.py'}:build", "--input-shape", SHAPE, "--min-run-time", "0.001",
+                "-o", str(path)])[0] == 0
+    return path.read_bytes()
+
+
+def table_bytes(valid: bytes):
+    return st.one_of(st.just(valid), st.binary(max_size=200),
+                     st.lists(mutations(valid.decode()), min_size=1, max_size=3).map(
+                         lambda ops: mutate(valid.decode(), ops).encode()))
+
+
+latency_option = st.one_of(st.just([]), st.tuples(st.sampled_from(["--threads", "--dtype", "--device",
+                                                                   "--min-run-time"]),
+                                                  st.one_of(number, st.sampled_from(["cuda", "cpu", "bfloat16",
+                                                                                     "0", "-3", "cuda:x"])))
+                           .map(list), st.just(["--channels-last"]))
+
+
+@FUZZ
+@given(data=st.data())
+def test_latency(base, table, data):
+    shapes = data.draw(st.lists(shape_text, min_size=1, max_size=2))
+    option = data.draw(latency_option)
+    existing = data.draw(st.one_of(st.none(), table_bytes(table)))
+    out = data.draw(st.sampled_from(["new.json", "old.pt", "t.json"] if existing is not None else ["new.json",
+                                                                                                   "old.pt"]))
+
+    def argv(folder):
+        args = ["latency", f"{folder / 'net.py'}:build", "--min-run-time", "0.001", *option]
+        for shape in shapes:
+            args += ["--input-shape", shape]
+        return args + ["-o", str(folder / out)]
+
+    check(argv, {"t.json": existing} if existing is not None else {}, may_change={"t.json", "new.json"})
+
+
+@FUZZ
+@given(data=st.data())
+def test_init_target_latency(base, table, data):
+    table_file = data.draw(table_bytes(table))
+    target = data.draw(st.one_of(number, st.sampled_from(["0.5", "0.9", "1", "0.01"])))
+    also = data.draw(st.sampled_from([[], ["--target-macs", "0.5"], ["--set", "default_sparsity=0.3"],
+                                      ["--set", "mode=global"], ["--round-to", "2"]]))
+    use_target = data.draw(st.booleans())
+
+    def argv(folder):
+        args = ["init", f"{folder / 'net.py'}:build", "--input-shape", SHAPE, "-o", str(folder / "new.yaml"),
+                "--latency-table", str(folder / "t.json"), *also]
+        return args + (["--target-latency", target] if use_target else [])
+
+    check(argv, {"t.json": table_file}, may_change={"new.yaml"})

@@ -17,6 +17,7 @@ from .commands import cmd_export, cmd_flops, cmd_graph, cmd_init, cmd_prune, cmd
 from .common import (METRIC_CHOICES, add_calibration, add_device, add_model_options, add_output, add_recipe_options,
                      add_set, add_target, add_trust_options)
 from .explore import add_explore_parsers
+from .latency import add_latency_parser, add_latency_report
 
 log = logging.getLogger("pruneconf")
 
@@ -71,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "state dict to rank channels with (global mode)")
     add_set(p)
     p.add_argument("--csv", help="also write the report as CSV to this file")
+    add_latency_report(p)
     add_calibration(p)
     p.add_argument("--force", action="store_true", help="replace an existing CSV file")
     p.set_defaults(func=cmd_report)
 
     add_explore_parsers(sub)
+    add_latency_parser(sub)
 
     p = sub.add_parser("flops", help="MACs, params and tutorial FLOPs of MODEL, before and after a recipe")
     add_model_options(p)

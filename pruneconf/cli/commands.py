@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .common import (analyse_model, calibration, input_specs, model_args, plan_document, recipe_model,
                      refuse_overwrite)
+from .latency import latency_report
 from .stream import cmd_prune_streamed, is_streamed, log_costs
 
 log = logging.getLogger("pruneconf")
@@ -132,6 +133,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         Pruner(model, inputs, recipe, calibration=calibration(args)).plan()
     report = build_report(plan.groups, plan, recipe)
     print(format_report(report))
+    if args.latency_table:
+        print(latency_report(args, recipe, model, inputs, plan))
     if args.csv:
         write_atomic(args.csv, report_csv(report))
         log.info("wrote %s", args.csv)

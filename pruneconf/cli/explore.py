@@ -52,27 +52,53 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..explore.sweep import parse_sparsities, recipe_name, run_sweep, sweep_csv, sweep_markdown
     from ..recipe import write_atomic
 
-    sparsities = parse_sparsities(args.sparsity)
+    by_latency = args.target_latency is not None
+    if by_latency and args.latency_table is None:
+        raise ConfigError("latency targets are planned on a measured table: add --latency-table FILE "
+                          "(from `pruneconf latency`)", key="--target-latency")
+    label = "target_latency" if by_latency else "sparsity"
+    values = parse_sparsities(args.target_latency, "--target-latency", True) if by_latency else \
+        parse_sparsities(args.sparsity)
     if any(pair.partition("=")[0].strip() == "default_sparsity" for pair in args.set):
         raise ConfigError("the sweep sets default_sparsity at each point; use --sparsity", key="--set")
     require_matplotlib()
     out = Path(args.output)
-    refuse_outputs(out, [recipe_name(s) for s in sparsities] + ["table.md", "table.csv", "plot.png"], args.force)
+    refuse_outputs(out, [recipe_name(v, label) for v in values] + ["table.md", "table.csv", "plot.png"], args.force)
     with torchrun_group():
         if args.latency and rank_and_world()[1] > 1:
             log.warning("--latency under torchrun: ranks time their points at once on shared cores; "
                         "quote latencies measured in one process")
-        model, inputs, _, make_doc = _explore_setup(args)
-        points = run_sweep(model, inputs, sparsities, lambda s: make_doc({"default_sparsity": s}), out,
-                           with_latency=args.latency, calibration=calibration(args))
+        model, inputs, pruner, make_doc = _explore_setup(args)
+        doc_for = _latency_docs(args, pruner, make_doc) if by_latency else lambda s: make_doc({"default_sparsity": s})
+        points = run_sweep(model, inputs, values, doc_for, out, with_latency=args.latency,
+                           calibration=calibration(args), label=label)
         if rank_and_world()[0] != 0:
             return 0
-    write_atomic(out / "table.md", sweep_markdown(points))
-    write_atomic(out / "table.csv", sweep_csv(points))
+    write_atomic(out / "table.md", sweep_markdown(points, label))
+    write_atomic(out / "table.csv", sweep_csv(points, label))
     plot_sweep(points, out / "plot.png", title=args.model)
-    print(sweep_markdown(points), end="")
-    log.info("wrote %d recipes, table.md, table.csv and plot.png to %s", len(sparsities), out)
+    print(sweep_markdown(points, label), end="")
+    log.info("wrote %d recipes, table.md, table.csv and plot.png to %s", len(values), out)
     return 0
+
+
+def _latency_docs(args: argparse.Namespace, pruner, make_doc):
+    """``target -> recipe document`` planned on ``--latency-table`` (the table is read and the
+    channels scored once, on the dense model, for every point)."""
+    from ..explore.latency_plan import plan_latency, write_latency_plan
+    from ..recipe.load import recipe_from_document
+    from .latency import load_table
+
+    table = load_table(args, pruner.graph, None)
+    base = recipe_from_document(make_doc({"default_sparsity": 0.0}), "sweep")
+    scores = pruner.channel_scores([g.center for g in pruner.groups.prunable if g.center in table.groups])
+
+    def doc_for(target: float):
+        doc = make_doc({"default_sparsity": 0.0})
+        plan = plan_latency(pruner.groups, base, table, scores, target_latency=target, skip=pruner.skipped())
+        write_latency_plan(doc, pruner.groups, plan, table, base.settings.round_to, target, None)
+        return doc
+    return doc_for
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -130,6 +156,10 @@ def add_explore_parsers(sub) -> None:
     _add_explore_options(p)
     p.add_argument("--sparsity", default="0.1:0.9:0.1", help="START:STOP:STEP (stop included) or a list a,b,c")
     p.add_argument("--latency", action="store_true", help="also time each pruned model on the CPU")
+    p.add_argument("--target-latency", metavar="LIST",
+                   help="sweep latency targets instead of sparsities (START:STOP:STEP or a,b,c; fractions of the "
+                        "measured dense latency), each planned on --latency-table")
+    p.add_argument("--latency-table", metavar="FILE", help="table from `pruneconf latency` for --target-latency")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("sensitivity", help="prune each group alone, record a metric, plan a budget")

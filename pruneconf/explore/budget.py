@@ -111,12 +111,17 @@ def sparsity_for(channels: int, keep: int, round_to: int = 1) -> float:
 def write_budget(doc: CommentedMap, groups: ChannelGroups, kept: Mapping[str, int], target: float,
                  round_to: int) -> None:
     """Store the chosen counts as group sparsities and record the target under ``settings``."""
+    write_group_sparsities(doc, groups, kept, round_to)
+    settings = doc.setdefault("settings", CommentedMap())
+    settings["target_macs"] = target
+    settings.yaml_add_eol_comment("group sparsities below were planned for this fraction of the dense MACs",
+                                  "target_macs")
+
+
+def write_group_sparsities(doc: CommentedMap, groups: ChannelGroups, kept: Mapping[str, int], round_to: int) -> None:
+    """``groups.<center>.sparsity`` values that make ``kept_channels`` keep exactly ``kept``."""
     entries = doc.setdefault("groups", CommentedMap())
     for center, keep in kept.items():
         if not isinstance(entries.get(center), dict):
             entries[center] = CommentedMap()
         entries[center]["sparsity"] = sparsity_for(groups[center].channels, keep, round_to)
-    settings = doc.setdefault("settings", CommentedMap())
-    settings["target_macs"] = target
-    settings.yaml_add_eol_comment("group sparsities below were planned for this fraction of the dense MACs",
-                                  "target_macs")

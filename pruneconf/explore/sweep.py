@@ -41,8 +41,9 @@ class SweepPoint:
     latency_ms: float | None = None
 
 
-def parse_sparsities(text: str) -> list[float]:
-    """``0.1:0.9:0.1`` (start:stop:step, stop included) or ``0.25,0.5``; each in (0, 1)."""
+def parse_sparsities(text: str, key: str = "--sparsity", allow_one: bool = False) -> list[float]:
+    """``0.1:0.9:0.1`` (start:stop:step, stop included) or ``0.25,0.5``; each in (0, 1), or in
+    (0, 1] with ``allow_one`` (a latency target of 1 keeps the model whole)."""
     try:
         if ":" in text:
             start, stop, step = (float(v) for v in text.split(":"))
@@ -54,14 +55,15 @@ def parse_sparsities(text: str) -> list[float]:
             values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ConfigError(f"expected START:STOP:STEP or a comma-separated list, got '{text}'",
-                          key="--sparsity") from None
-    if not values or any(not 0 < v < 1 for v in values):
-        raise ConfigError(f"expected sparsities in (0, 1), got '{text}'", key="--sparsity")
+                          key=key) from None
+    if not values or any(not (0 < v < 1 or allow_one and v == 1) for v in values):
+        what = "latency fractions in (0, 1]" if allow_one else "sparsities in (0, 1)"
+        raise ConfigError(f"expected {what}, got '{text}'", key=key)
     return values
 
 
-def recipe_name(sparsity: float) -> str:
-    return f"sparsity_{sparsity:.2f}.yaml"
+def recipe_name(value: float, label: str = "sparsity") -> str:
+    return f"{label}_{value:.2f}.yaml"
 
 
 @contextlib.contextmanager
@@ -87,7 +89,7 @@ def _measure(model: nn.Module, inputs: Any, with_latency: bool) -> tuple[int, in
 
 def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
               make_doc: Callable[[float], CommentedMap], out_dir: str | Path,
-              with_latency: bool = False, calibration: Any = None) -> list[SweepPoint]:
+              with_latency: bool = False, calibration: Any = None, label: str = "sparsity") -> list[SweepPoint]:
     """Write, apply and measure one recipe per sparsity; ``model`` itself is left untouched.
 
     ``calibration`` (batches) is gathered once, at the first point, for a data metric; every
@@ -104,8 +106,9 @@ def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
     def share() -> list[tuple[SweepPoint, str]]:
         out, batches = [], calibration
         for sparsity in progress(mine, "sweep"):
-            point, text, batches = _point(model, inputs, sparsity, make_doc(sparsity), out_dir / recipe_name(sparsity),
-                                          with_latency, batches)
+            path = out_dir / recipe_name(sparsity, label)
+            point, text, batches = _point(model, inputs, sparsity, make_doc(sparsity), path, with_latency, batches,
+                                          label)
             out.append((point, text))
         return out
 
@@ -119,7 +122,7 @@ def run_sweep(model: nn.Module, inputs: Any, sparsities: Sequence[float],
 
 
 def _point(model: nn.Module, inputs: Any, sparsity: float, doc: CommentedMap, path: Path, with_latency: bool,
-           calibration: Any) -> tuple[SweepPoint, str, Any]:
+           calibration: Any, label: str) -> tuple[SweepPoint, str, Any]:
     """Prune a copy of ``model`` by ``doc`` and measure it: the point, the recipe's text, and
     the calibration to rank the next points by (gathered here if ``calibration`` was batches)."""
     from ..pruner import Pruner
@@ -135,14 +138,14 @@ def _point(model: nn.Module, inputs: Any, sparsity: float, doc: CommentedMap, pa
     with _without_layer_logs():
         pruner.apply_masks()
     point = SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency))
-    log.info("sparsity %.2f: %s MACs, %s params", sparsity, f"{point.macs:,}", f"{point.params:,}")
+    log.info("%s %.2f: %s MACs, %s params", label, sparsity, f"{point.macs:,}", f"{point.params:,}")
     return point, text, calibration
 
 
-def _rows(points: Sequence[SweepPoint]) -> tuple[list[str], list[list[Any]]]:
+def _rows(points: Sequence[SweepPoint], label: str) -> tuple[list[str], list[list[Any]]]:
     dense = points[0]
     timed = all(p.latency_ms is not None for p in points)
-    headers = ["sparsity", "recipe", "MACs", "MACs %", "params", "params %"]
+    headers = [label.replace("_", " "), "recipe", "MACs", "MACs %", "params", "params %"]
     headers += ["latency ms", "speed-up"] if timed else []
     rows = []
     for p in points:
@@ -154,14 +157,14 @@ def _rows(points: Sequence[SweepPoint]) -> tuple[list[str], list[list[Any]]]:
     return headers, rows
 
 
-def sweep_markdown(points: Sequence[SweepPoint]) -> str:
-    headers, rows = _rows(points)
+def sweep_markdown(points: Sequence[SweepPoint], label: str = "sparsity") -> str:
+    headers, rows = _rows(points, label)
     cells = [[f"{v:,}" if isinstance(v, int) else v for v in row] for row in rows]
     return format_table(headers, cells, numeric=[h != "recipe" for h in headers]) + "\n"
 
 
-def sweep_csv(points: Sequence[SweepPoint]) -> str:
-    headers, rows = _rows(points)
+def sweep_csv(points: Sequence[SweepPoint], label: str = "sparsity") -> str:
+    headers, rows = _rows(points, label)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([h.replace(" ", "_").replace("-", "_").replace("%", "pct").lower() for h in headers])

@@ -20,7 +20,7 @@ from .yamlio import load_document
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor")
 MODES = ("uniform", "global")
 SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs",
-            "expert_sparsity", "calibration_batches")
+            "expert_sparsity", "calibration_batches", "target_latency", "latency_table")
 GROUP_KEYS = ("sparsity", "max_sparsity")
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
              "settings", "groups", "experts", "layers", "applied")
@@ -38,6 +38,8 @@ class Settings:
     target_macs: float | None = None  # the MAC budget (fraction of dense) the group values were chosen for
     expert_sparsity: float = 0.0  # fraction of every mixture-of-experts layer's experts dropped
     calibration_batches: int | None = None  # how many calibration batches a data metric ranked by (a record)
+    target_latency: float | None = None  # the fraction of measured dense latency the group values were planned for
+    latency_table: dict[str, Any] | None = None  # which table planned them: device, setup, hash (a record)
 
 
 @dataclasses.dataclass
@@ -174,6 +176,18 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
             raise check.fail(f"expected a fraction of the dense MACs in (0, 1], got {target!r}",
                              "settings.target_macs", raw, "target_macs")
         settings.target_macs = float(target)
+    if raw.get("target_latency") is not None:
+        target = raw["target_latency"]
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
+            raise check.fail(f"expected a fraction of the dense latency in (0, 1], got {target!r}",
+                             "settings.target_latency", raw, "target_latency")
+        settings.target_latency = float(target)
+    if raw.get("latency_table") is not None:
+        table = raw["latency_table"]
+        if not isinstance(table, dict) or not all(isinstance(v, (str, int, float)) for v in table.values()):
+            raise check.fail("expected a mapping of plain values (device, setup, hash)", "settings.latency_table",
+                             raw, "latency_table")
+        settings.latency_table = {str(k): v for k, v in table.items()}
     if raw.get("calibration_batches") is not None:
         settings.calibration_batches = check.integer(raw, "calibration_batches", "settings.calibration_batches", 1)
     if raw.get("exclude") is not None:

@@ -1,0 +1,234 @@
+"""Benchmark: does planning on a measured latency table buy the speed it promises?
+
+One command per machine (``--models`` picks a subset)::
+
+    OMP_NUM_THREADS=1 python benchmarks/latency_aware.py --threads 1 -o latency_aware.json
+
+Per torchvision model (``weights=None``, 224x224, eval mode), through the CLI users run:
+
+1. ``pruneconf latency MODEL --input-shape 1,3,224,224 --threads T [--channels-last]`` (the
+   layout is chosen per model: channels_last where the dense model runs faster in it);
+   tables are cached in ``--tables`` so a rerun measures nothing twice;
+2. three recipes with ``pruneconf init``: ``--target-latency 0.5 --latency-table`` (plan A),
+   ``--target-macs 0.5`` (the uniform MAC plan) and ``--target-macs 0.5 --latency-table``
+   (the latency-aware plan at the same MAC budget);
+3. each recipe prunes a copy with ``Pruner.apply_masks()``, which verifies masked == applied;
+4. dense and pruned copies are timed alternately (``--rounds``, medians of
+   ``torch.utils.benchmark`` blocks and of the per-round ratios; ``--statistic min`` takes
+   minima instead, which resist busy neighbours) with the table's threads and layout.
+
+Must show: (a) plan A's measured latency / dense within +-10 % of 0.5; (b) at 0.5 of the MACs,
+latency-aware at least as fast as uniform on every model and >= 1.2x on two; (c) plan A's
+measured speedup >= 0.9 x its MAC-predicted speedup at batch 8. The machine's load average
+and the CPU time other processes took during the timings are recorded with every row.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from analysis_speed import others_cpu_s  # noqa: E402  (the sibling benchmark)
+
+import pruneconf  # noqa: E402
+from pruneconf.analysis import total_macs  # noqa: E402
+from pruneconf.cli import main as cli  # noqa: E402
+from pruneconf.explore.latency_measure import model_ms, place_inputs, place_model  # noqa: E402
+from pruneconf.explore.latency_table import Setup, read_tables  # noqa: E402
+from pruneconf.recipe.load import load_recipe  # noqa: E402
+
+MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_1_6gf"]
+TARGET = 0.5
+log = logging.getLogger("latency_aware")
+
+
+def run_cli(argv: list[str]) -> None:
+    code = cli(argv)
+    if code != 0:
+        raise SystemExit(f"pruneconf {' '.join(argv)} exited {code}")
+
+
+def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, table: Path) -> str:
+    """channels_last where the dense model runs faster in it, else contiguous; the layout of a
+    table measured before (a rerun reuses it instead of measuring another)."""
+    if args.layout != "auto":
+        return args.layout
+    if table.exists():
+        layouts = {entry["layout"] for entry in read_tables(table).values()
+                   if entry.get("threads") == args.threads and entry.get("batch") == 1}
+        if len(layouts) == 1:
+            return layouts.pop()
+    setups = {layout: Setup("cpu", "float32", 1, args.threads, layout) for layout in ("contiguous", "channels_last")}
+    times = {layout: model_ms(place_model(model, s), place_inputs(x, s), s, 1.0, args.statistic)
+             for layout, s in setups.items()}
+    return min(times, key=times.get)
+
+
+def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> torch.nn.Module:
+    """Traced in train mode, as `pruneconf init` traced it (stochastic depth adds ops there, and
+    the recipe's fingerprint must match); ``apply_masks`` verifies masked == applied in eval mode."""
+    pruned = copy.deepcopy(model).train()
+    pruneconf.Pruner(pruned, x, load_recipe(recipe)).apply_masks()  # raises unless masked == applied
+    return pruned.eval()
+
+
+def time_pair(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, layout: str,
+              args: argparse.Namespace) -> dict[str, float]:
+    """Dense ms, pruned ms and their ratio, timed alternately over ``--rounds`` (medians of the
+    per-round ratios, or with ``--statistic min`` the minimum of each over all rounds), and
+    the cores other processes used meanwhile."""
+    setup = Setup("cpu", "float32", batch, args.threads, layout)
+    x = place_inputs(torch.randn(batch, 3, 224, 224), setup)
+    placed = [place_model(m, setup) for m in (dense, pruned)]
+    wall, others = time.perf_counter(), others_cpu_s()
+    rounds = [[model_ms(m, x, setup, args.min_run_time, args.statistic) for m in placed] for _ in range(args.rounds)]
+    contention = max(0.0, (others_cpu_s() - others) / (time.perf_counter() - wall))
+    if args.statistic == "min":  # the least disturbed of all rounds, for each model
+        dense_ms, pruned_ms = min(r[0] for r in rounds), min(r[1] for r in rounds)
+        ratio = pruned_ms / dense_ms
+    else:
+        dense_ms, pruned_ms = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
+        ratio = statistics.median(r[1] / r[0] for r in rounds)
+    return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "ratio": ratio, "others_cores": contention,
+            "rounds": rounds}
+
+
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    spec = f"torchvision.models:{name}"
+    model = getattr(torchvision.models, name)().eval()
+    x = torch.randn(1, 3, 224, 224)
+    table = Path(args.tables) / f"{name}.json"
+    layout = pick_layout(model, x, args, table)
+    started = time.perf_counter()
+    run_cli(["-q", "latency", spec, "--input-shape", "1,3,224,224", "--threads", str(args.threads),
+             "--min-run-time", str(args.table_run_time), "--statistic", args.statistic, "-o", str(table)]
+            + (["--channels-last"] if layout == "channels_last" else []))
+    table_s = time.perf_counter() - started
+    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table)],
+               "uniform_macs": ["--target-macs", str(TARGET)],
+               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table)]}
+    row: dict[str, Any] = {"model": name, "layout": layout, "threads": args.threads, "table_s": table_s,
+                           "statistic": args.statistic,
+                           "load_before": os.getloadavg()}
+    macs_dense = total_macs(pruneconf.trace(model, x))
+    pruned = {}
+    for key, extra in recipes.items():
+        path = work / f"{name}-{key}.yaml"
+        run_cli(["-q", "init", spec, "--input-shape", "1,3,224,224", "-o", str(path), *extra])
+        pruned[key] = pruned_copy(model, x, str(path))
+        predicted = load_recipe(path).settings.latency_table
+        row[key] = {"macs": total_macs(pruneconf.trace(pruned[key], x)) / macs_dense,
+                    "predicted": predicted.get("predicted") if predicted else None}
+    for batch in args.batches:
+        timing = time_pair(model, pruned["latency"], batch, layout, args)
+        timing["mac_speedup"] = 1 / row["latency"]["macs"]
+        timing["measured_over_mac"] = (1 / timing["ratio"]) / timing["mac_speedup"]
+        row["latency"][f"batch{batch}"] = timing
+    for key in ("uniform_macs", "latency_macs"):
+        row[key]["batch1"] = time_pair(model, pruned[key], 1, layout, args)
+    row["load_after"] = os.getloadavg()
+    return row
+
+
+def median_ratio(timing: dict[str, Any]) -> float:
+    """The median of the per-round pruned / dense ratios (each round timed both back to back)."""
+    return statistics.median(p / d for d, p in timing["rounds"])
+
+
+def aware_vs_uniform(row: dict[str, Any]) -> float:
+    """Speed of the latency-aware plan over the uniform one at the same MACs: each pruned model's
+    time over the dense model's in its own session, so a load change between sessions cancels."""
+    return row["uniform_macs"]["batch1"]["ratio"] / row["latency_macs"]["batch1"]["ratio"]
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["| model | layout | (a) measured / dense, target 0.50 (median of rounds) | predicted "
+             "| (b) aware vs uniform at 0.5 MACs | (c) measured / MAC-predicted speedup, batch 1 | batch 8 "
+             "| others' cores | load |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        a = r["latency"]
+        b8 = a.get("batch8", {}).get("measured_over_mac")
+        lines.append(f"| {r['model']} | {r['layout']} | {a['batch1']['ratio']:.3f} ({median_ratio(a['batch1']):.3f}) "
+                     f"| {a['predicted']:.3f} | {aware_vs_uniform(r):.2f}x | {a['batch1']['measured_over_mac']:.2f} | "
+                     f"{'' if b8 is None else f'{b8:.2f}'} | {a['batch1']['others_cores']:.2f} | "
+                     f"{r['load_before'][0]:.1f} |")
+    return lines
+
+
+def verdict(rows: list[dict[str, Any]]) -> list[str]:
+    a = [r["model"] for r in rows if abs(r["latency"]["batch1"]["ratio"] / TARGET - 1) > 0.1]
+    b_slower = [r["model"] for r in rows if aware_vs_uniform(r) < 1.0]
+    b_fast = [r["model"] for r in rows if aware_vs_uniform(r) >= 1.2]
+    c = [r["model"] for r in rows if r["latency"].get("batch8", {}).get("measured_over_mac", 1.0) < 0.9]
+    return [f"(a) within +-10 % of {TARGET}: {'all' if not a else 'missed on ' + ', '.join(a)}",
+            f"(b) aware >= uniform on every model: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}; "
+            f">= 1.2x on {len(b_fast)} ({', '.join(b_fast) or 'none'})",
+            f"(c) measured >= 0.9 x MAC-predicted at batch 8: {'all' if not c else 'missed on ' + ', '.join(c)}"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision models")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
+    p.add_argument("--batches", default="1,8", help="batches timed for (c)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds per timing")
+    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per model timing")
+    p.add_argument("--table-run-time", type=float, default=0.02, help="--min-run-time of `pruneconf latency`")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")
+    p.add_argument("--tables", default="latency_tables", help="folder caching the latency tables")
+    p.add_argument("-o", "--output", default="latency_aware.json")
+    p.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's output and exit")
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.render:
+        done = json.loads(Path(args.render).read_text())
+        print("\n".join(render(done["rows"]) + [""] + verdict(done["rows"])))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    Path(args.tables).mkdir(parents=True, exist_ok=True)
+    rows, failed = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models.split(","):
+            log.info("%s ...", name)
+            try:
+                rows.append(bench_model(name, args, Path(tmp)))
+            except (SystemExit, pruneconf.PruneconfError) as exc:  # recorded; the other models still run
+                log.error("%s: %s", name, exc)
+                failed.append({"model": name, "error": str(exc)})
+                continue
+            Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows, "failed": failed},
+                                                          indent=1))
+            log.info("\n".join(render(rows[-1:])))
+    print("\n".join(render(rows) + [""] + verdict(rows) + [f"{f['model']}: FAILED {f['error']}" for f in failed]))
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "load_average": os.getloadavg()}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""``pruneconf latency`` and the ``--target-latency`` / ``--latency-table`` options of the planners."""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from ..errors import ConfigError
+from .common import add_model_options, input_specs, model_args
+
+log = logging.getLogger("pruneconf")
+DTYPE_CHOICES = ("float32", "bfloat16", "float16")
+
+
+def add_latency_parser(sub) -> None:
+    p = sub.add_parser("latency", help="measure how each group's layers' latency changes with its kept channels")
+    add_model_options(p)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads while timing (default 1)")
+    p.add_argument("--channels-last", action="store_true", help="time 4-D tensors in channels_last memory format")
+    p.add_argument("--min-run-time", type=float, default=0.05, metavar="SECONDS",
+                   help="per timing; the whole run takes about (timings x this), logged before it starts")
+    p.add_argument("--statistic", choices=("median", "min"), default="median",
+                   help="of each timing's blocks: median, or min on a machine shared with busy neighbours")
+    p.add_argument("-o", "--output", required=True,
+                   help="table file (JSON); an existing one is a cache: a table for the same model, shapes and "
+                        "setup is reused, others are kept beside the new one")
+    p.add_argument("--force", action="store_true", help="measure again even if the file holds this table")
+    p.set_defaults(func=cmd_latency)
+
+
+def add_latency_target(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target-latency", type=float, metavar="FRACTION",
+                   help="choose per-group sparsities so the measured latency is this fraction of dense "
+                        "(needs --latency-table)")
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="table from `pruneconf latency`: plan --target-latency (or --target-macs) with it")
+
+
+def _setup(args: argparse.Namespace, batch: int):
+    import torch
+
+    from ..explore.latency_table import Setup
+
+    device = args.device
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"expected cpu, cuda or cuda:N, got '{device}'", key="--device")
+    if device != "cpu" and not torch.cuda.is_available():
+        raise ConfigError("CUDA is not available on this machine", key="--device")
+    if not 1 <= args.threads <= 1024:
+        raise ConfigError(f"expected 1 to 1024 threads, got {args.threads}", key="--threads")
+    if not (math.isfinite(args.min_run_time) and 0 < args.min_run_time <= 10):
+        raise ConfigError(f"expected seconds in (0, 10], got {args.min_run_time}", key="--min-run-time")
+    return Setup(device, args.dtype, batch, args.threads, "channels_last" if args.channels_last else "contiguous")
+
+
+def _cached(path: Path, force: bool) -> dict:
+    """The tables already in ``path``; a file there that is no table file is never replaced."""
+    from ..explore.latency_table import read_tables
+
+    if not path.exists():
+        return {}
+    try:
+        return read_tables(path)
+    except ConfigError as exc:
+        raise ConfigError(f"exists and is not a latency table ({exc.message}); choose another output",
+                          path=str(path), key="--output") from None
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    from ..apply import unsupported_layer
+    from ..explore.latency_measure import measure_table
+    from ..explore.latency_table import dump_tables
+    from ..groups import find_groups
+    from ..meta import build_and_trace
+    from ..recipe import write_atomic
+    from ..trace.fingerprint import fingerprint
+
+    specs = input_specs(args.input_shape)
+    setup = _setup(args, specs[0].shape[0] if specs[0].shape else 1)
+    out = Path(args.output)
+    tables = _cached(out, args.force)
+    model, inputs, graph, _ = build_and_trace(args.model, model_args(args.model_arg), specs, "cpu")
+    shapes = [str(s) for s in specs]
+    known = tables.get(setup.key)
+    if not args.force and isinstance(known, dict) and known.get("fingerprint") == fingerprint(graph) \
+            and known.get("input_shapes") == shapes:
+        log.info("%s already holds the table for %s (%s); --force measures again", out, args.model, setup.key)
+        return 0
+    groups = find_groups(graph)
+    skip = {g.center: why for g in groups.prunable if (why := unsupported_layer(model, [m.param for m in g.members]))}
+    table = measure_table(model, inputs, groups, setup, model_name=args.model, fingerprint=fingerprint(graph),
+                          input_shapes=shapes, skip=skip, min_run_time=args.min_run_time,
+                          statistic=args.statistic)
+    tables[setup.key] = table
+    write_atomic(out, dump_tables(tables))
+    log.info("wrote %s: %s, %d groups, dense %.3f ms (%s)", out, setup.key, len(table.groups), table.dense_ms,
+             table.hash)
+    return 0
+
+
+def load_table(args: argparse.Namespace, graph, batch: int | None):
+    from ..explore.latency_table import select_table
+    from ..trace.fingerprint import fingerprint
+
+    return select_table(args.latency_table, fingerprint(graph), batch)
+
+
+def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None:
+    """``--latency-table`` with ``--target-latency`` or ``--target-macs``: plan on the table, in place."""
+    from ..explore.latency_plan import plan_latency, write_latency_plan
+
+    if any(p.is_meta for p in pruner.model.parameters()):
+        raise ConfigError("a latency plan weighs channel importance, which needs the weights: plan it in memory "
+                          "(`init` or `prune` to a file), then stream the planned recipe", key="--latency-table")
+    inputs = recipe.input_shapes or []
+    batch = inputs[0].shape[0] if inputs and inputs[0].shape else None
+    table = load_table(args, pruner.graph, batch)
+    if [str(s) for s in inputs] != table.input_shapes:
+        log.warning("the latency table was measured on inputs %s, the recipe traces %s: its timings may not "
+                    "carry over", ", ".join(table.input_shapes), ", ".join(str(s) for s in inputs))
+    parts = [g.center for g in pruner.groups.prunable if g.center in table.groups]
+    plan = plan_latency(pruner.groups, recipe, table, pruner.channel_scores(parts), args.target_latency,
+                        None if args.target_latency is not None else args.target_macs, pruner.skipped())
+    write_latency_plan(doc, pruner.groups, plan, table, recipe.settings.round_to, args.target_latency,
+                       args.target_macs)
+
+
+def check_latency_options(args: argparse.Namespace) -> bool:
+    """Whether the latency planner runs; combinations that make no sense are errors."""
+    target = getattr(args, "target_latency", None)
+    table = getattr(args, "latency_table", None)
+    if target is not None and not (math.isfinite(target) and 0 < target <= 1):
+        raise ConfigError(f"expected a fraction of the dense latency in (0, 1], got {target}", key="--target-latency")
+    if target is not None and table is None:
+        raise ConfigError("a latency target is planned on a measured table: add --latency-table FILE "
+                          "(from `pruneconf latency`)", key="--target-latency")
+    if target is not None and args.target_macs is not None:
+        raise ConfigError("give one target: --target-latency or --target-macs", key="--target-latency")
+    if table is not None and target is None and args.target_macs is None:
+        raise ConfigError("plans with the table need a target: --target-latency or --target-macs",
+                          key="--latency-table")
+    return table is not None
+
+
+def add_latency_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-table", metavar="FILE",
+                   help="also show the latency the table predicts for the plan and the latency measured here")
+
+
+def latency_report(args: argparse.Namespace, recipe, model, inputs, plan) -> str:
+    """One line: predicted (from the table) against measured latency of the plan, both over dense."""
+    from ..explore.latency_measure import measure_plan
+    from ..explore.latency_table import Predictor
+
+    batch = recipe.input_shapes[0].shape[0] if recipe.input_shapes and recipe.input_shapes[0].shape else None
+    table = load_table(args, plan.groups.graph, batch)
+    recorded = (recipe.settings.latency_table or {}).get("hash")
+    if recorded not in (None, table.hash):
+        log.warning("the recipe was planned with table %s, not %s", recorded, table.hash)
+    kept = {center: len(indices) for center, indices in plan.kept.items()}
+    predicted = Predictor(table).ms(kept)
+    dense, pruned = measure_plan(model, inputs, plan, table.setup, statistic=table.statistic)
+    return (f"latency on {table.setup.key} ({table.device_name}), table {table.hash}: predicted "
+            f"{predicted:.3f} ms ({predicted / table.dense_ms:.1%} of dense {table.dense_ms:.3f} ms); measured "
+            f"{pruned:.3f} ms ({pruned / dense:.1%} of dense {dense:.3f} ms)")

@@ -1,0 +1,271 @@
+"""``pruneconf latency``: time, on this machine, how each group's layers speed up as it shrinks.
+
+A *unit* is one call of a leaf module that takes one tensor: a conv, a linear, a norm, an
+activation, a pooling or permute layer. The trace renames a leaf call's output node to the
+module's path (``layer1.0.relu#1`` for a second call), so each unit is found in the graph with
+the tensor it reads; the group channel maps of that tensor and of its output say which groups
+touch it — norms, activations and pooling included, which cost time but count no MACs.
+
+For each group and a few kept counts (see :func:`probe_counts`) the units it touches are
+rebuilt shrunk (the first ``k`` channels kept: timing does not care which) and timed alone
+with ``torch.utils.benchmark`` (warm-up, then the median of ``blocked_autorange``). Functional
+ops outside leaf modules (a residual ``add``) are not timed; their share of the dense model's
+time is held constant by the predictor. Timing units alone instead of whole pruned models
+keeps the cost at a few seconds per group and makes a group's own effect measurable at all.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import platform
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils import benchmark
+
+from .._progress import progress_bar
+from ..apply.resize import resizer_for
+from ..groups import ChannelGroups, Group
+from ..masks import PruningPlan
+from .latency_table import Curve, LatencyTable, Setup
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+STEPS = (1, 8, 16, 32)  # rounding steps probed below the half-way count: does a step this size save time?
+FRACTIONS = (0.75, 0.25, 0.125)
+
+
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    name: str        # the graph node of the call's output
+    module: str      # the leaf module's path
+    source: str      # the node whose output the call reads
+    index: int
+    touching: tuple[str, ...]  # centers of the measured groups on its input or output
+
+
+def probe_counts(channels: int) -> tuple[list[int], int]:
+    """Kept counts to time for a group (ascending, ending at ``channels``) and the probe ``M``.
+
+    ``M`` is about half the channels, aligned to the largest of 64/32/16/8 that fits; the
+    counts ``M - s`` for ``s`` in :data:`STEPS` show which rounding step saves time
+    (:func:`learn_round_to`); quarter points aligned to 8 trace the rest of the curve.
+    """
+    half = channels // 2
+    align = next((a for a in (64, 32, 16, 8) if half >= a), 1)
+    probe = max(1, half // align * align)
+    base = 8 if channels >= 32 else 1
+    counts = {channels, probe}
+    counts.update(max(base, int(channels * f) // base * base) for f in FRACTIONS)
+    counts.update(probe - s for s in STEPS if s < probe)
+    return sorted(c for c in counts if 1 <= c <= channels), probe
+
+
+def learn_round_to(channels: int, totals: dict[int, float]) -> int:
+    """The smallest probed step below ``M`` that saves at least half the time a step that size
+    saves on average between ``M`` and all channels; a larger alignment when none does."""
+    _, probe = probe_counts(channels)
+    steps = [s for s in STEPS if s < probe and probe - s in totals]
+    if not steps or probe == channels:
+        return 1
+    slope = (totals[channels] - totals[probe]) / (channels - probe)
+    if slope > 0:
+        for s in steps:
+            if totals[probe] - totals[probe - s] >= 0.5 * s * slope:
+                return s
+    return min(2 * max(steps), probe)
+
+
+def find_units(model: nn.Module, groups: ChannelGroups, measured: Iterable[str]) -> list[Unit]:
+    """Leaf-module calls that read one floating-point tensor from outside the module."""
+    graph = groups.graph
+    leaves = {name for name, m in model.named_modules() if not any(True for _ in m.children())}
+    index = {g.center: i for i, g in enumerate(groups.groups)}
+    wanted = {index[c] for c in measured}
+    units = []
+    for node, attrs in sorted(graph.nodes(data=True), key=lambda kv: kv[1]["order"]):
+        module = attrs.get("module", "")
+        if attrs["kind"] != "call" or module not in leaves or node.partition("#")[0] != module:
+            continue
+        ref = attrs["args"][0] if attrs["args"] else None
+        source = getattr(ref, "node", None)
+        if source is None or graph.nodes[source]["kind"] not in ("call", "input") \
+                or graph.nodes[source].get("module") == module \
+                or not graph.nodes[source]["out_dtypes"][ref.index].startswith("torch.float"):
+            continue
+        seen = set()
+        for mapping in (groups.channel_map(source, ref.index), groups.channel_map(node, 0)):
+            for group_index, _ in mapping.values():
+                seen.update(int(i) for i in np.unique(group_index) if i in wanted)
+        touching = tuple(groups.groups[i].center for i in sorted(seen))
+        units.append(Unit(node, module, source, ref.index, touching))
+    return units
+
+
+def _place(x: torch.Tensor, setup: Setup) -> torch.Tensor:
+    x = x.to(device=setup.device, dtype=DTYPES[setup.dtype] if x.is_floating_point() else x.dtype)
+    return x.contiguous(memory_format=torch.channels_last) if setup.layout == "channels_last" and x.dim() == 4 else x
+
+
+def place_model(model: nn.Module, setup: Setup) -> nn.Module:
+    """An eval-mode copy of ``model`` on the setup's device, dtype and memory format."""
+    fmt = torch.channels_last if setup.layout == "channels_last" else torch.preserve_format
+    return copy.deepcopy(model).to(device=setup.device, dtype=DTYPES[setup.dtype], memory_format=fmt).eval()
+
+
+def place_inputs(inputs: Any, setup: Setup) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return _place(inputs, setup)
+    if isinstance(inputs, dict):
+        return {k: place_inputs(v, setup) for k, v in inputs.items()}
+    return tuple(place_inputs(v, setup) for v in inputs)
+
+
+def time_ms(call: Any, args: tuple, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
+    """Milliseconds of ``call(*args)`` (inference mode, after a warm-up call): the median of the
+    timed blocks, or their minimum, which resists neighbours sharing the cores (noise only adds)."""
+    def forward() -> None:
+        with torch.inference_mode():
+            call(*args)
+    forward()
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=setup.threads)
+    blocks = timer.blocked_autorange(min_run_time=min_run_time)
+    return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
+
+
+def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
+    """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs."""
+    if isinstance(inputs, dict):
+        return time_ms(lambda: model(**inputs), (), setup, min_run_time, statistic)
+    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup, min_run_time, statistic)
+
+
+def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
+    """A copy of a leaf module with the plan's positions removed from its own tensors."""
+    out = copy.deepcopy(module)
+    old = dict(out.__dict__)
+    changed = False
+    with torch.no_grad():
+        for (name, dim), keep in plan.members.items():
+            owner, _, attr = name.rpartition(".")
+            if owner != path or keep.ndim != 1:
+                continue
+            index = torch.as_tensor(np.flatnonzero(keep), device=getattr(out, attr).device)
+            value = getattr(out, attr).index_select(dim, index)
+            if attr in out._parameters:
+                out._parameters[attr] = nn.Parameter(value, requires_grad=False)
+            else:
+                out._buffers[attr] = value
+            changed = True
+    resize = resizer_for(out)
+    if changed and resize is not None:
+        resize(out, old)
+    return out
+
+
+def _input(unit: Unit, groups: ChannelGroups, plan: PruningPlan | None, setup: Setup) -> torch.Tensor:
+    shape = list(groups.graph.nodes[unit.source]["out_shapes"][unit.index])
+    if plan is not None:
+        for dim, keep in plan.surviving(unit.source, unit.index).items():
+            shape[dim] = int(keep.sum())
+    return _place(torch.randn(shape), setup)
+
+
+def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup, min_run_time: float,
+              plan: PruningPlan | None = None, statistic: str = "median") -> float:
+    module = model.get_submodule(unit.module)
+    if plan is not None:
+        module = _shrunk(module, unit.module, plan)
+        if setup.layout == "channels_last":  # slicing gives contiguous weights back
+            module = module.to(memory_format=torch.channels_last)
+    return time_ms(module, (_input(unit, groups, plan, setup),), setup, min_run_time, statistic)
+
+
+def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> bool:
+    """A unit is timed only if its module, fed the traced input shape, gives the traced output shape."""
+    try:
+        with torch.inference_mode():
+            out = model.get_submodule(unit.module)(_input(unit, groups, None, setup))
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot time this call alone"
+        log.debug("not timing %s alone: %s", unit.name, exc)
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape) == tuple(groups.graph.nodes[unit.name]["out_shapes"][0])
+
+
+def measurable(groups: ChannelGroups, skip: dict[str, str]) -> list[Group]:
+    """Prunable groups a table can cover (experts stacked in one tensor are not timed)."""
+    return [g for g in groups.prunable if g.center not in skip and g.blocks is None]
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} ({platform.system()})"
+
+
+def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: Setup, *, model_name: str,
+                  fingerprint: str, input_shapes: list[str], skip: dict[str, str],
+                  min_run_time: float = 0.05, statistic: str = "median") -> LatencyTable:
+    """Time the dense model, every unit, and every measurable group's units at its probe counts."""
+    placed = place_model(model, setup)
+    parts = measurable(groups, skip)
+    units = [u for u in find_units(placed, groups, [g.center for g in parts]) if _runs(placed, u, groups, setup)]
+    by_group = {g.center: [u for u in units if g.center in u.touching] for g in parts}
+    counts = {g.center: probe_counts(g.channels)[0] for g in parts}
+    timings = len(units) + sum((len(counts[c]) - 1) * len(us) for c, us in by_group.items())
+    log.info("timing %d units, %d shrunk variants of %d groups: about %.0f s", len(units), timings - len(units),
+             len(parts), timings * (min_run_time + 0.05))
+    bar = progress_bar(timings, "latency table")
+    dense_units = {}
+    for u in units:
+        dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time, statistic=statistic)
+        bar.update()
+    curves = {}
+    for g in parts:
+        if not by_group[g.center]:
+            continue
+        ms = {u.name: [] for u in by_group[g.center]}
+        for k in counts[g.center]:
+            plan = PruningPlan(groups, {g.center: np.arange(k)}, {}) if k < g.channels else None
+            for u in by_group[g.center]:
+                ms[u.name].append(dense_units[u.name] if plan is None else
+                                  time_unit(placed, u, groups, setup, min_run_time, plan, statistic))
+                bar.update(plan is not None)
+        totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
+        curves[g.center] = Curve(g.channels, learn_round_to(g.channels, totals), counts[g.center], ms)
+    bar.close()
+    half = {c: probe_counts(curve.channels)[1] for c, curve in curves.items()}
+    dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)
+    return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
+                        dense_units, curves, torch.__version__, min_run_time, statistic, calibration)
+
+
+def _whole_model(model: nn.Module, inputs: Any, groups: ChannelGroups, half: dict[str, int], setup: Setup,
+                 min_run_time: float, statistic: str) -> tuple[float, dict[str, Any] | None]:
+    """The dense model's time and, to calibrate the predictor, the time with every group at
+    ``half`` (timed alternately); without a calibration if that model cannot be built or run."""
+    plan = PruningPlan(groups, {c: np.arange(k) for c, k in half.items() if k < groups[c].channels}, {})
+    try:
+        dense_ms, half_ms = measure_plan(model, inputs, plan, setup, 3 * min_run_time, statistic)
+    except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size: no calibration point
+        log.info("no calibration point (the model at half width does not run: %s)", exc)
+        placed = place_model(model, setup)
+        return model_ms(placed, place_inputs(inputs, setup), setup, min_run_time, statistic), None
+    return dense_ms, {"kept": half, "ms": half_ms}
+
+
+def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,
+                 min_run_time: float = 0.5, statistic: str = "median") -> tuple[float, float]:
+    """Measured milliseconds of the dense model and of a copy shrunk by ``plan`` (timing only:
+    ``Pruner.apply_masks`` is what verifies a prune), alternating three times, medians."""
+    from ..apply import shrink
+
+    pruned = copy.deepcopy(model)
+    shrink(pruned, plan, log_changes=False)
+    placed = [place_model(m, setup) for m in (model, pruned)]
+    args = place_inputs(inputs, setup)
+    rounds = [[model_ms(m, args, setup, min_run_time / 3, statistic) for m in placed] for _ in range(3)]
+    return tuple(float(np.median([r[i] for r in rounds])) for i in range(2))  # type: ignore[return-value]

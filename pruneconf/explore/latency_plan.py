@@ -1,0 +1,172 @@
+"""``--target-latency``: per-group sparsities planned on a measured latency table.
+
+A greedy knapsack in the spirit of HALP: every group starts whole; each step removes one
+rounding step of channels (the group's learned ``round_to``: the table's measured fast step,
+combined with the recipe's) from the group where it costs the least importance per
+millisecond saved, importance being the recipe's metric (any of them, data metrics too),
+each group's scores divided by their mean so groups compete by rank, not by scale. The
+time a step saves is predicted from the table, with the neighbouring groups' current
+widths (:class:`~.latency_table.Predictor`). Steps stop once the predicted latency (or, with
+``--target-macs``, the MACs) reach the target; the closer of the last two settings is kept.
+Under a MAC budget the total of MACs removed is fixed, so a step's price is also multiplied
+by the MACs it removes per millisecond it saves: the budget is spent where MACs cost time
+(norms, activations and depthwise layers around them, layers at fast widths).
+The chosen counts are written as group sparsities that reproduce them exactly, and the
+recipe records the target and the table's device and hash.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Mapping
+
+import numpy as np
+from ruamel.yaml.comments import CommentedMap
+
+from ..errors import ConfigError
+from ..groups import ChannelGroups, Group
+from ..masks.global_rank import normalised, taking_part
+from ..recipe.load import Recipe
+from ..recipe.plan import kept_channels
+from .budget import write_group_sparsities
+from .latency_table import LatencyTable, Predictor
+from .predict import CostModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LatencyPlan:
+    kept: dict[str, int]
+    predicted_ms: float
+    dense_ms: float
+    round_to: dict[str, int]
+
+    @property
+    def fraction(self) -> float:
+        return self.predicted_ms / self.dense_ms if self.dense_ms else 1.0
+
+
+class _Greedy:
+    """The state of the search: current counts, and each group's next step priced."""
+
+    def __init__(self, parts: list[Group], table: LatencyTable, recipe: Recipe,
+                 scores: Mapping[str, np.ndarray], macs: CostModel | None = None) -> None:
+        self.parts = {g.center: g for g in parts}
+        self.macs = macs  # under a MAC budget: also price the MACs a step spends
+        self.predictor = Predictor(table)
+        self.step = {g.center: _step(table.groups[g.center].round_to, recipe.settings.round_to, g.channels)
+                     for g in parts}
+        self.floor = {g.center: kept_channels(g.channels, recipe.max_sparsity_of(g.center), self.step[g.center])
+                      for g in parts}
+        self.cum = {g.center: np.concatenate([[0.0], np.cumsum(np.sort(normalised(np.asarray(
+            scores[g.center], dtype=float)))[::-1])]) for g in parts}
+        self.kept: dict[str, int] = {}
+        self.neighbours = {c: {n for u in table.groups[c].ms for n in self.predictor.touching[u]} & set(self.parts)
+                           for c in self.parts}
+        self.moves: dict[str, tuple[float, int] | None] = {c: self._price(c) for c in self.parts}
+
+    def keep(self, center: str) -> int:
+        return self.kept.get(center, self.parts[center].channels)
+
+    def _price(self, center: str) -> tuple[float, int] | None:
+        """(importance lost per millisecond saved, new count) of the group's next step, or None."""
+        now = self.keep(center)
+        lower = (now - 1) // self.step[center] * self.step[center]
+        if lower < max(self.floor[center], 1):
+            return None
+        saved = self.predictor.saving(center, self.kept, lower)
+        if saved <= 1e-9:
+            return None
+        price = (self.cum[center][now] - self.cum[center][lower]) / saved
+        if self.macs is not None:  # the budget fixes the MACs removed: each should buy the most time
+            price *= (self.macs.macs(self.kept) - self.macs.macs({**self.kept, center: lower})) / saved
+        return price, lower
+
+    def advance(self) -> bool:
+        """Take the cheapest step; False when no step saves time."""
+        order = {c: i for i, c in enumerate(self.parts)}
+        priced = [(m[0], order[c], c, m[1]) for c, m in self.moves.items() if m is not None]
+        if not priced:
+            return False
+        _, _, center, lower = min(priced)
+        self.kept[center] = lower
+        for c in self.neighbours[center] | {center}:
+            self.moves[c] = self._price(c)
+        return True
+
+
+def _step(measured: int, recipe_round_to: int, channels: int) -> int:
+    return max(1, min(channels, math.lcm(measured, recipe_round_to)))
+
+
+def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, scores: Mapping[str, np.ndarray],
+                 target_latency: float | None = None, target_macs: float | None = None,
+                 skip: Mapping[str, str] | None = None) -> LatencyPlan:
+    """Kept channels per group so the table predicts ``target_latency`` × the dense latency
+    (or, given ``target_macs``, so the MACs reach that fraction, spending it where it buys most time)."""
+    if (target_latency is None) == (target_macs is None):
+        raise ConfigError("give one target: a latency or a MAC fraction", key="--target-latency")
+    target = target_latency if target_latency is not None else target_macs
+    key = "--target-latency" if target_latency is not None else "--target-macs"
+    if not 0 < target <= 1:
+        raise ConfigError(f"expected a fraction of the dense model in (0, 1], got {target!r}", key=key)
+    if recipe.settings.mode == "global":
+        raise ConfigError("a latency plan chooses per-group sparsities: use `mode: uniform`", key="settings.mode")
+    parts = [g for g in taking_part(groups, recipe, skip or {}) if g.center in table.groups]
+    for g in parts:
+        if table.groups[g.center].channels != g.channels:
+            raise ConfigError(f"the table has {table.groups[g.center].channels} channels for group {g.center}, the "
+                              f"model {g.channels}: measure the table again", key="--latency-table")
+    costs = CostModel(groups)
+    greedy = _Greedy(parts, table, recipe, scores, costs if target_macs is not None else None)
+    dense_macs = costs.macs({})
+
+    def distance(kept: Mapping[str, int]) -> float:
+        if target_latency is not None:
+            return greedy.predictor.ms(kept) / table.dense_ms - target
+        return costs.macs(kept) / dense_macs - target
+
+    now = distance(greedy.kept)
+    while now > 0:
+        before = dict(greedy.kept)
+        if not greedy.advance():
+            raise ConfigError(f"cannot reach {target:.1%}: the table predicts at best {now + target:.1%} with "
+                              "every group at max_sparsity or no step left that saves time", key=key)
+        after = distance(greedy.kept)
+        if after < 0 and -after > now:  # the last step overshot further than stopping short
+            greedy.kept = before
+            break
+        now = after
+    kept = {c: greedy.keep(c) for c in greedy.parts}
+    for g in taking_part(groups, recipe, skip or {}):
+        if g.center not in kept:
+            log.warning("group %s has no timings in the latency table: left whole", g.center)
+            kept[g.center] = g.channels
+    plan = LatencyPlan(kept, greedy.predictor.ms(kept), table.dense_ms, dict(greedy.step))
+    log.info("latency plan: predicted %.3f of %.3f ms (%.1f%%), MACs %.1f%% of dense", plan.predicted_ms,
+             plan.dense_ms, 100 * plan.fraction, 100 * costs.macs(kept) / dense_macs)
+    return plan
+
+
+def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPlan, table: LatencyTable,
+                       round_to: int, target_latency: float | None, target_macs: float | None) -> None:
+    """Store the counts as group sparsities; record the target and which table planned them."""
+    write_group_sparsities(doc, groups, plan.kept, round_to)
+    for center, step in plan.round_to.items():
+        if step > 1:
+            doc["groups"][center].yaml_add_eol_comment(
+                f"keeps {plan.kept[center]} of {groups[center].channels}: a multiple of {step}, the step the "
+                "table measured as fast", "sparsity")
+    settings = doc.setdefault("settings", CommentedMap())
+    if target_latency is not None:
+        settings["target_latency"] = target_latency
+        settings.yaml_add_eol_comment("group sparsities below were planned for this fraction of the measured "
+                                      "dense latency", "target_latency")
+    else:
+        settings["target_macs"] = target_macs
+    record = CommentedMap([("device", table.setup.device), ("device_name", table.device_name),
+                           ("setup", table.setup.key), ("hash", table.hash),
+                           ("predicted", round(plan.fraction, 4))])
+    settings["latency_table"] = record
