@@ -60,6 +60,7 @@ class RuleContext:
         self.first_use: dict[tuple[str, int], str] = {}  # (param, dim) -> op node that first used it
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
+        self.pins: list[tuple[np.ndarray, str]] = []  # channels that must be kept, with why
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
         # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
         self.deferred: list[Callable[[np.ndarray], None]] = []
@@ -167,6 +168,14 @@ class RuleContext:
 
     def block(self, labels: np.ndarray, reason: str) -> None:
         self.space.block(labels, f"{reason} at '{self.node}'")
+
+    def pin(self, labels: np.ndarray, reason: str) -> None:
+        """Keep the channels of ``labels`` (constants the model's code adds, such as
+        padding channels), while the rest of their group stays prunable: unlike
+        :meth:`block`, which keeps the whole group."""
+        labels = np.asarray(labels, dtype=np.int64).ravel()
+        if labels.size:
+            self.pins.append((labels, f"{reason} at '{self.node}'"))
 
     def block_tensor(self, labels: TensorLabels, reason: str, dims: Iterable[int] | None = None) -> None:
         for d in (labels if dims is None else dims):
