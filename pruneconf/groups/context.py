@@ -92,6 +92,15 @@ class RuleContext:
             return args[index]
         return kwargs.get(name, default)
 
+    def size_attribute(self, value: Any) -> str | None:
+        """The attribute of the current op's module that holds ``value`` (an int or a list
+        of them), which apply can update when the size shrinks; None when there is none,
+        as for a literal in the model's code."""
+        sizes = self.graph.graph.get("sizes", {}).get(self.attrs.get("module"), {})
+        want = list(value) if isinstance(value, (list, tuple)) else value
+        return next((name for name, held in sizes.items()
+                     if (list(held) if isinstance(held, (list, tuple)) else held) == want), None)
+
     def tensor_args(self) -> list[Ref]:
         return list(iter_refs((self.attrs["args"], self.attrs["kwargs"])))
 

@@ -394,4 +394,26 @@ def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]
     graph.graph["params"] = {rec.target: rec.full_shape if rec.slice is not None else rec.out_shapes[0]
                              for rec in records if rec.kind in ("param", "buffer")}
     graph.graph["layers"] = {name: layers[name] for name in graph.graph["params"]}
+    graph.graph["sizes"] = _size_attributes(model, {rec.module for rec in records if rec.kind == "call"})
     return graph
+
+
+def _size_attributes(model: nn.Module, paths: set) -> dict[str, dict[str, Any]]:
+    """The public int and int-sequence attributes of each module that made a call
+    (``self.splits = [240, 240]``, ``self.num_1x1_c``): rules ask whether a constant size
+    in a call is one of these, which apply can update (:mod:`pruneconf.apply.attributes`)."""
+    out = {}
+    for path in paths:
+        if path is None:
+            continue
+        found = {name: value for name, value in vars(model.get_submodule(path)).items()
+                 if not name.startswith("_") and _is_size(value)}
+        if found:
+            out[path] = found
+    return out
+
+
+def _is_size(value: Any) -> bool:
+    if type(value) is int:
+        return True
+    return type(value) in (list, tuple) and bool(value) and all(type(v) is int for v in value)

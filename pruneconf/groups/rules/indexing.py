@@ -5,8 +5,10 @@ Model code writes slice bounds and split sizes as constants (``x[:, :32]``,
 counts from the front (or, when negative, from the back), so the channels between it and
 that end are blocked: a slice then still cuts the same channels, and the channels beyond
 its anchors stay prunable (``x[:, 8:]`` prunes freely after channel 8). Steps other than 1
-block the dim. Constant split sizes must add up to the dim, so they block it. ``chunk`` is
-computed from the tensor's size at run time: its pieces are coupled position by position,
+block the dim. Constant split sizes must add up to the dim, so they block it. A bound or
+split sizes that the module holds in an attribute (``x[:, :self.c]``, ``split(x,
+self.splits)``) are not anchors: apply updates the attribute to the kept sizes, the dry run
+checks the guess. ``chunk`` is computed from the tensor's size at run time: its pieces are coupled position by position,
 so they shrink alike and the model's own ``chunk`` call still splits them correctly.
 """
 from __future__ import annotations
@@ -70,6 +72,15 @@ def _bounds(index: Any) -> tuple[Any, Any, Any]:
     return index.start, index.stop, index.step
 
 
+def _held_bounds(ctx: RuleContext, index: Any, start: Any, stop: Any) -> bool:
+    """A slice ``x[:, :self.c]`` or ``x[:, self.c:]`` whose bound the module holds in an int
+    attribute (DPN's ``num_1x1_c``, ReXNet's ``in_channels``): apply sets the attribute to
+    the channels kept before it, so the slice still cuts between the same channels."""
+    bounds = [b for b in (start, stop) if b not in (None, 0)]
+    return (isinstance(index, slice) and len(bounds) == 1 and type(bounds[0]) is int and bounds[0] > 0
+            and ctx.size_attribute(bounds[0]) is not None)
+
+
 def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLabels:
     """Labels of ``x[index]``; constant bounds on a channel dim block what they anchor."""
     out: TensorLabels = {}
@@ -82,7 +93,9 @@ def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape) -> TensorLa
             kept = lab
         else:
             start, stop, step = _bounds(index)
-            if step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
+            if step in (None, 1) and _held_bounds(ctx, index, start, stop):
+                kept = lab[start:stop]  # apply moves the attribute with the channels before it
+            elif step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
                 kept = anchored_slice(ctx, lab, start, stop, reason)
             else:
                 if lab.size > 1:
@@ -192,9 +205,18 @@ def _equal_pieces(ctx: RuleContext, sizes: list[int]) -> bool:
     return ctx.op == "chunk" or (ctx.op == "split" and isinstance(ctx.arg(1, "split_size_or_sections"), int))
 
 
+def _held_sections(ctx: RuleContext) -> bool:
+    """Split sizes the module holds in an attribute (MixNet's ``self.splits``): every piece
+    can shrink on its own, and apply sets the attribute to the kept sizes."""
+    sections = ctx.arg(1, "split_size_or_sections")
+    return (ctx.op in ("split", "split_with_sizes") and isinstance(sections, (list, tuple))
+            and ctx.size_attribute(sections) is not None)
+
+
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
 def split(ctx: RuleContext) -> None:
-    """Pieces along a channel dim: ``chunk`` couples positions, constant sizes block."""
+    """Pieces along a channel dim: ``chunk`` couples positions, sizes held in an attribute
+    keep each piece's channels, other constant sizes block."""
     x = ctx.arg(0, "input")
     shape, labels = ctx.shape(x), ctx.labels(x)
     default = {"hsplit": 1 if len(shape) > 1 else 0, "vsplit": 0}.get(ctx.op, 0)
@@ -206,6 +228,8 @@ def split(ctx: RuleContext) -> None:
     if lab is not None and lab.size > 1 and len(sizes) > 1:
         if _equal_pieces(ctx, sizes):
             pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
+        elif _held_sections(ctx):
+            pass  # each piece keeps its own channels; apply updates the sizes' attribute
         else:
             ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")
     elif lab is not None:
