@@ -132,3 +132,55 @@ def test_spectral_norm_stays_whole_with_its_reason():
                           nn.Conv2d(8, 2, 1)).eval()
     groups = analyse(model, torch.randn(2, 3, 4, 4))
     assert not groups["0"].prunable
+
+
+class HeldSizes(nn.Module):
+    """Sizes held in attributes: a split by ``self.splits`` (MixNet), a partial residual at
+    ``self.c`` (ReXNet, DPN), a one-group GroupNorm (PoolFormer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splits, self.c = [6, 10], 8
+        self.stem, self.pw = nn.Conv2d(3, 16, 1), nn.Conv2d(12, 12, 1)
+        self.a, self.b = nn.Conv2d(6, 6, 3, padding=1), nn.Conv2d(10, 6, 5, padding=2)
+        self.norm = nn.GroupNorm(1, 12)
+        self.head = nn.Conv2d(12, 3, 1)
+
+    def forward(self, x):
+        y = F.relu(self.stem(x))
+        left, right = torch.split(y, self.splits, 1)
+        y = torch.cat([self.a(left), self.b(right)], 1)
+        z = self.pw(F.relu(y))
+        z = torch.cat([z[:, :self.c] + y[:, :self.c], z[:, self.c:]], 1)
+        return self.head(self.norm(z))
+
+
+def test_sizes_held_in_attributes_follow_the_channels():
+    torch.manual_seed(0)
+    model, x = HeldSizes(), torch.randn(2, 3, 8, 8)
+    groups = analyse(model, x)
+    # a, b and pw meet in the partial residual: one group, normalised across its channels
+    assert {g.center for g in groups.prunable} == {"stem", "a"}
+    assert "channel_stats" in groups["a"].notes
+    assert assert_no_influence(model, x, groups) > 0
+    pruned = prune_exactly(model, x)
+    plan = pruned.pruner.plan()
+    assert model.splits == [int((plan.kept["stem"] < 6).sum()), int((plan.kept["stem"] >= 6).sum())]
+    assert sum(model.splits) == 8 and model.stem.out_channels == 8
+    assert model.c == int(plan.members[("pw.weight", 0)][:8].sum())
+    assert model.norm.num_groups == 1 and model.norm.num_channels == model.pw.out_channels < 12
+
+
+def test_a_literal_split_still_blocks():
+    class Literal(HeldSizes):
+        def __init__(self) -> None:
+            super().__init__()
+            self.splits = None  # the sizes are written in the code below
+
+        def forward(self, x):
+            left, right = torch.split(F.relu(self.stem(x)), [6, 10], 1)
+            return self.head(self.norm(self.pw(torch.cat([self.a(left), self.b(right)], 1))))
+
+    groups = analyse(Literal(), torch.randn(2, 3, 8, 8))
+    assert not groups["stem"].prunable
+    assert "split into constant sizes" in groups["stem"].reasons[0]

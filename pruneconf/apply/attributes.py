@@ -38,10 +38,12 @@ def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tupl
                 if dim < len(sizes) and sizes[dim] == old and new != old:
                     yield attrs["module"], old, new
         elif attrs["op"] == "split" and isinstance(_split_size(attrs), int):
-            size = _split_size(attrs)
+            size, pieces = _split_size(attrs), len(attrs["out_shapes"])
             for keep in plan.surviving(node).values():
                 if len(keep) == size and int(keep.sum()) != size:
                     yield attrs["module"], size, int(keep.sum())
+                    # the size may be computed from the whole: ``split(self.expand_chs // 2)``
+                    yield attrs["module"], size * pieces, int(keep.sum()) * pieces
         elif attrs["op"] in ("split", "split_with_sizes") and isinstance(_split_size(attrs), (list, tuple)):
             yield from _resized_sections(plan, node, attrs, list(_split_size(attrs)))
         elif attrs["op"] == "getitem":
