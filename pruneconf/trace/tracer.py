@@ -26,6 +26,7 @@ from ..errors import TraceError
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
+from .where import caller_line
 
 log = logging.getLogger(__name__)
 _SCALARS = (int, float, bool, str)
@@ -49,6 +50,7 @@ class Record:
     inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
     slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
     full_shape: tuple[int, ...] = ()  # of that stacked parameter
+    where: str | None = None       # the model's line that made the call (see .where)
 
 
 class _Recorder(TorchFunctionMode):
@@ -230,7 +232,8 @@ class _Trace:
             name=self.unique(base), kind="call", op=opname.op, target=target,
             module=module, module_type=module_type, args=rec_args, kwargs=rec_kwargs,
             out_shapes=[tuple(t.shape) for t in outputs],
-            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen))
+            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen,
+            where=caller_line()))
         for i, t in enumerate(outputs):
             self.bind(t, Ref(record, i))
         if inplace_target is not None and inplace_target._base is not None:
