@@ -4,9 +4,15 @@
   are constants, pinned, and the channels between them prune;
 * weights standardised in ``forward()`` (timm ``StdConv2d``/``ScaledStdConv2d``, NFNet and
   BiT): rows prune as for a plain conv, columns with the standardisation taken over the kept
-  columns in the masked model.
+  columns in the masked model;
+* sizes the model holds in attributes (split sizes, slice bounds, shapes for ``view``) and
+  one-group GroupNorms (MixNet, DPN, ReXNet, CSPNet, PoolFormer).
+
+Where a size stays fixed, the reason names the line of the model's code.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +24,7 @@ from helpers import analyse, assert_no_influence, prune_exactly
 from pruneconf import trace
 from pruneconf.analysis import total_macs
 from pruneconf.masks.plan import group_keep
+from pruneconf.trace.where import failing_line, located
 
 
 class OptionA(nn.Module):
@@ -184,3 +191,31 @@ def test_a_literal_split_still_blocks():
     groups = analyse(Literal(), torch.randn(2, 3, 8, 8))
     assert not groups["stem"].prunable
     assert "split into constant sizes" in groups["stem"].reasons[0]
+
+
+def _line_of(text: str) -> str:
+    """``tests/test_weak_cuts.py:N`` of the line of this file holding ``text``."""
+    lines = Path(__file__).read_text().splitlines()
+    return f"tests/test_weak_cuts.py:{next(i for i, line in enumerate(lines, 1) if text in line and '_line_of' not in line)}"
+
+
+def test_a_reason_names_the_line_of_model_code_that_fixes_the_size():
+    class Literal(HeldSizes):
+        def __init__(self) -> None:
+            super().__init__()
+            self.splits = None
+
+        def forward(self, x):
+            left, right = torch.split(F.relu(self.stem(x)), [6, 10], 1)  # the sizes, fixed here
+            return self.head(self.norm(self.pw(torch.cat([self.a(left), self.b(right)], 1))))
+
+    groups = analyse(Literal(), torch.randn(2, 3, 8, 8))
+    reason = located(groups["stem"].reasons[0], groups.graph)
+    assert reason.endswith(f"({_line_of('# the sizes, fixed here')})"), reason
+
+
+def test_a_shrunk_model_that_fails_names_the_line():
+    try:
+        torch.zeros(4).view(3)  # fails here
+    except RuntimeError as exc:
+        assert failing_line(exc) == _line_of("# fails here")

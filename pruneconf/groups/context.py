@@ -135,7 +135,7 @@ class RuleContext:
             reason = {"input": "fed by a model input",
                       "constant": "combined with a tensor that is not a parameter or buffer of the model",
                       }.get(attrs["kind"], f"produced by '{ref.node}' ({attrs['op']}) without channel labels")
-            found = self.blocked_labels(shape, reason)
+            found = self.blocked_labels(shape, f"{reason} at '{self.node}'")  # where it meets the model
         self.tensors[key] = found
         return found
 
