@@ -74,7 +74,7 @@ def _moved_bounds(graph: nx.DiGraph, plan: PruningPlan, attrs: dict):
         if not isinstance(item, slice) or keep is None or keep.all():
             continue
         for bound in (item.start, item.stop):
-            if type(bound) is int and 0 < bound < len(keep):
+            if type(bound) is int and 0 < bound < len(keep) and not keep[:bound].all():
                 yield attrs["module"], bound, int(keep[:bound].sum())
 
 

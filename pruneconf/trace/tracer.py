@@ -26,7 +26,7 @@ from ..errors import TraceError
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
-from .where import caller_line
+from .where import caller_line, size_attributes
 
 log = logging.getLogger(__name__)
 _SCALARS = (int, float, bool, str)
@@ -50,7 +50,7 @@ class Record:
     inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
     slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
     full_shape: tuple[int, ...] = ()  # of that stacked parameter
-    where: str | None = None       # the model's line that made the call (see .where)
+    where: str | None = dataclasses.field(default_factory=caller_line)  # the model's line that made it
 
 
 class _Recorder(TorchFunctionMode):
@@ -232,8 +232,7 @@ class _Trace:
             name=self.unique(base), kind="call", op=opname.op, target=target,
             module=module, module_type=module_type, args=rec_args, kwargs=rec_kwargs,
             out_shapes=[tuple(t.shape) for t in outputs],
-            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen,
-            where=caller_line()))
+            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen))
         for i, t in enumerate(outputs):
             self.bind(t, Ref(record, i))
         if inplace_target is not None and inplace_target._base is not None:
@@ -302,10 +301,6 @@ class _Trace:
             ref.record.name = new
 
 
-def _snapshot(state: "_Trace") -> list[torch.Tensor]:
-    return [b.detach().clone() for _, _, b in state.buffers]
-
-
 def _restore(state: "_Trace", saved: list[torch.Tensor]) -> None:
     """Put buffers back (a train-mode forward moves BatchNorm statistics)."""
     with torch.no_grad():
@@ -354,7 +349,7 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     state = _Trace(model)
     state.add_inputs(example_inputs)
     experts = every_expert(model)
-    saved = _snapshot(state)
+    saved = [b.detach().clone() for _, _, b in state.buffers]  # _restore puts them back
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
     try:
@@ -397,26 +392,5 @@ def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]
     graph.graph["params"] = {rec.target: rec.full_shape if rec.slice is not None else rec.out_shapes[0]
                              for rec in records if rec.kind in ("param", "buffer")}
     graph.graph["layers"] = {name: layers[name] for name in graph.graph["params"]}
-    graph.graph["sizes"] = _size_attributes(model, {rec.module for rec in records if rec.kind == "call"})
+    graph.graph["sizes"] = size_attributes(model, {rec.module for rec in records if rec.kind == "call"})
     return graph
-
-
-def _size_attributes(model: nn.Module, paths: set) -> dict[str, dict[str, Any]]:
-    """The public int and int-sequence attributes of each module that made a call
-    (``self.splits = [240, 240]``, ``self.num_1x1_c``): rules ask whether a constant size
-    in a call is one of these, which apply can update (:mod:`pruneconf.apply.attributes`)."""
-    out = {}
-    for path in paths:
-        if path is None:
-            continue
-        found = {name: value for name, value in vars(model.get_submodule(path)).items()
-                 if not name.startswith("_") and _is_size(value)}
-        if found:
-            out[path] = found
-    return out
-
-
-def _is_size(value: Any) -> bool:
-    if type(value) is int:
-        return True
-    return type(value) in (list, tuple) and bool(value) and all(type(v) is int for v in value)

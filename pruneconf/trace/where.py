@@ -1,9 +1,16 @@
-"""Where in the model's own code something happened: ``file:line`` for reasons people act on.
+"""What the trace records about the model's own code: the line of each call, and the sizes
+its modules hold in attributes.
 
 A group left whole because a size is fixed somewhere is only actionable if the message says
 where: the trace records, for every op, the innermost line outside torch and pruneconf that
 called it (the model's ``forward``, or a library such as timm that the model is built from),
 and a shrunk model that fails to run names the line it failed at.
+
+Model code also splits or slices with sizes it stored at construction (MixNet's
+``torch.split(x, self.splits, 1)``, DPN's ``x[:, :self.num_1x1_c]``). Such a size can follow
+the channels: apply sets the attribute to the kept size. A literal in the code cannot, so
+channel rules ask the trace whether a constant they see is held by the module that ran the
+call (:meth:`pruneconf.groups.context.RuleContext.size_attribute`).
 """
 from __future__ import annotations
 
@@ -11,8 +18,10 @@ import os
 import re
 import sys
 import types
+from typing import Any
 
 import torch
+from torch import nn
 
 _LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
                    for m in (torch, sys.modules[__name__.split(".")[0]]))
@@ -56,4 +65,25 @@ def located(reason: str, graph) -> str:
     return f"{reason} ({where})" if where else reason
 
 
-__all__ = ["caller_line", "failing_line", "located"]
+def size_attributes(model: nn.Module, paths: set) -> dict[str, dict[str, Any]]:
+    """The public int and int-sequence attributes of each module that made a call
+    (``self.splits = [240, 240]``, ``self.num_1x1_c``): rules ask whether a constant size
+    in a call is one of these, which apply can update (:mod:`pruneconf.apply.attributes`)."""
+    out = {}
+    for path in paths:
+        if path is None:
+            continue
+        found = {name: value for name, value in vars(model.get_submodule(path)).items()
+                 if not name.startswith("_") and _is_size(value)}
+        if found:
+            out[path] = found
+    return out
+
+
+def _is_size(value: Any) -> bool:
+    if type(value) is int:
+        return True
+    return type(value) in (list, tuple) and bool(value) and all(type(v) is int for v in value)
+
+
+__all__ = ["caller_line", "failing_line", "located", "size_attributes"]
