@@ -10,7 +10,7 @@ import torch
 from helpers import check_pruning
 from zoo_models import TIMM, timm_model
 
-SLOW = {"swin_tiny_patch4_window7_224", "efficientformer_l1", "cspresnet50", "res2net50_26w_4s", "nf_regnet_b0"}
+SLOW = {"swin_tiny_patch4_window7_224", "efficientformer_l1", "cspresnet50", "res2net50_26w_4s"}
 
 
 @pytest.mark.parametrize("entry", [pytest.param(e, marks=pytest.mark.slow) if e.name in SLOW else e for e in TIMM],
