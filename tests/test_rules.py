@@ -93,6 +93,8 @@ CASES = [
     Case("resize", lambda: Between(lambda m, y: F.interpolate(y, scale_factor=2.0, mode="bilinear"), conv(), conv(8, 2)), channels=8),
     Case("pad", lambda: Between(lambda m, y: F.pad(y, (1, 1, 0, 0, 2, 1)), conv(), conv(11, 2)), channels=8),
     Case("pad", lambda: Between(lambda m, y: F.pad(y, (0, 0, 0, 0, 1, 1), mode="replicate"), conv(), conv(10, 2)), blocked="padded in 'replicate' mode"),
+    Case("pad", with_extra(lambda: Between(lambda m, y: y + F.pad(m.extra["sc"](y), (0, 0, 0, 0, 2, 2)), conv(), conv(8, 2)),
+                           sc=conv(8, 4)), channels=8),  # padding channels pinned, the rest prunable
     Case("reshape", lambda: Between(lambda m, y: y.reshape(y.shape[0], 2, -1, 6, 6).transpose(1, 2).flatten(1, 2), conv(), conv(8, 2)), channels=4),
     Case("permute", lambda: Between(lambda m, y: y.permute(0, 2, 3, 1), conv(), nn.Linear(8, 2)), channels=8),
     Case("transpose", lambda: Between(lambda m, y: y.flatten(2).transpose(1, 2).mT.movedim(1, 2), nn.Identity(), nn.Linear(8, 2)), center="extra.c"),

@@ -51,6 +51,7 @@ TIMM = [
     TimmModel("res2net", "res2net50_26w_4s"), TimmModel("densenet", "densenet121"), TimmModel("repvgg", "repvgg_a0"),
     TimmModel("lcnet", "lcnet_050"), TimmModel("efficientformer", "efficientformer_l1", size=224),
     TimmModel("gernet", "gernet_s"), TimmModel("fastvit", "fastvit_t8"),
+    TimmModel("mixnet", "mixnet_s"), TimmModel("nfnet", "nf_regnet_b0"),
 ]
 
 

@@ -39,7 +39,9 @@ def _size_args(attrs: dict) -> tuple:
 def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int, bool]]:
     """``(module path, old size, new size, literal)`` of every size a reshape, a one-value
     factory or an even ``split`` produces that the plan changes; ``literal`` when the call
-    passed the size itself, not ``-1`` (a head count inferred from the tensor)."""
+    passed the size itself, not ``-1`` (a head count inferred from the tensor). Old and new
+    are lists for a split by a list of sizes, and a getitem's slice bound moves to the count
+    of channels kept before it."""
     for node, attrs in graph.nodes(data=True):
         if attrs["kind"] != "call" or attrs.get("module") is None:
             continue
@@ -50,9 +52,44 @@ def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, i
                 if dim < len(sizes) and sizes[dim] in (old, -1) and new != old:
                     yield attrs["module"], old, new, sizes[dim] == old
         elif attrs["op"] == "split" and isinstance(size := _split_size(attrs), int):
+            pieces = len(attrs["out_shapes"])
             for keep in plan.surviving(node).values():
                 if len(keep) == size and int(keep.sum()) != size:
                     yield attrs["module"], size, int(keep.sum()), True
+                    # the size may be computed from the whole: ``split(self.expand_chs // 2)``
+                    yield attrs["module"], size * pieces, int(keep.sum()) * pieces, True
+        elif attrs["op"] in ("split", "split_with_sizes") and isinstance(_split_size(attrs), (list, tuple)):
+            yield from _resized_sections(plan, node, attrs, list(_split_size(attrs)))
+        elif attrs["op"] == "getitem":
+            yield from _moved_bounds(plan, attrs)
+
+
+def _resized_sections(plan: PruningPlan, node: str, attrs: dict, sizes: list[int]):
+    """The kept size of each piece of a split by a list of sizes (MixNet's ``self.splits``)."""
+    args = attrs["args"]
+    dim = args[2] if len(args) > 2 else attrs["kwargs"].get("dim", 0)
+    dim = dim + len(attrs["out_shapes"][0]) if dim < 0 else dim
+    new = [int(keep[dim].sum()) if dim in keep else n
+           for keep, n in zip((plan.surviving(node, i) for i in range(len(sizes))), sizes)]
+    if new != sizes:
+        yield attrs["module"], sizes, new, True
+
+
+def _moved_bounds(plan: PruningPlan, attrs: dict):
+    """``(module, bound, kept channels before it)`` for each int slice bound of a getitem
+    along a dim the plan shrinks (``x[:, :self.c]``): the bound moves with its channels."""
+    x, index = attrs["args"][0], attrs["args"][1]
+    items = index if isinstance(index, tuple) else (index,)
+    if Ellipsis in items or not hasattr(x, "node"):
+        return
+    surviving = plan.surviving(x.node, x.index)
+    for dim, item in enumerate(i for i in items if i is not None):
+        keep = surviving.get(dim)
+        if not isinstance(item, slice) or keep is None or keep.all():
+            continue
+        for bound in (item.start, item.stop):
+            if type(bound) is int and 0 < bound < len(keep) and not keep[:bound].all():
+                yield attrs["module"], bound, int(keep[:bound].sum()), True
 
 
 def _split_size(attrs: dict):
@@ -60,18 +97,35 @@ def _split_size(attrs: dict):
     return args[1] if len(args) > 1 else attrs["kwargs"].get("split_size_or_sections")
 
 
-def _matches(obj: object, old: int, names) -> Iterator[str]:
-    """Public integer attributes of ``obj`` among ``names`` (all if None) equal to ``old``."""
+def _resized(value: Any, old: int, new: int) -> Any:
+    """``value`` with the size ``old`` replaced by ``new``: an int equal to it, a tuple of
+    ints holding it (a shape kept for ``view``: timm's ``Scale.shape = (dim, 1, 1)``), or a
+    list of sizes equal to ``old`` when that is a list; else None."""
+    if isinstance(old, list):  # a list of sizes, replaced as a whole
+        return type(value)(new) if type(value) in (list, tuple) and list(value) == old else None
+    if type(value) is int:
+        return new if value == old else None
+    if type(value) is tuple and value and all(type(v) is int for v in value) and old in value:
+        return tuple(new if v == old else v for v in value)
+    return None
+
+
+def _holders(obj: object, old: Any, new: Any, names) -> Iterator[tuple[str, Any]]:
+    """``(name, value at the new size)`` of the public attributes of ``obj`` among ``names``
+    (all if None) that hold the size ``old``."""
     values = vars(obj) if not isinstance(obj, LayerConfig) else {**vars(obj.shared), **obj.sizes}
     for name, value in values.items():
-        if not name.startswith("_") and type(value) is int and value == old and (names is None or name in names):
-            yield name
+        if not name.startswith("_") and (names is None or name in names):
+            resized = _resized(value, old, new)
+            if resized is not None:
+                yield name, resized
 
 
 def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn.Module, str, Any]]:
     """``(module, attribute, new value)`` for the attributes holding a size that shrinks.
 
-    A literal size may be held by any integer attribute of the calling module; a head
+    A literal size may be held by any attribute of the calling module (an int, a list of
+    sizes, a shape tuple); a head
     count the call inferred (``view(B, S, -1, self.head_dim)``) only by one named as a head
     count (:data:`HEAD_COUNTS`): in the module or, when the module holds no head count of
     that value, in the config it reads (which then becomes the layer's own :class:`LayerConfig`).
@@ -80,12 +134,13 @@ def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn
     configs: dict[int, tuple[nn.Module, dict[str, int]]] = {}
     for path, old, new, literal in _resized_dims(plan.groups.graph, plan):
         module = model.get_submodule(path)
-        for name in _matches(module, old, None if literal else HEAD_COUNTS):
-            changes.setdefault((id(module), name), (module, name, new))
+        for name, value in _holders(module, old, new, None if literal else HEAD_COUNTS):
+            changes.setdefault((id(module), name), (module, name, value))
         config = getattr(module, "config", None)
-        if config is not None and not isinstance(config, nn.Module) and not any(_matches(module, old, HEAD_COUNTS)):
-            for name in _matches(config, old, HEAD_COUNTS):
-                configs.setdefault(id(module), (module, {}))[1].setdefault(name, new)
+        if config is not None and not isinstance(config, nn.Module) \
+                and not any(_holders(module, old, new, HEAD_COUNTS)):
+            for name, value in _holders(config, old, new, HEAD_COUNTS):
+                configs.setdefault(id(module), (module, {}))[1].setdefault(name, value)
     for module, sizes in configs.values():
         changes[(id(module), "config")] = (module, "config", LayerConfig(module.config, sizes))
     return list(changes.values())

@@ -72,8 +72,10 @@ def _norm(module: nn.Module, old: dict) -> None:
 
 @register_resizer(nn.GroupNorm)
 def _group_norm(module: nn.Module, old: dict) -> None:
+    """Whole groups were pruned, so the group width stays; one group stays one group."""
     module.num_channels = module.weight.shape[0]
-    module.num_groups = module.num_channels // (old["num_channels"] // old["num_groups"])
+    if old["num_groups"] > 1:
+        module.num_groups = module.num_channels // (old["num_channels"] // old["num_groups"])
 
 
 @register_resizer(nn.LayerNorm, nn.RMSNorm)

@@ -20,6 +20,7 @@ from ..masks.plan import PruningPlan, model_tensors
 from ..masks.register import register_masks
 from ..trace.refs import iter_refs, iter_tensors
 from ..trace.tracer import _call
+from ..trace.where import failing_line
 from .shrink import shrink
 
 log = logging.getLogger("pruneconf")
@@ -157,7 +158,8 @@ def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: 
         error = max_relative_error(expected, model_outputs(model, example))
         problem = None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
     except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
-        problem = f"fails to run: {type(exc).__name__}: {exc}"
+        where = failing_line(exc)
+        problem = f"fails to run{f' at {where}' if where else ''}: {type(exc).__name__}: {exc}"
     return done, problem
 
 

@@ -60,6 +60,7 @@ class RuleContext:
         self.first_use: dict[tuple[str, int], str] = {}  # (param, dim) -> op node that first used it
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
+        self.pins: list[tuple[np.ndarray, str]] = []  # channels that must be kept, with why
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
         # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
         self.deferred: list[Callable[[np.ndarray], None]] = []
@@ -90,6 +91,15 @@ class RuleContext:
         if len(args) > index:
             return args[index]
         return kwargs.get(name, default)
+
+    def size_attribute(self, value: Any) -> str | None:
+        """The attribute of the current op's module that holds ``value`` (an int or a list
+        of them), which apply can update when the size shrinks; None when there is none,
+        as for a literal in the model's code."""
+        sizes = self.graph.graph.get("sizes", {}).get(self.attrs.get("module"), {})
+        want = list(value) if isinstance(value, (list, tuple)) else value
+        return next((name for name, held in sizes.items()
+                     if (list(held) if isinstance(held, (list, tuple)) else held) == want), None)
 
     def tensor_args(self) -> list[Ref]:
         return list(iter_refs((self.attrs["args"], self.attrs["kwargs"])))
@@ -125,7 +135,7 @@ class RuleContext:
             reason = {"input": "fed by a model input",
                       "constant": "combined with a tensor that is not a parameter or buffer of the model",
                       }.get(attrs["kind"], f"produced by '{ref.node}' ({attrs['op']}) without channel labels")
-            found = self.blocked_labels(shape, reason)
+            found = self.blocked_labels(shape, f"{reason} at '{self.node}'")  # where it meets the model
         self.tensors[key] = found
         return found
 
@@ -167,6 +177,14 @@ class RuleContext:
 
     def block(self, labels: np.ndarray, reason: str) -> None:
         self.space.block(labels, f"{reason} at '{self.node}'")
+
+    def pin(self, labels: np.ndarray, reason: str) -> None:
+        """Keep the channels of ``labels`` (constants the model's code adds, such as
+        padding channels), while the rest of their group stays prunable: unlike
+        :meth:`block`, which keeps the whole group."""
+        labels = np.asarray(labels, dtype=np.int64).ravel()
+        if labels.size:
+            self.pins.append((labels, f"{reason} at '{self.node}'"))
 
     def block_tensor(self, labels: TensorLabels, reason: str, dims: Iterable[int] | None = None) -> None:
         for d in (labels if dims is None else dims):

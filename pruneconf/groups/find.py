@@ -66,6 +66,9 @@ class Group:
     noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
     blocks: np.ndarray | None = None  # experts stacked in one tensor: the expert of each channel;
     #                                   every expert keeps the same number of its own channels
+    pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
+    #                                   always kept (constants the model adds: padding channels)
+    pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op
 
     @property
     def experts(self) -> int:
@@ -225,6 +228,25 @@ def _center_name(layer: str, param: str, dim: int, taken: set[str]) -> str:
     return name
 
 
+def _pin_channels(pins, comp: np.ndarray, roots: np.ndarray, channel_of_root: np.ndarray,
+                  by_comp: dict[int, Group]) -> None:
+    """Record on each group the channels pinned by a rule (see ``RuleContext.pin``); a
+    group whose every channel is pinned has nothing to prune, and says which op pins it."""
+    for labels, reason in pins:
+        hit = roots[labels]
+        for c in np.unique(comp[hit]).tolist():
+            group = by_comp.get(c)
+            if group is None:
+                continue
+            chans = channel_of_root[hit[comp[hit] == c]]
+            group.pinned = np.union1d(group.pinned, chans[chans >= 0])
+            if reason not in group.pinned_by:
+                group.pinned_by.append(reason)
+    for group in by_comp.values():
+        if group.pinned.size and group.pinned.size >= group.channels and not group.reasons:
+            group.reasons.append(f"every channel is kept: {group.pinned_by[0]}")
+
+
 def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
     real = {name: stacked for name, (stacked, _) in ctx.slices.items()}
     layer_name = lambda param: graph.graph["layers"][real.get(param, param)]  # noqa: E731
@@ -260,6 +282,7 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
         group.channels = _number_channels(rl, channel_of_root, group.channels)
         if r.param in ctx.slices:
             slice_sources.setdefault(c, []).append((ctx.slices[r.param][1], channel_of_root[rl]))
+    _pin_channels(ctx.pins, comp, roots, channel_of_root, by_comp)
     for c, group in by_comp.items():
         group.blocks, why = expert_blocks(group.channels, slice_sources.get(c, []))
         if why:

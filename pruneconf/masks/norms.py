@@ -7,7 +7,8 @@ its channel rule) is computed over the kept channels only and gives 0 at pruned 
 
     out = zeros; out[..., kept] = layer_norm(x[..., kept], (k,), w[kept], b[kept], eps)
 
-Several normalised dims are flattened first (a norm over ``(C1, C2)`` is the norm over
+A GroupNorm with one group (PoolFormer's) normalises over channels and space, so it is
+computed over the kept channels (dim 1) the same way. Several normalised dims are flattened first (a norm over ``(C1, C2)`` is the norm over
 their ``C1*C2`` elements), so any mix of pruned and whole dims is exact. The call is
 replaced by a ``TorchFunctionMode`` that is active only during the forward of the module
 the norm ran in (entered by a forward pre-hook, left by an ``always_call`` forward hook, so
@@ -30,14 +31,17 @@ from torch.overrides import TorchFunctionMode
 
 from ..groups.context import CHANNEL_STATS
 from ..groups.rules.norm import NORM_OPS, normalized_dims
+
+GROUP_NORM = "group_norm"  # with one group: a norm across channels (and space)
 from ..trace.refs import Ref
 from .plan import PruningPlan, model_tensors
 from .scope import ModuleScope
 
 # Positional parameters of torch.nn.functional.layer_norm / rms_norm (and torch.layer_norm).
 _SIGNATURES = {"layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
-               "rms_norm": ("input", "normalized_shape", "weight", "eps")}
-_DEFAULT_EPS = {"layer_norm": 1e-5, "rms_norm": None}
+               "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+               GROUP_NORM: ("input", "num_groups", "weight", "bias", "eps")}
+_DEFAULT_EPS = {"layer_norm": 1e-5, "rms_norm": None, GROUP_NORM: 1e-5}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,9 +69,12 @@ def _masked_norm(plan: PruningPlan, node: str) -> MaskedNorm | None:
     attrs = graph.nodes[node]
     x = _arg(attrs, 0, "input")
     shape = graph.nodes[x.node]["out_shapes"][x.index]
-    k = len(normalized_dims(_arg(attrs, 1, "normalized_shape")))
-    per_dim = [_kept_along(plan, x, d, shape[d]) for d in range(len(shape) - k, len(shape))]
-    keep = functools.reduce(np.multiply.outer, per_dim).reshape(-1)
+    if attrs["op"] == GROUP_NORM:
+        keep = _kept_along(plan, x, 1, shape[1])
+    else:
+        k = len(normalized_dims(_arg(attrs, 1, "normalized_shape")))
+        per_dim = [_kept_along(plan, x, d, shape[d]) for d in range(len(shape) - k, len(shape))]
+        keep = functools.reduce(np.multiply.outer, per_dim).reshape(-1)
     if keep.all():
         return None
     weight = graph.nodes[_arg(attrs, 2, "weight").node]["target"]
@@ -78,7 +85,7 @@ def masked_norms(plan: PruningPlan) -> list[MaskedNorm]:
     """Every norm call the plan's pruned groups were noted at (``channel_stats``), once each."""
     nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
                           for node in g.noted_at.get(CHANNEL_STATS, ())
-                          if plan.groups.graph.nodes[node]["op"] in NORM_OPS)
+                          if plan.groups.graph.nodes[node]["op"] in (*NORM_OPS, GROUP_NORM))
     found: dict[tuple[str, str], MaskedNorm] = {}
     for node in nodes:
         norm = _masked_norm(plan, node)
@@ -88,8 +95,19 @@ def masked_norms(plan: PruningPlan) -> list[MaskedNorm]:
     return list(found.values())
 
 
+def _group_norm_over(kept: torch.Tensor, bound: dict) -> torch.Tensor:
+    """A one-group GroupNorm over the ``kept`` channels; 0 at the others."""
+    x, weight, bias = bound["input"], bound.get("weight"), bound.get("bias")
+    kept = kept.to(x.device)
+    y = F.group_norm(x.index_select(1, kept), 1, weight.index_select(0, kept),
+                     bias.index_select(0, kept) if bias is not None else None, bound.get("eps", 1e-5))
+    return y.new_zeros(x.shape).index_copy(1, kept, y)
+
+
 def _norm_over(op: str, kept: torch.Tensor, bound: dict) -> torch.Tensor:
     """``op`` over the ``kept`` elements of the normalised dims; 0 elsewhere."""
+    if op == GROUP_NORM:
+        return _group_norm_over(kept, bound)
     x = bound["input"]
     shape = normalized_dims(bound["normalized_shape"])
     flat = x.flatten(-len(shape)) if len(shape) > 1 else x
@@ -118,7 +136,7 @@ class _MaskedNormMode(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
         kwargs = kwargs or {}
         op = getattr(func, "__name__", None)
-        if op in NORM_OPS:
+        if op in _SIGNATURES:
             bound = dict(zip(_SIGNATURES[op], args), **kwargs)
             kept = self._kept_of(bound)
             if kept is not None:
@@ -132,7 +150,11 @@ class _MaskedNormMode(TorchFunctionMode):
         entry = self.kept.get(id(weight))
         if entry is None or entry[0] is not weight or weight.dim() > bound["input"].dim():
             return None
-        return entry[1] if bound["input"].shape[-weight.dim():] == weight.shape else None
+        if "num_groups" in bound:
+            fits = bound["num_groups"] == 1 and bound["input"].dim() > 1 and bound["input"].shape[1] == weight.numel()
+        else:
+            fits = bound["input"].shape[-weight.dim():] == weight.shape
+        return entry[1] if fits else None
 
 
 class _Scope(ModuleScope):

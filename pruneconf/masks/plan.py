@@ -86,9 +86,12 @@ def _same_rows(keep: np.ndarray) -> np.ndarray:
 def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
     """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
 
-    Experts stacked in one tensor keep ``keep / experts`` channels each, each expert its
-    own best (see :mod:`pruneconf.groups.stacks`).
+    Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
+    first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
+    its own best (see :mod:`pruneconf.groups.stacks`).
     """
+    importance = np.asarray(importance, dtype=np.float64).copy()
+    importance[group.pinned] = np.inf
     if group.blocks is None:
         return np.sort(np.argsort(-importance, kind="stable")[:keep])
     per = max(1, round(keep / group.experts))
@@ -99,9 +102,11 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
 
 def group_keep(group: Group, sparsity: float, round_to: int) -> int:
     """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
-    every expert keeps the same count."""
-    per = kept_channels(group.channels // group.experts, sparsity, round_to)
-    return per * group.experts
+    every expert keeps the same count; the sparsity applies to the channels not pinned,
+    which are all kept."""
+    pinned = len(group.pinned)
+    per = kept_channels((group.channels - pinned) // group.experts, sparsity, round_to)
+    return per * group.experts + pinned
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

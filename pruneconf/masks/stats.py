@@ -9,7 +9,10 @@ on the kept channels only::
 
     x.pow(2).mean(-1, keepdim=True)  ->  x.pow(2).index_select(-1, kept).mean(-1, keepdim=True)
 
-whatever the pruned channels hold. The call is recognised inside the module it ran in (a
+whatever the pruned channels hold. A weight standardised in ``forward()`` (timm's
+``StdConv2d``: ``F.batch_norm(w.reshape(1, O, -1), training=True)``, noted ``weight_stats``)
+is standardised over its kept columns in the same way, its pruned columns set to zero as in
+the shrunk model, where they do not exist. The call is recognised inside the module it ran in (a
 ``TorchFunctionMode`` active only during that module's own forward, not its children's) by
 the op, the reduced dims and the input's sizes along the pruned dims. Two calls of one module
 that look alike but keep different channels cannot be told apart: neither is masked, and the
@@ -27,6 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..groups.context import CHANNEL_STATS
 from ..groups.rules.reduction import STATISTICS, reduced_dims
+from ..groups.rules.weights import WEIGHT_STATS
 from ..trace.opnames import canonical_name
 from .plan import PruningPlan
 from .scope import ModuleScope
@@ -59,14 +63,34 @@ def _masked_statistic(plan: PruningPlan, node: str) -> MaskedStatistic | None:
     return MaskedStatistic(attrs["module"], key, kept)
 
 
+def _standardised_weight(plan: PruningPlan, node: str) -> MaskedStatistic | None:
+    """The masked form of the ``batch_norm`` at ``node`` that standardises a conv weight
+    row by row: over the kept columns (each column's kernel taps with it)."""
+    graph = plan.groups.graph
+    attrs = graph.nodes[node]
+    flat = graph.nodes[attrs["args"][0].node]
+    param = graph.nodes[flat["args"][0].node]["target"]
+    keep = plan.members.get((param, 1))
+    if keep is None:
+        return None
+    shape = tuple(flat["out_shapes"][0])
+    columns = np.repeat(keep, shape[2] // len(keep))
+    return MaskedStatistic(attrs["module"], ("batch_norm", 3, (0, 2), ((2, shape[2]),)),
+                           ((2, torch.as_tensor(np.flatnonzero(columns))),))
+
+
+def _noted(plan: PruningPlan, kind: str) -> dict[str, None]:
+    return dict.fromkeys(node for g in plan.groups if g.center in plan.kept for node in g.noted_at.get(kind, ()))
+
+
 def masked_statistics(plan: PruningPlan) -> list[MaskedStatistic]:
     """Every statistic call the plan's pruned groups were noted at, except ambiguous ones."""
-    nodes = dict.fromkeys(node for g in plan.groups if g.center in plan.kept
-                          for node in g.noted_at.get(CHANNEL_STATS, ())
-                          if plan.groups.graph.nodes[node]["op"] in STATISTICS)
+    graph = plan.groups.graph
+    calls = [(node, _masked_statistic) for node in _noted(plan, CHANNEL_STATS) if graph.nodes[node]["op"] in STATISTICS]
+    calls += [(node, _standardised_weight) for node in _noted(plan, WEIGHT_STATS)]
     found: dict[tuple[str, Key], MaskedStatistic | None] = {}
-    for node in nodes:
-        stat = _masked_statistic(plan, node)
+    for node, masked in calls:
+        stat = masked(plan, node)
         if stat is None:
             continue
         where = (stat.module, stat.key)
@@ -90,12 +114,23 @@ class _MaskedStatisticMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.scope.depth == 0:
             kept = self.scope.kept_of(func, args, kwargs)
+            if kept is not None and self.scope.names[func] == "batch_norm":
+                return _over_kept(func, args, kwargs, kept)
             if kept is not None:
                 x = args[0]
                 for dim, index in kept:
                     x = x.index_select(dim, index.to(x.device))
                 return func(x, *args[1:], **kwargs)
         return func(*args, **kwargs)
+
+
+def _over_kept(func, args: tuple, kwargs: dict, kept) -> torch.Tensor:
+    """A standardised weight computed over the kept columns; the pruned ones are zero."""
+    (dim, index), = kept
+    x = args[0]
+    index = index.to(x.device)
+    out = torch.zeros_like(x)
+    return out.index_copy(dim, index, func(x.index_select(dim, index), *args[1:], **kwargs))
 
 
 class _Scope(ModuleScope):
@@ -115,7 +150,7 @@ class _Scope(ModuleScope):
         if op not in self.ops or not args or not isinstance(args[0], torch.Tensor):
             return None
         x = args[0]
-        dims = reduced_dims(op, args, kwargs, x.dim())
+        dims = (0, 2) if op == "batch_norm" else reduced_dims(op, args, kwargs, x.dim())
         for key_op, ndim, key_dims, sizes in self.table:
             if (key_op, ndim, key_dims) == (op, x.dim(), dims) and all(x.shape[d] == n for d, n in sizes):
                 return self.table[(key_op, ndim, key_dims, sizes)]

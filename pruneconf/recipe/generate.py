@@ -20,6 +20,7 @@ from ..errors import ConfigError
 from ..groups import ChannelGroups, Group
 from ..models import InputSpec
 from ..trace.fingerprint import fingerprint, parameter_shapes
+from ..trace.where import located
 from .yamlio import dump_document, load_document, round_trip_yaml, template_path
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _header(model: str | None, groups: ChannelGroups) -> str:
     if blocked:
         text += "\nNot prunable (left as they are):\n"
         for g in blocked:
-            text += f"  {g.center} ({g.channels} ch): {'; '.join(g.reasons[:2])}\n"
+            text += f"  {g.center} ({g.channels} ch): {'; '.join(located(r, groups.graph) for r in g.reasons[:2])}\n"
     return text.rstrip("\n")
 
 

@@ -10,6 +10,7 @@ import re
 from typing import Any, Sequence
 
 from ..table import format_table
+from ..trace.where import located
 from .generate import SUMMARY_MARK
 from .load import Recipe
 from .plan import kept_channels
@@ -81,7 +82,7 @@ def show_traced(recipe: Recipe, groups) -> str:
                  f"{100 * costs[g.center].params / max(params, 1):.2f}%") for g in groups.prunable]
     title = (f"{recipe.path}: {recipe.model}, {len(groups.prunable)} prunable groups of {len(groups)}; "
              f"{macs:,} MACs, {params:,} params")
-    text = _table(recipe, rows, [f"{g.center} ({g.channels} ch): {'; '.join(g.reasons[:3])}"
+    text = _table(recipe, rows, [f"{g.center} ({g.channels} ch): {'; '.join(located(r, graph) for r in g.reasons[:3])}"
                                  for g in groups if not g.prunable], title)
     unknown = [k for k in recipe.sparsity if k not in groups.by_center or not groups[k].prunable]
     if unknown:

@@ -26,6 +26,7 @@ from ..errors import TraceError
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
+from .where import caller_line, size_attributes
 
 log = logging.getLogger(__name__)
 _SCALARS = (int, float, bool, str)
@@ -49,6 +50,7 @@ class Record:
     inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
     slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
     full_shape: tuple[int, ...] = ()  # of that stacked parameter
+    where: str | None = dataclasses.field(default_factory=caller_line)  # the model's line that made it
 
 
 class _Recorder(TorchFunctionMode):
@@ -301,10 +303,6 @@ class _Trace:
             ref.record.name = new
 
 
-def _snapshot(state: "_Trace") -> list[torch.Tensor]:
-    return [b.detach().clone() for _, _, b in state.buffers]
-
-
 def _restore(state: "_Trace", saved: list[torch.Tensor]) -> None:
     """Put buffers back (a train-mode forward moves BatchNorm statistics)."""
     with torch.no_grad():
@@ -353,7 +351,7 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     state = _Trace(model)
     state.add_inputs(example_inputs)
     experts = every_expert(model)
-    saved = _snapshot(state)
+    saved = [b.detach().clone() for _, _, b in state.buffers]  # _restore puts them back
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
     try:
@@ -396,4 +394,5 @@ def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]
     graph.graph["params"] = {rec.target: rec.full_shape if rec.slice is not None else rec.out_shapes[0]
                              for rec in records if rec.kind in ("param", "buffer")}
     graph.graph["layers"] = {name: layers[name] for name in graph.graph["params"]}
+    graph.graph["sizes"] = size_attributes(model, {rec.module for rec in records if rec.kind == "call"})
     return graph

@@ -13,6 +13,7 @@ from ...trace.refs import Ref
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
 from ..registry import register
 from .common import block_dims, block_union, channel_labels, follow_bias, fresh_blocked
+from .weights import standardised_weight, use_standardised
 
 
 def _layout(ctx: RuleContext, x: Ref, weight: Ref) -> tuple[int, tuple[int, ...], int]:
@@ -43,16 +44,22 @@ def _not_a_parameter(ctx: RuleContext, in_labels: np.ndarray, c_out: int) -> np.
 
 @register("conv1d", "conv2d", "conv3d")
 def conv(ctx: RuleContext) -> None:
+    """A weight standardised in forward (timm ``StdConv2d``) counts as its parameter."""
     weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
+    standardised = None if ctx.is_param(weight) else standardised_weight(ctx, weight)
+    if standardised is not None:
+        weight = standardised[0]
     if not ctx.is_param(weight):
         out[ocd] = _not_a_parameter(ctx, in_labels, ctx.out_shapes[0][ocd])
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
         out[ocd] = ctx.role(weight, 0, SOURCE)
-    else:
+    else:  # whole conv groups go: each row keeps its columns, and so its statistics
         out[ocd] = ctx.role(weight, 0, FOLLOWER)
         roots = block_union(ctx, in_labels, groups)
         ctx.union(out[ocd].reshape(groups, -1), roots[:, None])
+    if standardised is not None:
+        use_standardised(ctx, standardised, out[ocd], in_labels if groups == 1 else None)
     follow_bias(ctx, bias, out[ocd])
     ctx.set_out(out)
 

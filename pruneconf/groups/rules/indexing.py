@@ -5,8 +5,10 @@ Model code writes slice bounds and split sizes as constants (``x[:, :32]``,
 counts from the front (or, when negative, from the back), so the channels between it and
 that end are blocked: a slice then still cuts the same channels, and the channels beyond
 its anchors stay prunable (``x[:, 8:]`` prunes freely after channel 8). Steps other than 1
-block the dim. Constant split sizes must add up to the dim, so they block it. ``chunk`` is
-computed from the tensor's size at run time: its pieces are coupled position by position,
+block the dim. Constant split sizes must add up to the dim, so they block it. A bound or
+split sizes that the module holds in an attribute (``x[:, :self.c]``, ``split(x,
+self.splits)``) are not anchors: apply updates the attribute to the kept sizes, the dry run
+checks the guess. ``chunk`` is computed from the tensor's size at run time: its pieces are coupled position by position,
 so they shrink alike and the model's own ``chunk`` call still splits them correctly.
 """
 from __future__ import annotations
@@ -134,10 +136,20 @@ def _whole_heads(ctx: RuleContext, node: str, lab: np.ndarray, size: int, roots:
         ctx.space.block(lab, f"{PARTIAL.format(op='getitem')} (a section not pruned in whole heads) at '{node}'")
 
 
+def _held_bounds(ctx: RuleContext, index: Any, start: Any, stop: Any) -> bool:
+    """A slice ``x[:, :self.c]`` or ``x[:, self.c:]`` whose bound the module holds in an int
+    attribute (DPN's ``num_1x1_c``, ReXNet's ``in_channels``): apply sets the attribute to
+    the channels kept before it, so the slice still cuts between the same channels."""
+    bounds = [b for b in (start, stop) if b not in (None, 0)]
+    return (isinstance(index, slice) and len(bounds) == 1 and type(bounds[0]) is int and bounds[0] > 0
+            and ctx.size_attribute(bounds[0]) is not None)
+
+
 def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape, sections: int | None = None,
             head_size: int = 0) -> TensorLabels:
     """Labels of ``x[index]``; constant bounds on a channel dim block what they anchor,
-    except on the dim ``sections`` that slices cut into sections of heads of ``head_size``."""
+    except bounds the module holds in an attribute and on the dim ``sections`` that slices
+    cut into sections of heads of ``head_size``."""
     out: TensorLabels = {}
     reason = PARTIAL.format(op=ctx.op)
     for d, o, index in plan:
@@ -151,7 +163,9 @@ def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape, sections: i
             ctx.deferred.append(functools.partial(_whole_heads, ctx, ctx.node, kept, head_size))
         else:
             start, stop, step = _bounds(index)
-            if step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
+            if step in (None, 1) and _held_bounds(ctx, index, start, stop):
+                kept = lab[start:stop]  # apply moves the attribute with the channels before it
+            elif step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
                 kept = anchored_slice(ctx, lab, start, stop, reason)
             else:
                 if lab.size > 1:
@@ -264,9 +278,18 @@ def _equal_pieces(ctx: RuleContext, sizes: list[int]) -> bool:
     return ctx.op == "chunk" or (ctx.op == "split" and isinstance(ctx.arg(1, "split_size_or_sections"), int))
 
 
+def _held_sections(ctx: RuleContext) -> bool:
+    """Split sizes the module holds in an attribute (MixNet's ``self.splits``): every piece
+    can shrink on its own, and apply sets the attribute to the kept sizes."""
+    sections = ctx.arg(1, "split_size_or_sections")
+    return (ctx.op in ("split", "split_with_sizes") and isinstance(sections, (list, tuple))
+            and ctx.size_attribute(sections) is not None)
+
+
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
 def split(ctx: RuleContext) -> None:
-    """Pieces along a channel dim: ``chunk`` couples positions, constant sizes block."""
+    """Pieces along a channel dim: ``chunk`` couples positions, sizes held in an attribute
+    keep each piece's channels, other constant sizes block."""
     x = ctx.arg(0, "input")
     shape, labels = ctx.shape(x), ctx.labels(x)
     default = {"hsplit": 1 if len(shape) > 1 else 0, "vsplit": 0}.get(ctx.op, 0)
@@ -278,6 +301,8 @@ def split(ctx: RuleContext) -> None:
     if lab is not None and lab.size > 1 and len(sizes) > 1:
         if _equal_pieces(ctx, sizes):
             pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
+        elif _held_sections(ctx):
+            pass  # each piece keeps its own channels; apply updates the sizes' attribute
         else:
             ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")
     elif lab is not None:

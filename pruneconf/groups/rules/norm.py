@@ -36,10 +36,19 @@ def batch_norm(ctx: RuleContext) -> None:
 
 @register("group_norm")
 def group_norm(ctx: RuleContext) -> None:
+    """Several groups prune whole groups. One group (PoolFormer's ``GroupNorm1``) is a
+    LayerNorm over channels and space: prunable channel by channel, noted ``channel_stats``
+    so the masked model takes its statistics over the kept channels."""
     x, groups = ctx.arg(0, "input"), ctx.arg(1, "num_groups")
     labels = channel_labels(ctx, x, 1)
-    block_union(ctx, labels, groups)
-    _follow(ctx, (ctx.arg(2, "weight"), ctx.arg(3, "bias")), labels)
+    weight, bias = ctx.arg(2, "weight"), ctx.arg(3, "bias")
+    if groups == 1 and labels.size > 1:
+        ctx.note(labels, CHANNEL_STATS)
+        if not ctx.is_param(weight):
+            ctx.block(labels, f"'{ctx.op}' without a weight parameter: masked statistics find a norm by its weight")
+    else:
+        block_union(ctx, labels, groups)
+    _follow(ctx, (weight, bias), labels)
     ctx.set_out(ctx.labels(x))
 
 

@@ -39,10 +39,21 @@ def resize(ctx: RuleContext) -> None:
     _spatial(ctx, len(ctx.shape(ctx.arg(0, "input"))) - 2)
 
 
+def _padding(ctx: RuleContext, n: int) -> np.ndarray:
+    """Labels of ``n`` constant padding channels (none for a crop): kept, never pruned."""
+    labels = ctx.space.new(max(n, 0))
+    ctx.pin(labels, "constant padding channels")
+    return labels
+
+
 @register("pad")
 def pad(ctx: RuleContext) -> None:
-    """Constant padding adds blocked channels around the kept ones and crops (negative
-    amounts) like a constant slice; other modes mix channels across the border."""
+    """Constant padding adds constant channels around the others, which pass through;
+    negative amounts crop like a constant slice; other modes mix channels across the border.
+
+    The padding amounts are the model's numbers, so the padding channels stay: they are
+    pinned, not blocked, so whatever they are added to (a CIFAR ResNet's option-A shortcut,
+    ``out + F.pad(x, (..., p, p))``) keeps those channels and prunes the rest."""
     x, amounts = ctx.arg(0, "input"), tuple(ctx.arg(1, "pad"))
     mode = ctx.arg(2, "mode", "constant")
     labels = dict(ctx.labels(x))
@@ -59,6 +70,5 @@ def pad(ctx: RuleContext) -> None:
             continue
         kept = anchored_slice(ctx, lab, -before if before < 0 else None, after if after < 0 else None,
                               "channels cropped by 'pad'")
-        labels[d] = np.concatenate([fresh_blocked(ctx, max(before, 0), "constant padding channel"), kept,
-                                    fresh_blocked(ctx, max(after, 0), "constant padding channel")])
+        labels[d] = np.concatenate([_padding(ctx, before), kept, _padding(ctx, after)])
     ctx.set_out(labels)
