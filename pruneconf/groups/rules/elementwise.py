@@ -75,12 +75,25 @@ FACTORIES = (
 )
 
 
+# Modules known to build a tensor from their input's sizes, and the dims so sized: these
+# follow a pruned input. torchvision's ``MultiScaleRoIAlign`` fills ``zeros(rois,
+# x.shape[1], ph, pw)`` level by level (``torchvision/ops/poolers.py``,
+# ``_multiscale_roi_align``: ``num_channels = x_filtered[0].shape[1]``).
+SIZED_BY_INPUT = {"MultiScaleRoIAlign": (1,)}
+
+
 @register(*FACTORIES)
 def factory(ctx: RuleContext) -> None:
-    """A tensor built in forward from sizes in the code: its channels cannot shrink.
+    """A tensor built in forward from sizes in the code: its channels cannot shrink, except
+    on the dims a module of :data:`SIZED_BY_INPUT` takes from its input, whose channels are
+    whatever is written into them (the dry run still checks that the size follows).
 
     Its tensor argument (``x.new_zeros(...)``) only lends dtype and device, so it is not
     coupled with anything.
     """
+    sized = SIZED_BY_INPUT.get(ctx.attrs.get("module_type"))
     for i, shape in enumerate(ctx.out_shapes):
-        ctx.set_out(ctx.blocked_labels(shape, f"tensor created with fixed sizes at '{ctx.node}'"), i)
+        if sized is not None:  # like a layer's output: channels on the sized dims only
+            ctx.set_out({d: ctx.space.new(shape[d]) for d in sized if d < len(shape)}, i)
+        else:
+            ctx.set_out(ctx.blocked_labels(shape, f"tensor created with fixed sizes at '{ctx.node}'"), i)
