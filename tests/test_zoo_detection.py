@@ -13,7 +13,7 @@ from torch import nn
 from helpers import check_pruning, prune_exactly
 from zoo_models import DETECTION, detection_model
 
-DEFAULT = ["fasterrcnn_mobilenet_v3_large_320_fpn", "ssdlite320_mobilenet_v3_large"]
+DEFAULT = ["fasterrcnn_mobilenet_v3_large_320_fpn", "fcos_resnet50_fpn"]
 
 
 def check_detector(name: str) -> None:
