@@ -14,6 +14,7 @@ first in the table, and makes the exit status 1.
     PYTHONPATH=$PWD python benchmarks/left_whole_audit.py                       # everything (hours here)
     PYTHONPATH=$PWD python benchmarks/left_whole_audit.py --sources detection,yolo,unet
     PYTHONPATH=$PWD python benchmarks/left_whole_audit.py --models 'keypointrcnn*,yolo*' -o audit.md
+    PYTHONPATH=$PWD python benchmarks/left_whole_audit.py --sources classification --skip 'vit_h_14,vit_l_*'
 """
 from __future__ import annotations
 
@@ -111,18 +112,20 @@ def table(rows: list[Row]) -> str:
 
 def chosen(args: argparse.Namespace) -> list[Entry]:
     sources = {s.strip() for s in args.sources.split(",") if s.strip()}
-    patterns = [p.strip() for p in args.models.split(",") if p.strip()]
+    patterns, skipped = ([p.strip() for p in text.split(",") if p.strip()] for text in (args.models, args.skip))
     unknown = sources - set(SOURCES)
     if unknown:
         raise SystemExit(f"unknown --sources {sorted(unknown)}; choose from {', '.join(SOURCES)}")
     return [e for e in entries() if (not sources or e.source in sources)
-            and (not patterns or any(fnmatch.fnmatchcase(e.name, p) for p in patterns))]
+            and (not patterns or any(fnmatch.fnmatchcase(e.name, p) for p in patterns))
+            and not any(fnmatch.fnmatchcase(e.name, p) for p in skipped)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sources", default="", help=f"comma-separated, from {', '.join(SOURCES)}; default all")
     parser.add_argument("--models", default="", help="comma-separated name patterns (fnmatch), e.g. 'resnet*,yolo*'")
+    parser.add_argument("--skip", default="", help="comma-separated name patterns to leave out, e.g. 'vit_h_14,regnet_y_128gf'")
     parser.add_argument("-o", "--output", help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     logging.getLogger("pruneconf").setLevel(logging.ERROR)

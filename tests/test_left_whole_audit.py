@@ -39,7 +39,9 @@ def test_the_table_puts_failures_then_the_weakest_cuts_first(audit):
 
 
 def test_sources_and_patterns_choose_the_models(audit):
-    args = audit.argparse.Namespace(sources="detection", models="keypoint*")
+    args = audit.argparse.Namespace(sources="detection", models="keypoint*", skip="")
     assert [e.name for e in audit.chosen(args)] == ["keypointrcnn_resnet50_fpn"]
+    args = audit.argparse.Namespace(sources="yolo", models="", skip="*seg")
+    assert [e.name for e in audit.chosen(args)] == ["yolo11n", "yolov8n"]
     with pytest.raises(SystemExit, match="unknown --sources"):
-        audit.chosen(audit.argparse.Namespace(sources="bogus", models=""))
+        audit.chosen(audit.argparse.Namespace(sources="bogus", models="", skip=""))
