@@ -38,17 +38,19 @@ def _flat(out) -> list[torch.Tensor]:
     return list(iter_tensors(out))
 
 
-def calibrated(model: nn.Module, example) -> nn.Module:
+def calibrated(model: nn.Module, example, norms_only: bool = False) -> nn.Module:
     """Eval-mode copy whose BatchNorm statistics come from ``example``.
 
     Randomly initialised deep nets with default running statistics overflow in eval mode;
-    one train-mode pass with momentum 1 makes every activation well scaled.
+    one train-mode pass with momentum 1 makes every activation well scaled. With
+    ``norms_only`` only the norms run in train mode: a detector in train mode wants targets.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in norms]
     for m in norms:
         m.momentum = 1.0
-    model.train()
+    for m in norms if norms_only else [model]:
+        m.train()
     with torch.no_grad():
         _call(model, example)
     for m, momentum in zip(norms, saved):
@@ -57,7 +59,7 @@ def calibrated(model: nn.Module, example) -> nn.Module:
 
 
 def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fraction: float = 0.4,
-                        seed: int = 0, atol: float = 1e-5) -> int:
+                        seed: int = 0, atol: float = 1e-5, norms_only: bool = False) -> int:
     """Pick channels of every prunable group, cut them off at every consumer, then scramble
     their producers: the outputs must not move. A consumer the grouping missed would let
     the scrambled channels through. Norms with statistics across the picked channels
@@ -68,7 +70,7 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
 
     Returns the number of channels scrambled.
     """
-    model = calibrated(copy.deepcopy(model), example)
+    model = calibrated(copy.deepcopy(model), example, norms_only)
     gen = np.random.default_rng(seed)
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))
@@ -131,13 +133,13 @@ def _outputs(model: nn.Module, example) -> list[torch.Tensor]:
 
 
 def prune_exactly(model: nn.Module, example, config: dict | None = None, atol: float | None = None,
-                  calibration=None) -> Pruned:
+                  calibration=None, norms_only: bool = False) -> Pruned:
     """The pruning invariants, on ``model`` in place: after calibrating its BatchNorm
     statistics, sparsity 0 gives it back bit for bit; then pruning by ``config`` (default
     sparsity 0.5; ``calibration`` batches for a data metric) gives an applied model whose
     outputs equal the masked model's within ``atol`` (default: 1e-5 of each output's scale,
     as ``apply_masks`` checks), with unchanged shapes."""
-    model = calibrated(model, example)
+    model = calibrated(model, example, norms_only)
     reference = _outputs(model, example)
     untouched = copy.deepcopy(model)
     Pruner(untouched, example, {"sparsity": 0.0}).apply_masks()
@@ -185,21 +187,22 @@ def left_whole(pruner: Pruner) -> dict[str, str]:
     return why
 
 
-def check_pruning(model: nn.Module, x, pin: str, groups: ChannelGroups | None = None) -> float:
+def check_pruning(model: nn.Module, x, pin: str, groups: ChannelGroups | None = None,
+                  norms_only: bool = False) -> Pruned:
     """The zoo check: something prunable, no missed coupling, :func:`prune_exactly` at 0.5,
     fewer MACs and parameters, and what ``zoo_pins.PINS[pin]`` says: the groups left whole,
     each with its reason, and the least fraction of MACs cut. A model that loses a pruned
-    group fails. ``groups`` are found when not given. Returns the MACs kept (a fraction)."""
+    group fails. ``groups`` are found when not given; ``norms_only`` calibrates as
+    :func:`calibrated` says. Returns what :func:`prune_exactly` saw."""
     groups = groups if groups is not None else find_groups(trace(model, x))
     assert groups.prunable, f"{type(model).__name__}: nothing prunable"
-    assert assert_no_influence(model, x, groups) > 0
+    assert assert_no_influence(model, x, groups, norms_only=norms_only) > 0
     before = trace(model, x)
-    pruned = prune_exactly(model, x)
+    pruned = prune_exactly(model, x, norms_only=norms_only)
     after = trace(model, x)
     assert total_macs(after) < total_macs(before) and total_params(after) < total_params(before)
-    kept = total_macs(after) / total_macs(before)
-    assert_pinned(pin, 1 - kept, left_whole(pruned.pruner))
-    return kept
+    assert_pinned(pin, 1 - total_macs(after) / total_macs(before), left_whole(pruned.pruner))
+    return pruned
 
 
 def assert_pinned(pin: str, cut: float, whole: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ from typing import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
 from helpers import analyse, assert_no_influence
@@ -129,9 +130,28 @@ CASES = [
     Case("scaled_dot_product_attention", lambda: Between(mqa, nn.Linear(6, 8), nn.Linear(16, 2)), shape=(2, 5, 6), center="extra.q", blocked="query heads sharing one key/value head"),
     Case("statistic", lambda: Between(lambda m, y: y.mean(1, keepdim=True), conv(), conv(1, 2)), blocked="not applied back to them"),  # kv heads, each with the query heads reading it
     Case("along", lambda: Between(lambda m, y: y.softmax(-1) + y.cumsum(2), conv(), conv(8, 2)), channels=8),
-    Case("along", lambda: Between(lambda m, y: F.normalize(y), conv(), conv(8, 2)), blocked="mixed by 'normalize'"),
+    Case("normalize", lambda: Between(lambda m, y: F.normalize(F.relu(y)), conv(), nn.Sequential(conv(8, 4), conv(4, 2))), channels=8, notes=["masked_contraction"]),  # zeros leave a p-norm alone
+    Case("normalize", lambda: Between(lambda m, y: F.normalize(y, p=0.0), conv(), conv(8, 2)), blocked="mixed by 'normalize' with p=0.0"),
     Case("output", lambda: Between(lambda m, y: y, conv()), blocked="reaches the model output"),
+    Case("roi_pool", lambda: Between(lambda m, y: torchvision.ops.roi_align(y, rois(), 2) + torchvision.ops.roi_pool(y, rois(), 2), conv(), conv(8, 2)), channels=8),
+    Case("ps_roi_pool", lambda: Between(lambda m, y: torchvision.ops.ps_roi_align(y, rois(), 2) + torchvision.ops.ps_roi_pool(y, rois(), 2), conv(), conv(2, 2)), channels=2),  # 4 input channels per output channel
+    Case("nms", lambda: Between(lambda m, y: y[torchvision.ops.nms(m.extra["box"](y), torch.arange(5.0), 0.5)], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(5, 6), channels=8),
+    Case("nms", lambda: Between(lambda m, y: y[torchvision.ops.nms(m.extra["box"](y), torch.arange(5.0), 0.5)], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(5, 6), center="extra.box", blocked="box coordinates read by 'nms'"),
+    Case("setitem", lambda: Between(lambda m, y: rows_written(y), conv(), conv(8, 2)), channels=8),
+    Case("uniform_factory", lambda: Between(lambda m, y: m.extra["pool"]({"0": y, "1": F.avg_pool2d(y, 2)}, [rois()[:, 1:]], [(12, 12)]), conv(), conv(8, 2)), channels=8),  # MultiScaleRoIAlign's zeros take the input's channels
 ]
+
+
+def rois() -> torch.Tensor:
+    """Two boxes (batch index, x1, y1, x2, y2) in a 6×6 map."""
+    return torch.tensor([[0, 0.0, 0.0, 4.0, 4.0], [1, 1.0, 1.0, 5.0, 5.0]])
+
+
+def rows_written(y: torch.Tensor) -> torch.Tensor:
+    """Rows of a buffer written through an index tensor, as ``MultiScaleRoIAlign`` fills its result."""
+    out = torch.zeros_like(y)
+    out[torch.tensor([1, 0])] = y * 2
+    return out
 
 
 def gqa(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
@@ -181,7 +201,8 @@ EXTRAS = {"act": lambda: nn.PReLU(8), "proj": MatMulParam, "addmm": AddMM, "mha"
           "keep": KeepHalf, "c": lambda: nn.Conv1d(3, 8, 1),
           "q": lambda: nn.Linear(8, 16), "k": lambda: nn.Linear(8, 8), "v": lambda: nn.Linear(8, 8),
           "k1": lambda: nn.Linear(8, 4), "v1": lambda: nn.Linear(8, 4),
-          "lstm": lambda: nn.LSTM(8, 5, batch_first=True, bidirectional=True), "cell": lambda: nn.LSTMCell(8, 5)}
+          "lstm": lambda: nn.LSTM(8, 5, batch_first=True, bidirectional=True), "cell": lambda: nn.LSTMCell(8, 5),
+          "box": lambda: nn.Linear(8, 4), "pool": lambda: torchvision.ops.MultiScaleRoIAlign(["0", "1"], 2, 2)}
 
 
 def build(case: Case) -> nn.Module:

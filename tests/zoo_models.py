@@ -7,6 +7,8 @@ attention biases or windows fix the resolution get the size they need.
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from typing import Any
 
 import torch
@@ -25,7 +27,8 @@ TORCHVISION_FAMILIES = {
     "shufflenet_v2": "shufflenet_v2_x0_5", "squeezenet": "squeezenet1_0", "swin": "swin_t",
     "swin_v2": "swin_v2_t", "vgg": "vgg11", "vit": "vit_b_32", "wide_resnet": "wide_resnet50_2",
 }
-TORCHVISION_SIZES = {"inception_v3": 299, "maxvit_t": 224, "vit_b_32": 224}
+TORCHVISION_SIZES = {"inception_v3": 299, "maxvit_t": 224, "vit_b_32": 224, "vit_b_16": 224, "vit_h_14": 224,
+                     "vit_l_16": 224, "vit_l_32": 224}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,96 @@ def timm_model(entry: TimmModel, size: int = 64) -> tuple[nn.Module, torch.Tenso
     if entry.img_size:
         kwargs["img_size"] = size
     return timm.create_model(entry.name, pretrained=False, **kwargs), image(size)
+
+
+DETECTION = torchvision.models.list_models(module=torchvision.models.detection)
+
+
+def _fixed_counts(name: str, proposals: int, detections: int) -> dict[str, Any]:
+    """Arguments that keep every candidate box (score thresholds 0, NMS IoU thresholds 1,
+    which no overlap exceeds), so the number of proposals and detections, and with it the
+    work of the per-box heads, is the same before and after pruning."""
+    if name.startswith(("ssd", "retinanet", "fcos")):
+        return {"score_thresh": 0.0, "nms_thresh": 1.0, "detections_per_img": detections,
+                "topk_candidates": proposals}
+    return {"rpn_pre_nms_top_n_test": proposals, "rpn_post_nms_top_n_test": proposals,
+            "box_detections_per_img": detections, "box_score_thresh": 0.0, "rpn_nms_thresh": 1.0,
+            "box_nms_thresh": 1.0}
+
+
+def detection_model(name: str, size: int = 128, proposals: int = 20,
+                    detections: int = 5) -> tuple[nn.Module, tuple]:
+    """A torchvision detector in eval mode (in train mode it wants targets), its input one
+    ``size``-pixel image, at most ``proposals`` RoIs or candidates per level and
+    ``detections`` boxes out. SSD resizes to its own 300 or 320 pixels and gets two images:
+    SSDlite's last maps are 1×1, and BatchNorm in train mode (calibration) needs two values."""
+    kwargs: dict[str, Any] = {"weights": None, "weights_backbone": None,
+                              **_fixed_counts(name, proposals, detections)}
+    images = 1
+    if name.startswith("ssd"):
+        images = 2
+    else:
+        kwargs.update(min_size=size, max_size=size)
+    model = torchvision.models.get_model(name, **kwargs).eval()
+    return model, ([torch.rand(3, size, size) for _ in range(images)],)
+
+
+# YOLO models built from the yaml files ultralytics ships (nothing downloaded).
+YOLO = {"yolov8n": "DetectionModel", "yolo11n": "DetectionModel", "yolov8n-seg": "SegmentationModel"}
+
+
+def yolo_model(name: str, size: int = 32) -> tuple[nn.Module, torch.Tensor]:
+    """At 32 px (1×1 at stride 32, hence a batch of 2 for BatchNorm in train mode)."""
+    # ultralytics writes a settings file when imported and may look online: keep both local
+    os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "pruneconf-ultralytics"))
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_VERBOSE", "False")
+    import ultralytics.nn.tasks
+
+    return getattr(ultralytics.nn.tasks, YOLO[name])(f"{name}.yaml", verbose=False), image(size)
+
+
+def unet_model() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A tiny diffusers ``UNet2DConditionModel`` (cross-attention to 5 text tokens) and one
+    denoising step's inputs: noisy latents, a timestep and the text states."""
+    from diffusers import UNet2DConditionModel
+
+    model = UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=8)
+    return model, {"sample": torch.randn(1, 4, 16, 16), "timestep": torch.tensor([10]),
+                   "encoder_hidden_states": torch.randn(1, 5, 32)}
+
+
+def unet2d_model() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """A tiny unconditional diffusers ``UNet2DModel`` (attention in its middle block)."""
+    from diffusers import UNet2DModel
+
+    model = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                        block_out_channels=(32, 64), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D"), attention_head_dim=8, norm_num_groups=8)
+    return model, {"sample": torch.randn(1, 3, 16, 16), "timestep": torch.tensor([10])}
+
+
+VIDEO = torchvision.models.list_models(module=torchvision.models.video)
+# (frames, pixels) a video model needs: MViT's position embeddings fix 16×224×224, S3D's
+# final pooling wants 224 px; the others take small clips.
+VIDEO_SIZES = {"mvit_v1_b": (16, 224), "mvit_v2_s": (16, 224), "s3d": (16, 224)}
+
+
+def video_model(name: str) -> tuple[nn.Module, torch.Tensor]:
+    frames, size = VIDEO_SIZES.get(name, (8, 64))
+    batch = 1 if name in VIDEO_SIZES else 2
+    return torchvision.models.get_model(name, weights=None), torch.randn(batch, 3, frames, size, size)
+
+
+OPTICAL_FLOW = torchvision.models.list_models(module=torchvision.models.optical_flow)
+
+
+def flow_model(name: str, size: int = 128, updates: int = 3) -> tuple[nn.Module, tuple]:
+    """RAFT on two ``size``-pixel frames (a batch of 2), ``updates`` refinement steps."""
+    return torchvision.models.get_model(name, weights=None), (image(size), image(size), updates)
 
 
 class BiLSTMClassifier(nn.Module):

@@ -76,6 +76,11 @@ FACTORIES = (
 # Factories that fill every element with one value (``position_bias = torch.zeros(1,
 # self.n_heads, q, k)``): any subset of their channels is the same tensor, smaller.
 UNIFORM_FACTORIES = ("zeros", "ones", "full", "new_zeros", "new_ones", "new_full")
+# Modules known to build such a tensor from their input's sizes, and the dims so sized: only
+# these carry channels. torchvision's ``MultiScaleRoIAlign`` fills ``zeros(rois, x.shape[1],
+# ph, pw)`` level by level (``torchvision/ops/poolers.py``, ``_multiscale_roi_align``:
+# ``num_channels = x_filtered[0].shape[1]``); its RoI and bin dims are not channels.
+SIZED_BY_INPUT = {"MultiScaleRoIAlign": (1,)}
 
 
 @register(*FACTORIES)
@@ -96,7 +101,10 @@ def uniform_factory(ctx: RuleContext) -> None:
     Dropping channels of a constant tensor leaves the same constant, so masked and shrunk
     agree wherever the smaller tensor is built. Its size is the model's number, usually a
     size attribute (``self.n_heads``) that apply updates like a reshape's
-    (:mod:`pruneconf.apply.attributes`); a literal that cannot follow is caught by the dry run.
+    (:mod:`pruneconf.apply.attributes`), or one the model reads from its input (the dims
+    :data:`SIZED_BY_INPUT` names); a literal that cannot follow is caught by the dry run.
     """
+    sized = SIZED_BY_INPUT.get(ctx.attrs.get("module_type"))
     for i, shape in enumerate(ctx.out_shapes):
-        ctx.set_out({d: ctx.space.new(n) for d, n in enumerate(shape) if n > 1}, i)
+        dims = [d for d in sized if d < len(shape)] if sized is not None else range(len(shape))
+        ctx.set_out({d: ctx.space.new(shape[d]) for d in dims if shape[d] > 1}, i)

@@ -210,20 +210,33 @@ def getitem(ctx: RuleContext) -> None:
     ctx.set_out(_select(ctx, ctx.labels(x), plan, ctx.out_shapes[0], span[0] if head_size else None, head_size or 0))
 
 
+def _written_region(ctx: RuleContext, x: Ref, index: Any) -> tuple[TensorLabels, list[int]] | None:
+    """Labels and shape of the region ``x[index]`` that a ``setitem`` writes, or None."""
+    labels, shape = ctx.labels(x), ctx.shape(x)
+    plan = index_plan(shape, index)
+    if plan is None:  # rows picked by one index tensor (``result[idx_in_level] = level``)
+        gathered = _gathered(ctx, x, index)
+        if gathered is None:
+            return None
+        items = index if isinstance(index, tuple) else (index,)
+        d = next(k for k, i in enumerate(items) if isinstance(i, Ref))
+        return gathered, [*shape[:d], *ctx.shape(items[d]), *shape[d + 1:]]
+    region_shape = [1] * (1 + max((o for _, o, _ in plan if o is not None), default=-1))
+    for d, o, item in plan:
+        if o is not None:
+            region_shape[o] = len(range(shape[d])[item])
+    return _select(ctx, labels, plan, region_shape), region_shape
+
+
 @register("setitem")
 def setitem(ctx: RuleContext) -> None:
     """``x[index] = value``: the written region shares channels with ``value``."""
     x, index, value = ctx.args[0], ctx.args[1], ctx.args[2]
     labels = ctx.labels(x)
-    plan = index_plan(ctx.shape(x), index)
-    if plan is None:
+    written = _written_region(ctx, x, index)
+    if written is None:
         return unsupported(ctx)
-    shape = ctx.shape(x)
-    region_shape = [1] * (1 + max((o for _, o, _ in plan if o is not None), default=-1))
-    for d, o, index in plan:
-        if o is not None:
-            region_shape[o] = len(range(shape[d])[index])
-    region = _select(ctx, labels, plan, region_shape)
+    region, region_shape = written
     if isinstance(value, Ref):
         vshape, vlab = ctx.shape(value), ctx.labels(value)
         for o, n in enumerate(region_shape):

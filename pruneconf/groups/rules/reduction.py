@@ -31,7 +31,7 @@ REDUCTIONS = {
     "mode": (1, 2), "kthvalue": (2, 3), "quantile": (2, 3), "nanquantile": (2, 3),
 }
 ALONG = {"softmax": 1, "log_softmax": 1, "softmin": 1, "cumsum": 1, "cumprod": 1,
-         "cummax": 1, "cummin": 1, "logcumsumexp": 1, "normalize": 2, "sort": 1, "argsort": 1}
+         "cummax": 1, "cummin": 1, "logcumsumexp": 1, "sort": 1, "argsort": 1}
 
 
 # Statistics the masked model can take over the kept channels only: op -> (``dim``, ``keepdim``).
@@ -112,10 +112,10 @@ def _applied_back(ctx: RuleContext, node: str, lab: np.ndarray, from_right: int,
 
 @register(*ALONG)
 def along(ctx: RuleContext) -> None:
-    """Shape-preserving ops that mix values along one dim (softmax, cumsum, normalize)."""
+    """Shape-preserving ops that mix values along one dim (softmax, cumsum, sort)."""
     x = ctx.arg(0, "input")
     nd = len(ctx.shape(x))
-    default = {"normalize": 1, "sort": -1, "argsort": -1}.get(ctx.op)
+    default = {"sort": -1, "argsort": -1}.get(ctx.op)
     dim = ctx.arg(ALONG[ctx.op], "dim", default)
     labels = ctx.labels(x)
     if dim is None:
@@ -124,6 +124,27 @@ def along(ctx: RuleContext) -> None:
         block_dims(ctx, labels, (norm_dim(dim, nd),), f"channels mixed by '{ctx.op}'")
     for i in range(len(ctx.out_shapes)):
         ctx.set_out(labels, i)
+
+
+@register("normalize")
+def normalize(ctx: RuleContext) -> None:
+    """``F.normalize(x, p, dim)``: ``x / ‖x‖_p`` along ``dim`` (SSD's L2Norm on conv4_3).
+
+    A channel at zero adds nothing to a p-norm (p > 0) and stays zero once divided, so the
+    masked model, whose pruned channels arrive as zeros from their masked layer, normalises
+    exactly as the shrunk one: noted ``masked_contraction``, as attention's q·k. Were a pruned
+    channel not zero there (``sigmoid`` between), masked and shrunk would differ and the dry
+    run would leave the group whole."""
+    x = ctx.arg(0, "input")
+    p, dim = ctx.arg(1, "p", 2.0), ctx.arg(2, "dim", 1)
+    labels = ctx.labels(x)
+    lab = labels.get(norm_dim(dim, len(ctx.shape(x))))
+    if lab is not None and lab.size > 1:
+        if isinstance(p, (int, float)) and p > 0:
+            ctx.note(lab, "masked_contraction")
+        else:
+            ctx.block(lab, f"channels mixed by 'normalize' with p={p}")
+    ctx.set_out(labels)
 
 
 # Secondary fields of a transformers ``ModelOutput`` named like these hold the residual

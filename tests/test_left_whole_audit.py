@@ -1,0 +1,47 @@
+"""The "left whole" audit's core: one model audited, rows sorted weakest first, failures first."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "left_whole_audit.py"
+
+
+@pytest.fixture(scope="module")
+def audit():
+    spec = importlib.util.spec_from_file_location("left_whole_audit", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny() -> tuple[nn.Module, torch.Tensor]:
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)), torch.randn(2, 3, 8, 8)
+
+
+def test_a_model_row_lists_every_group_left_whole(audit):
+    row = audit.audit(audit.Entry("test", "tiny", tiny))
+    assert row.cut > 0 and row.groups == 2 and row.whole == {"3": "reaches the model output"}
+    assert audit.reasons_cell(row.whole) == "reaches the model output ×1: `3`"
+
+
+def test_the_table_puts_failures_then_the_weakest_cuts_first(audit):
+    rows = [audit.Row(audit.Entry("test", "strong", tiny), 0.75), audit.Row(audit.Entry("test", "weak", tiny), 0.2),
+            audit.Row(audit.Entry("test", "x", tiny), error="RuntimeError: boom")]
+    names = [line.split("|")[1].strip() for line in audit.table(rows).splitlines()[2:]]
+    assert names == ["x", "weak", "strong"]
+
+
+def test_sources_and_patterns_choose_the_models(audit):
+    args = audit.argparse.Namespace(sources="detection", models="keypoint*", skip="")
+    assert [e.name for e in audit.chosen(args)] == ["keypointrcnn_resnet50_fpn"]
+    args = audit.argparse.Namespace(sources="yolo", models="", skip="*seg")
+    assert [e.name for e in audit.chosen(args)] == ["yolo11n", "yolov8n"]
+    with pytest.raises(SystemExit, match="unknown --sources"):
+        audit.chosen(audit.argparse.Namespace(sources="bogus", models="", skip=""))
