@@ -18,16 +18,24 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
-from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs, widened
+from .apply.dryrun import drop_breaking_groups, dry_run, evaluating
+from .apply.verify import compare_shrunk, model_outputs, widened
 from .distributed import broadcast_model
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
+from .masks.plan import model_tensors
 from .masks.calibration import Loss
 from .recipe.load import Recipe, Settings, check_against, load_recipe
 from .trace import trace
 
 log = logging.getLogger("pruneconf")
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """Identity, storage and version counter of every parameter and buffer: any in-place
+    change (an optimizer step, a training forward's running statistics, a reload) alters it."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in model_tensors(model).values())
 
 
 class VerificationError(PruneconfError):
@@ -72,6 +80,7 @@ class Pruner:
         self._plan: PruningPlan | None = None
         self.dropped: dict[str, str] = {}
         self._skipped: dict[str, str] | None = None
+        self._proof: tuple[tuple, list[torch.Tensor]] | None = None  # see _proven_outputs
         self.calibration: Calibration | None = None
         self._batches = calibration
         self.loss = loss
@@ -102,14 +111,29 @@ class Pruner:
                 self.calibrate(self._batches)
             plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(),
                              calibration=self.calibration)
-            self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan)
+            with dry_run(self.model, self.example_inputs) as run:
+                self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
+            if run.proven is not None and run.proven[0] == frozenset(self._plan.kept):
+                self._proof = (fingerprint(self.model), run.proven[1])
         return self._plan
 
     def register_masks(self) -> Masks:
         """Zero the pruned channels and keep them at zero through training."""
         if self.masks is None:
-            self.masks = register_masks(self.model, self.plan())
+            plan = self.plan()
+            proven = self._proven_outputs()
+            self.masks = register_masks(self.model, plan)
+            self._proof = (fingerprint(self.model), proven) if proven is not None else None
         return self.masks
+
+    def _proven_outputs(self) -> list[torch.Tensor] | None:
+        """The masked model's outputs as the dry run computed them, while they still hold:
+        nothing has changed a parameter or buffer since (masks aside), so apply's check
+        need not run the masked model again. Any training step or forward voids them."""
+        if self._proof is not None and self._proof[0] == fingerprint(self.model):
+            return self._proof[1]
+        self._proof = None
+        return None
 
     def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
         """Shrink every pruned layer; remove masks and hooks.
@@ -123,18 +147,16 @@ class Pruner:
         plan = self.plan()
         masks = self.register_masks()
         broadcast_model(self.model)
-        training = self.model.training
-        self.model.eval()
-        try:
+        proven = self._proven_outputs()
+        self._proof = None
+        with evaluating(self.model):
             if verify:
                 with widened(self.model, self.example_inputs) as example:  # half precision: checked in fp32
-                    problem = self._shrink_checked(plan, masks, example, atol)
+                    problem = self._shrink_checked(plan, masks, example, atol, proven)
             else:
                 masks.remove()
                 shrink(self.model, plan)
                 problem = None
-        finally:
-            self.model.train(training)
         if problem is not None:
             self.masks = register_masks(self.model, plan)
             raise VerificationError(f"the shrunk model {problem}; the model was restored with its masks")
@@ -142,18 +164,17 @@ class Pruner:
         self.applied = plan
         return plan
 
-    def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float) -> str | None:
-        """Shrink, compare with the masked model, and undo the shrinking if they differ."""
-        expected = model_outputs(self.model, example)
+    def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float,
+                        expected: list[torch.Tensor] | None) -> str | None:
+        """Shrink, compare with the masked model (``expected``: its outputs, when the dry run
+        already computed them), and undo the shrinking if they differ. Shrinking never
+        writes into the tensors it replaces, so undoing it restores the masked model bit for bit."""
+        if expected is None:
+            expected = model_outputs(self.model, example)
         masks.remove()
-        masked = {name: p.detach().clone() for name, p in self.model.named_parameters() if name in masks.masks}
         done, problem = compare_shrunk(self.model, example, plan, expected, atol)
         if problem is not None:
             done.undo()
-            with torch.no_grad():
-                for name, p in self.model.named_parameters():
-                    if name in masked:
-                        p.copy_(masked[name])
         return problem
 
     def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
@@ -176,7 +197,9 @@ class Pruner:
         return self.model
 
     def report(self) -> dict[str, int]:
-        graph = trace(self.model, self.example_inputs)
+        """MACs, parameters and tutorial FLOPs of the model as it is now: read off the trace
+        made at construction until the model is shrunk, measured by a new trace after."""
+        graph = self.graph if self.applied is None else trace(self.model, self.example_inputs)
         return {"macs": total_macs(graph), "params": total_params(graph), "flops": tutorial_flops(graph)}
 
 

@@ -9,6 +9,7 @@ masked model, and a group whose shrinking still breaks the model is left whole.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterator
 
 import networkx as nx
@@ -24,12 +25,23 @@ def _size_args(attrs: dict) -> tuple:
     return tuple(args[0]) if len(args) == 1 and isinstance(args[0], (tuple, list)) else tuple(args)
 
 
+_SIZED: "weakref.WeakKeyDictionary[nx.DiGraph, list]" = weakref.WeakKeyDictionary()
+
+
+def _sized_calls(graph: nx.DiGraph) -> list[tuple[str, dict]]:
+    """The reshapes and splits of ``graph`` inside a module (found once per graph: the dry run
+    shrinks by many plans of one graph)."""
+    if graph not in _SIZED:
+        _SIZED[graph] = [(node, attrs) for node, attrs in graph.nodes(data=True)
+                         if attrs["kind"] == "call" and attrs.get("module") is not None
+                         and attrs["op"] in RESHAPES + ("split",)]
+    return _SIZED[graph]
+
+
 def _resized_reshape_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int]]:
     """``(module path, old size, new size)`` of every literal size a reshape or an even
     ``split`` passes that the plan changes."""
-    for node, attrs in graph.nodes(data=True):
-        if attrs["kind"] != "call" or attrs.get("module") is None:
-            continue
+    for node, attrs in _sized_calls(graph):
         if attrs["op"] in RESHAPES:
             sizes = _size_args(attrs)
             for dim, keep in plan.surviving(node).items():

@@ -106,10 +106,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruner = pruner_for(recipe)
     before = pruner.report()
     plan = pruner.apply_masks()
-    after = pruner.report()
     save_weights(pruner.model, output)
     pruner.write_applied(doc, applied_path)
-    print(format_report(build_report(pruner.groups, plan, recipe)))
+    report = build_report(pruner.groups, plan, recipe)
+    print(format_report(report))
+    after = pruner.report() if args.measure else {"macs": report.macs[1], "params": report.params[1]}
     log_costs(len(plan.kept), before, after)
     log.info("wrote %s and %s", output, applied_path)
     return 0

@@ -29,6 +29,8 @@ class PruningPlan:
     kept: dict[str, np.ndarray]
     requested: dict[str, float]
     experts: dict[str, ExpertDrop] = dataclasses.field(default_factory=dict)  # experts module -> drop
+    # Per group: its members' keep bits, shared by restricted plans (the dry run makes many).
+    _member_keeps: dict[str, list] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
@@ -41,21 +43,27 @@ class PruningPlan:
         shapes = self.groups.graph.graph["params"]
         out: dict[tuple[str, int], np.ndarray] = {}
         for g in self.groups:
-            kept = self.kept.get(g.center)
-            if kept is None:
+            if g.center not in self.kept:
                 continue
-            for m in g.members:
+            for m, bits in self._keeps_of(g):
                 shape = shapes[m.param]
                 if m.slice is None:
                     keep = out.setdefault((m.param, m.dim), np.ones(shape[m.dim], dtype=bool))
-                    keep[m.index] &= np.isin(m.channels, kept)
+                    keep[m.index] &= bits
                 else:  # one row per expert of a stacked parameter
                     keep = out.setdefault((m.param, m.dim), np.ones((shape[0], shape[m.dim]), dtype=bool))
-                    keep[m.slice, m.index] &= np.isin(m.channels, kept)
+                    keep[m.slice, m.index] &= bits
         for drop in self.experts.values():  # whole experts: their slices and router rows
             for name in drop.params:
                 out[(name, 0)] = drop.keep.copy()
         return {k: _same_rows(v) for k, v in out.items() if not v.all()}
+
+    def _keeps_of(self, group: Group) -> list:
+        """``(member, kept bits of its channels)`` for a group the plan prunes, computed once."""
+        if group.center not in self._member_keeps:
+            kept = self.kept[group.center]
+            self._member_keeps[group.center] = [(m, np.isin(m.channels, kept)) for m in group.members]
+        return self._member_keeps[group.center]
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
         """For each labelled dim of a node's output: which positions survive the plan
@@ -75,7 +83,7 @@ class PruningPlan:
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
         return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested,
-                           self.experts)
+                           self.experts, self._member_keeps)
 
 
 def _same_rows(keep: np.ndarray) -> np.ndarray:
