@@ -180,7 +180,8 @@ class Pruner:
     def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
         """Write the recipe (a path or a loaded document) plus an ``applied`` section to ``output``."""
         from .recipe import load_document, write_atomic
-        from .recipe.applied import applied_section, record_calibration
+        from .masks.applied import applied_section
+        from .recipe.applied import record_calibration
         from .recipe.yamlio import dump_document
 
         if self.applied is None:

@@ -81,7 +81,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..explore.report import build_report, format_report
+    from ..report import build_report, format_report
     from ..pruner import Pruner
     from ..recipe import load_document
     from ..reproduce import load_weights, save_weights
@@ -117,8 +117,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..explore.overrides import overridden_recipe
-    from ..explore.report import build_report, format_report, report_csv
+    from ..recipe.overrides import overridden_recipe
+    from ..report import build_report, format_report, report_csv
     from ..pruner import Pruner
     from ..recipe import load_document, write_atomic
     from ..reproduce import applied_plan, load_weights

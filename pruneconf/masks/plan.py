@@ -13,10 +13,11 @@ from torch import nn
 from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
 from .calibration import Calibration, Loss, calibrate
 from .experts import ExpertDrop, expert_drops
+from .global_rank import global_plan
 from .importance import DATA_METRICS, METRICS, RankInputs
+from .keep import group_keep, top_channels
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +92,6 @@ def _same_rows(keep: np.ndarray) -> np.ndarray:
     return keep[0] if keep.ndim == 2 and (keep == keep[0]).all() else keep
 
 
-def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
-
-    Experts stacked in one tensor keep ``keep / experts`` channels each, each expert its
-    own best (see :mod:`pruneconf.groups.stacks`).
-    """
-    if group.blocks is None:
-        return np.sort(np.argsort(-importance, kind="stable")[:keep])
-    per = max(1, round(keep / group.experts))
-    chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
-              for e in range(group.experts)]
-    return np.sort(np.concatenate(chosen))
-
-
-def group_keep(group: Group, sparsity: float, round_to: int) -> int:
-    """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
-    every expert keeps the same count."""
-    per = kept_channels(group.channels // group.experts, sparsity, round_to)
-    return per * group.experts
-
-
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors = dict(model.named_parameters(remove_duplicate=False))
     tensors.update(dict(model.named_buffers(remove_duplicate=False)))
@@ -157,12 +137,10 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     """
     tensors = model_tensors(model) if tensors is None else tensors
     drops = expert_drops(model, groups.graph, recipe, tensors)
-    if recipe.settings.mode == "global":
-        from .global_rank import make_global_plan
-        return dataclasses.replace(make_global_plan(model, groups, recipe, skip, calibration, tensors),
-                                   experts=drops)
-    score = METRICS[recipe.settings.metric]
     inputs = rank_inputs(model, recipe, calibration, tensors)
+    if recipe.settings.mode == "global":
+        return PruningPlan(groups, *global_plan(groups, recipe, inputs, skip), drops)
+    score = METRICS[recipe.settings.metric]
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)
