@@ -80,7 +80,7 @@ class Pruner:
         self._plan: PruningPlan | None = None
         self.dropped: dict[str, str] = {}
         self._skipped: dict[str, str] | None = None
-        self._proof: tuple[tuple, list[torch.Tensor]] | None = None  # see _proven_outputs
+        self._proof: tuple | None = None  # the fingerprint the dry run's proof holds for, see _proven
         self.calibration: Calibration | None = None
         self._batches = calibration
         self.loss = loss
@@ -104,8 +104,9 @@ class Pruner:
         return self.calibration
 
     def plan(self) -> PruningPlan:
-        """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the
-        model shows to break it are left whole (see :attr:`dropped`), before any mask exists."""
+        """Which channels each group keeps. Groups whose shrinking a dry run (the model shrunk,
+        run and put back) shows to break it are left whole (see :attr:`dropped`), before any
+        mask exists."""
         if self._plan is None:
             if self._batches is not None:
                 self.calibrate(self._batches)
@@ -113,27 +114,28 @@ class Pruner:
                              calibration=self.calibration)
             with dry_run(self.model, self.example_inputs) as run:
                 self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
-            if run.proven is not None and run.proven[0] == frozenset(self._plan.kept):
-                self._proof = (fingerprint(self.model), run.proven[1])
+            if run.proven == frozenset(self._plan.kept):
+                self._proof = fingerprint(self.model)
         return self._plan
 
     def register_masks(self) -> Masks:
         """Zero the pruned channels and keep them at zero through training."""
         if self.masks is None:
             plan = self.plan()
-            proven = self._proven_outputs()
+            proven = self._proven()
             self.masks = register_masks(self.model, plan)
-            self._proof = (fingerprint(self.model), proven) if proven is not None else None
+            self._proof = fingerprint(self.model) if proven else None
         return self.masks
 
-    def _proven_outputs(self) -> list[torch.Tensor] | None:
-        """The masked model's outputs as the dry run computed them, while they still hold:
-        nothing has changed a parameter or buffer since (masks aside), so apply's check
-        need not run the masked model again. Any training step or forward voids them."""
-        if self._proof is not None and self._proof[0] == fingerprint(self.model):
-            return self._proof[1]
+    def _proven(self) -> bool:
+        """Whether the dry run's proof still holds: it shrank this very model by this plan and
+        found it computing what the masked model computes, and no parameter or buffer has
+        changed since (masks aside). Shrinking is deterministic, so apply would only repeat
+        it. Any training step, forward or reload voids the proof, and apply checks in full."""
+        if self._proof is not None and self._proof == fingerprint(self.model):
+            return True
         self._proof = None
-        return None
+        return False
 
     def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
         """Shrink every pruned layer; remove masks and hooks.
@@ -141,18 +143,20 @@ class Pruner:
         With ``verify`` the shrunk model must reproduce the masked model's outputs on the
         example inputs in eval mode (max error ≤ ``atol`` × output scale); otherwise the
         model is restored as it was before this call and :class:`VerificationError` raised.
+        When nothing changed the model since the dry run proved this (no finetuning between
+        the masks and apply), that proof stands and the check is not run again.
         Half-precision models are compared in float32 (:func:`~pruneconf.apply.verify.widened`). Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
         every rank ends with the same shrunk model (call it on ``ddp_model.module``).
         """
         plan = self.plan()
         masks = self.register_masks()
         broadcast_model(self.model)
-        proven = self._proven_outputs()
+        proven = self._proven()
         self._proof = None
         with evaluating(self.model):
-            if verify:
+            if verify and not proven:
                 with widened(self.model, self.example_inputs) as example:  # half precision: checked in fp32
-                    problem = self._shrink_checked(plan, masks, example, atol, proven)
+                    problem = self._shrink_checked(plan, masks, example, atol)
             else:
                 masks.remove()
                 shrink(self.model, plan)
@@ -164,13 +168,11 @@ class Pruner:
         self.applied = plan
         return plan
 
-    def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float,
-                        expected: list[torch.Tensor] | None) -> str | None:
-        """Shrink, compare with the masked model (``expected``: its outputs, when the dry run
-        already computed them), and undo the shrinking if they differ. Shrinking never
-        writes into the tensors it replaces, so undoing it restores the masked model bit for bit."""
-        if expected is None:
-            expected = model_outputs(self.model, example)
+    def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float) -> str | None:
+        """Shrink, compare with the masked model, and undo the shrinking if they differ.
+        Shrinking never writes into the tensors it replaces, so undoing it restores the
+        masked model bit for bit."""
+        expected = model_outputs(self.model, example)
         masks.remove()
         done, problem = compare_shrunk(self.model, example, plan, expected, atol)
         if problem is not None:

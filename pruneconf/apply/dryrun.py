@@ -58,13 +58,14 @@ class DryRun:
     :func:`~pruneconf.masks.transient.masked_forward`, which leaves the weights alone. Use it
     through :func:`dry_run`, which sets eval mode and float32 for the comparison.
 
-    :attr:`proven` keeps the last plan found exact with its masked outputs, for apply's check
-    to start from; :attr:`failed_at` the graph order where the last failing run stopped.
+    :attr:`proven` names the groups of the last plan found exact (apply need not check that
+    plan again on unchanged weights); :attr:`failed_at` the graph order where the last
+    failing run stopped.
     """
 
     def __init__(self, model: nn.Module, example: Any, atol: float) -> None:
         self.model, self.example, self.atol = model, example, atol
-        self.proven: tuple[frozenset, list[torch.Tensor]] | None = None
+        self.proven: frozenset | None = None
         self.failed_at: int | None = None
         self._ends: dict[str, int] | None = None
         self._ran: tuple[frozenset, list[torch.Tensor]] | None = None  # the last shrunk run's outputs
@@ -109,7 +110,7 @@ class DryRun:
             expected = model_outputs(self.model, self.example)
         problem = outputs_problem(expected, got, self.atol)
         if problem is None:
-            self.proven = (frozenset(plan.kept), expected)
+            self.proven = frozenset(plan.kept)
         return problem
 
 
