@@ -17,21 +17,28 @@ from typing import Any, Iterable
 
 import numpy as np
 
-import torch
 from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
-from .apply.verify import compare_shrunk, drop_breaking_groups, model_outputs, widened
+from .apply.dryrun import drop_breaking_groups, dry_run, evaluating
+from .apply.verify import compare_shrunk, model_outputs, widened
 from .distributed import broadcast_model, copy_full_state, sharded
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
+from .masks.plan import model_tensors
 from .masks.calibration import Loss
 from .recipe.load import Recipe, Settings, check_against, load_recipe
 from .trace import trace
 
 log = logging.getLogger("pruneconf")
+
+
+def fingerprint(model: nn.Module) -> tuple:
+    """Identity, storage and version counter of every parameter and buffer: any in-place
+    change (an optimizer step, a training forward's running statistics, a reload) alters it."""
+    return tuple((id(t), t.data_ptr(), t._version) for t in model_tensors(model).values())
 
 
 class VerificationError(PruneconfError):
@@ -84,6 +91,7 @@ class Pruner:
         self._plan: PruningPlan | None = None
         self.dropped: dict[str, str] = {}
         self._skipped: dict[str, str] | None = None
+        self._proof: tuple | None = None  # the fingerprint the dry run's proof holds for, see _proven
         self.calibration: Calibration | None = None
         self._batches = calibration
         self.loss = loss
@@ -119,21 +127,28 @@ class Pruner:
         return {c: score(self.groups[c], inputs) for c in centers}
 
     def plan(self) -> PruningPlan:
-        """Which channels each group keeps. Groups whose shrinking a dry run on a copy of the
-        model shows to break it are left whole (see :attr:`dropped`), before any mask exists."""
+        """Which channels each group keeps. Groups whose shrinking a dry run (the model shrunk,
+        run and put back) shows to break it are left whole (see :attr:`dropped`), before any
+        mask exists."""
         if self._plan is None:
             _refuse_sharded(self.model)
             if self._batches is not None:
                 self.calibrate(self._batches)
             plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(),
                              calibration=self.calibration)
-            self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan)
+            with dry_run(self.model, self.example_inputs) as run:
+                self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
+            if run.proven == frozenset(self._plan.kept):
+                self._proof = fingerprint(self.model)
         return self._plan
 
     def register_masks(self) -> Masks:
         """Zero the pruned channels and keep them at zero through training."""
         if self.masks is None:
-            self.masks = register_masks(self.model, self.plan())
+            plan = self.plan()
+            proven = self._proven()
+            self.masks = register_masks(self.model, plan)
+            self._proof = fingerprint(self.model) if proven else None
         return self.masks
 
     def gather(self, model: nn.Module) -> nn.Module:
@@ -147,7 +162,18 @@ class Pruner:
             self.masks.remove()
         self.model = model
         self.masks = register_masks(model, plan)
+        self._proof = None  # the dry run shrank the sharded model's twin, not this one
         return model
+
+    def _proven(self) -> bool:
+        """Whether the dry run's proof still holds: it shrank this very model by this plan and
+        found it computing what the masked model computes, and no parameter or buffer has
+        changed since (masks aside). Shrinking is deterministic, so apply would only repeat
+        it. Any training step, forward or reload voids the proof, and apply checks in full."""
+        if self._proof is not None and self._proof == fingerprint(self.model):
+            return True
+        self._proof = None
+        return False
 
     def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
         """Shrink every pruned layer; remove masks and hooks.
@@ -155,6 +181,8 @@ class Pruner:
         With ``verify`` the shrunk model must reproduce the masked model's outputs on the
         example inputs in eval mode (max error ≤ ``atol`` × output scale); otherwise the
         model is restored as it was before this call and :class:`VerificationError` raised.
+        When nothing changed the model since the dry run proved this (no finetuning between
+        the masks and apply), that proof stands and the check is not run again.
         Half-precision models are compared in float32 (:func:`~pruneconf.apply.verify.widened`). Under ``torch.distributed`` rank 0's parameters and buffers are broadcast first, so
         every rank ends with the same shrunk model (call it on ``ddp_model.module``).
         """
@@ -164,18 +192,16 @@ class Pruner:
         plan = self.plan()
         masks = self.register_masks()
         broadcast_model(self.model)
-        training = self.model.training
-        self.model.eval()
-        try:
-            if verify:
+        proven = self._proven()
+        self._proof = None
+        with evaluating(self.model):
+            if verify and not proven:
                 with widened(self.model, self.example_inputs) as example:  # half precision: checked in fp32
                     problem = self._shrink_checked(plan, masks, example, atol)
             else:
                 masks.remove()
                 shrink(self.model, plan)
                 problem = None
-        finally:
-            self.model.train(training)
         if problem is not None:
             self.masks = register_masks(self.model, plan)
             raise VerificationError(f"the shrunk model {problem}; the model was restored with its masks")
@@ -184,23 +210,21 @@ class Pruner:
         return plan
 
     def _shrink_checked(self, plan: PruningPlan, masks: Masks, example: Any, atol: float) -> str | None:
-        """Shrink, compare with the masked model, and undo the shrinking if they differ."""
+        """Shrink, compare with the masked model, and undo the shrinking if they differ.
+        Shrinking never writes into the tensors it replaces, so undoing it restores the
+        masked model bit for bit."""
         expected = model_outputs(self.model, example)
         masks.remove()
-        masked = {name: p.detach().clone() for name, p in self.model.named_parameters() if name in masks.masks}
         done, problem = compare_shrunk(self.model, example, plan, expected, atol)
         if problem is not None:
             done.undo()
-            with torch.no_grad():
-                for name, p in self.model.named_parameters():
-                    if name in masked:
-                        p.copy_(masked[name])
         return problem
 
     def write_applied(self, recipe: str | os.PathLike | Any, output: str | os.PathLike) -> None:
         """Write the recipe (a path or a loaded document) plus an ``applied`` section to ``output``."""
         from .recipe import load_document, write_atomic
-        from .recipe.applied import applied_section, record_calibration
+        from .masks.applied import applied_section
+        from .recipe.applied import record_calibration
         from .recipe.yamlio import dump_document
 
         if self.applied is None:
@@ -217,7 +241,9 @@ class Pruner:
         return self.model
 
     def report(self) -> dict[str, int]:
-        graph = trace(self.model, self.example_inputs)
+        """MACs, parameters and tutorial FLOPs of the model as it is now: read off the trace
+        made at construction until the model is shrunk, measured by a new trace after."""
+        graph = self.graph if self.applied is None else trace(self.model, self.example_inputs)
         return {"macs": total_macs(graph), "params": total_params(graph), "flops": tutorial_flops(graph)}
 
 

@@ -10,7 +10,7 @@ import torch
 
 from pruneconf import Pruner
 from pruneconf.cli import main
-from pruneconf.explore.predict import CostModel
+from pruneconf.analysis.predict import CostModel
 from pruneconf.recipe import load_document
 from pruneconf.recipe.load import load_recipe
 

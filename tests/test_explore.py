@@ -8,10 +8,10 @@ from torch import nn
 
 from helpers import calibrated
 from pruneconf import ConfigError, Pruner
-from pruneconf.explore.budget import plan_budget, sparsity_for, write_budget
-from pruneconf.explore.overrides import apply_overrides, overridden_recipe
-from pruneconf.explore.predict import CostModel
-from pruneconf.explore.report import build_report, format_report, report_csv
+from pruneconf.recipe.budget import plan_budget, sparsity_for, write_budget
+from pruneconf.recipe.overrides import apply_overrides, overridden_recipe
+from pruneconf.analysis.predict import CostModel
+from pruneconf.report import build_report, format_report, report_csv
 from pruneconf.recipe import build_recipe
 from pruneconf.recipe.load import Recipe, Settings, recipe_from_document
 from pruneconf.recipe.plan import kept_channels

@@ -248,8 +248,8 @@ def test_sweep_over_latency_targets(tmp_path, net):
 def test_mac_budget_is_spent_where_macs_cost_time():
     """Group 0's norm, ReLU and pool are slow but count no MACs: at the same MAC budget the
     latency-aware plan cuts it deeper than the uniform plan and is predicted faster."""
-    from pruneconf.explore.budget import plan_budget
-    from pruneconf.explore.predict import CostModel
+    from pruneconf.recipe.budget import plan_budget
+    from pruneconf.analysis.predict import CostModel
 
     pruner = Pruner(build(), torch.randn(SHAPE), {"sparsity": 0})
     table = linear_table(pruner, fixed=0.0)

@@ -208,7 +208,7 @@ def test_a_shrunk_model_that_breaks_is_rolled_back(monkeypatch):
     """Should a break slip past the dry run, apply's own check restores the masked model."""
     import pruneconf.pruner
 
-    monkeypatch.setattr(pruneconf.pruner, "drop_breaking_groups", lambda model, x, plan: (plan, {}))
+    monkeypatch.setattr(pruneconf.pruner, "drop_breaking_groups", lambda model, x, plan, **kwargs: (plan, {}))
     x = torch.randn(2, 3, 6, 6)
     model = HardCoded()
     pruner = Pruner(model, x, {"sparsity": 0.5})

@@ -155,3 +155,68 @@ def test_outputs_of_a_plain_tuple_keep_their_width():
     pruner = Pruner(EncoderDecoder(named=False), torch.randn(3, 10), {"sparsity": 0.5})
     assert not pruner.groups["encoder"].prunable
     assert any("reaches the model output" in r for r in pruner.groups["encoder"].reasons)
+
+
+class ReadsItsWidth(nn.Module):
+    """A branch that hard-codes its width (the dry run must leave it whole) beside one that
+    prunes, with the model's modes mixed: a child in train mode under an eval-mode parent."""
+
+    def __init__(self):
+        super().__init__()
+        self.hard = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 36, 1)
+        self.a = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.fc(self.hard(x).reshape(x.shape[0], 8 * 36)) + self.b(self.bn(self.a(x))).mean((2, 3))
+
+
+def test_the_dry_run_leaves_the_model_as_it_was_bit_for_bit():
+    """The dry run shrinks the model itself (no copy) and puts it back: every tensor object,
+    value, attribute and training mode is as before, also when it leaves a group whole."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = ReadsItsWidth().eval()
+    model.bn.train()
+    before = {k: (v, v.clone()) for k, v in model.state_dict(keep_vars=True).items()}
+    attrs = {name: dict(vars(m)) for name, m in model.named_modules()}
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.plan()
+    assert list(pruner.dropped) == ["hard"] and "a" in pruner.plan().kept
+    after = model.state_dict(keep_vars=True)
+    for name, (tensor, value) in before.items():
+        assert after[name] is tensor and torch.equal(after[name], value), name
+    for name, module in model.named_modules():
+        assert {k: v for k, v in vars(module).items() if not k.startswith("_")} == \
+               {k: v for k, v in attrs[name].items() if not k.startswith("_")}, name
+    assert not model.training and model.bn.training
+
+
+def test_apply_trusts_the_dry_run_only_while_the_model_is_unchanged(monkeypatch):
+    """With nothing changed since the dry run, apply shrinks without running the check again;
+    after a training step (or any forward) it checks in full, and still rolls back."""
+    calls = []
+    real = verify.compare_shrunk
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    import pruneconf.pruner
+    monkeypatch.setattr(pruneconf.pruner, "compare_shrunk", counted)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = calibrated(small(), x)
+    Pruner(model, x, {"sparsity": 0.5}).apply_masks()
+    assert calls == [] and model[0].out_channels == 4
+
+    model = calibrated(small(), x).train()
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.register_masks()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(x).square().mean().backward()
+    optimizer.step()
+    pruner.apply_masks()
+    assert calls == [1] and model[0].out_channels == 4

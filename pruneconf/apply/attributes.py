@@ -9,6 +9,7 @@ masked model, and a group whose shrinking still breaks the model is left whole.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Iterator
 
 import networkx as nx
@@ -36,15 +37,26 @@ def _size_args(attrs: dict) -> tuple:
     return tuple(a for a in args if type(a) is int)
 
 
+_SIZED: "weakref.WeakKeyDictionary[nx.DiGraph, list]" = weakref.WeakKeyDictionary()
+SIZED_OPS = RESHAPES + UNIFORM_FACTORIES + ("split", "split_with_sizes", "getitem")
+
+
+def _sized_calls(graph: nx.DiGraph) -> list[tuple[str, dict]]:
+    """The calls of ``graph`` inside a module whose sizes may be module attributes (found once
+    per graph: the dry run shrinks by many plans of one graph)."""
+    if graph not in _SIZED:
+        _SIZED[graph] = [(node, attrs) for node, attrs in graph.nodes(data=True)
+                         if attrs["kind"] == "call" and attrs.get("module") is not None and attrs["op"] in SIZED_OPS]
+    return _SIZED[graph]
+
+
 def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, int, int, bool]]:
     """``(module path, old size, new size, literal)`` of every size a reshape, a one-value
     factory or an even ``split`` produces that the plan changes; ``literal`` when the call
     passed the size itself, not ``-1`` (a head count inferred from the tensor). Old and new
     are lists for a split by a list of sizes, and a getitem's slice bound moves to the count
     of channels kept before it."""
-    for node, attrs in graph.nodes(data=True):
-        if attrs["kind"] != "call" or attrs.get("module") is None:
-            continue
+    for node, attrs in _sized_calls(graph):
         if attrs["op"] in RESHAPES or attrs["op"] in UNIFORM_FACTORIES:
             sizes = _size_args(attrs)
             for dim, keep in plan.surviving(node).items():

@@ -83,31 +83,46 @@ def _kept(tensor: torch.Tensor, dim: int, keep) -> torch.Tensor:
     return tensor.gather(dim, index.reshape(shape).expand(size))
 
 
+def _slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor, bool]]:
+    """Every parameter and buffer by name (shared ones under each name): ``(module, attr,
+    tensor, is_param)``, in one walk of the modules."""
+    out = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        prefix = path + "." if path else ""
+        for table, is_param in ((module._parameters, True), (module._buffers, False)):
+            for attr, tensor in table.items():
+                if tensor is not None:
+                    out[prefix + attr] = (module, attr, tensor, is_param)
+    return out
+
+
 def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shrunk:
-    """Slice every parameter and buffer the plan prunes and update its layer's attributes."""
-    tensors = model_tensors(model)
+    """Slice every parameter and buffer the plan prunes and update its layer's attributes.
+
+    The tensors replaced are left untouched (slicing makes new ones), so :meth:`Shrunk.undo`
+    puts the model back bit for bit."""
+    slots = _slots(model)
     sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
     # Per-expert rows first: they index the experts as they were before any is dropped.
     for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[0][0], kv[1].ndim == 1, kv[0][1])):
-        tensor = tensors[name]
+        tensor = slots[name][2]
         sliced[id(tensor)] = _kept(sliced.get(id(tensor), tensor.detach()), dim, keep)
     replaced, touched = [], {}
     with torch.no_grad():
-        for name, tensor in tensors.items():
+        for module, attr, tensor, is_param in slots.values():
             if id(tensor) not in sliced:
                 continue
-            module, attr = owner(model, name)
             touched.setdefault(id(module), (module, dict(module.__dict__)))
-            new = sliced[id(tensor)].clone()
-            if attr in module._parameters:
-                if not isinstance(sliced[id(tensor)], nn.Parameter):
-                    sliced[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad)
+            new = sliced[id(tensor)]
+            if is_param:
+                if not isinstance(new, nn.Parameter):
+                    new = sliced[id(tensor)] = nn.Parameter(new, requires_grad=tensor.requires_grad)
                 replaced.append((module, attr, module._parameters[attr], True))
-                module._parameters[attr] = sliced[id(tensor)]
+                module._parameters[attr] = new
             else:
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
-    path = {id(m): n for n, m in model.named_modules()}
+    path = {id(m): n for n, m in model.named_modules()} if log_changes else {}
     for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
         if log_changes:

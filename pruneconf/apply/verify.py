@@ -1,23 +1,18 @@
-"""Is the shrunk model the masked model? Compare them, and find the groups that break it.
+"""Is the shrunk model the masked model? Compare their outputs, in full precision.
 
-Channel rules see shapes, not the Python that computed them. Model code that derives a
-size from an attribute or from another tensor (``reshape(B, N, self.heads, C // heads)``)
-can stop running, or compute something else, once a group shrinks. Such groups are found
-by a dry run on a copy of the model before any mask touches the real one, and left whole.
+:mod:`.dryrun` uses these comparisons before any mask is set, apply's check after shrinking.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan, model_tensors
-from ..masks.register import register_masks
 from ..trace.refs import iter_refs, iter_tensors
 from ..trace.tracer import _call
 from ..trace.where import failing_line
@@ -146,6 +141,12 @@ def max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return worst
 
 
+def outputs_problem(expected: list[torch.Tensor], got: list[torch.Tensor], atol: float) -> str | None:
+    """Why ``got`` is not ``expected`` within ``atol`` (relative), or None."""
+    error = max_relative_error(expected, got)
+    return None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
+
+
 def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: list[torch.Tensor],
                    atol: float, log_changes: bool = True):
     """Shrink ``model`` (masks already removed) and compare with ``expected``.
@@ -155,86 +156,12 @@ def compare_shrunk(model: nn.Module, example: Any, plan: PruningPlan, expected: 
     expected = kept_outputs(expected, plan)
     done = shrink(model, plan, log_changes=log_changes)
     try:
-        error = max_relative_error(expected, model_outputs(model, example))
-        problem = None if error <= atol else f"differs from the masked one by {error:.3g} (relative)"
+        problem = outputs_problem(expected, model_outputs(model, example), atol)
     except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
         where = failing_line(exc)
         problem = f"fails to run{f' at {where}' if where else ''}: {type(exc).__name__}: {exc}"
     return done, problem
 
 
-class DryRun:
-    """Masks then shrinks a private copy of the model, as often as needed, and says what broke."""
-
-    def __init__(self, model: nn.Module, example: Any, atol: float) -> None:
-        self.model = copy.deepcopy(model).eval()
-        self.example = _widen(example) if widen_model(self.model) else example  # see widened()
-        self.atol = atol
-        self.saved = {k: v.detach().clone() for k, v in model_tensors(self.model).items()}
-
-    def problem(self, plan: PruningPlan) -> str | None:
-        """Why shrinking by ``plan`` would not reproduce the masked model, or None."""
-        masks = register_masks(self.model, plan)
-        try:
-            expected = model_outputs(self.model, self.example)
-        finally:
-            masks.remove()
-        done, problem = compare_shrunk(self.model, self.example, plan, expected, self.atol, log_changes=False)
-        done.undo()
-        with torch.no_grad():  # masks zeroed the originals in place
-            for name, tensor in model_tensors(self.model).items():
-                tensor.copy_(self.saved[name])
-        return problem
-
-
-def _first_failing_prefix(centers: list[str], fails: Callable[[list[str]], bool]) -> int:
-    """Smallest ``k`` with ``fails(centers[:k])``, knowing ``fails(centers)``: binary search."""
-    lo, hi = 0, len(centers)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fails(centers[:mid]):
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan, atol: float = 1e-5,
-                         run: Any = None) -> tuple[PruningPlan, dict[str, str]]:
-    """``plan`` without the groups whose shrinking breaks the model, and why each was dropped.
-
-    Groups are added in graph order; the first prefix that fails names one culprit (found in
-    ``log2(n)`` dry runs), which is dropped before searching again. A clean plan costs one.
-    ``run`` is the dry run, anything with ``problem(plan) -> str | None``; a :class:`DryRun`
-    of ``model`` by default.
-    """
-    if not plan.kept:
-        return plan, {}
-    run = run if run is not None else DryRun(model, example, atol)
-    problem = run.problem(plan)
-    if problem is None:
-        return plan, {}
-    centers = [g.center for g in plan.groups if g.center in plan.kept]
-    log.info("dry run: the shrunk copy %s; looking for the groups responsible among %d", problem, len(centers))
-    problems: dict[tuple[str, ...], str | None] = {}
-
-    def fails(subset: list[str]) -> bool:
-        key = tuple(subset)
-        if key not in problems:
-            problems[key] = run.problem(plan.restricted(subset))
-        return problems[key] is not None
-
-    problems[tuple(centers)] = problem
-    dropped: dict[str, str] = {}
-    while centers and fails(centers):
-        k = _first_failing_prefix(centers, fails)
-        culprit = centers.pop(k - 1)
-        dropped[culprit] = (f"shrinking it breaks the model (the shrunk model "
-                            f"{problems[tuple(centers[:k - 1]) + (culprit,)]}); the model's code "
-                            f"likely fixes a size this group would change")
-        log.warning("group %s left whole: %s", culprit, dropped[culprit])
-    return plan.restricted(centers), dropped
-
-
-__all__ = ["DryRun", "compare_shrunk", "drop_breaking_groups", "kept_outputs", "max_relative_error", "model_outputs",
-           "ulp", "widened"]
+__all__ = ["compare_shrunk", "full_precision", "kept_outputs", "max_relative_error", "model_outputs",
+           "outputs_problem", "ulp", "widened"]

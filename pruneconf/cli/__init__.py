@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_set(p)
     add_target(p)
     add_calibration(p)
+    p.add_argument("--measure", action="store_true",
+                   help="retrace the pruned model to measure its MACs and parameters (default: predicted from the plan)")
     p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("report", help="per group: requested vs realised sparsity, channels, params and MACs")

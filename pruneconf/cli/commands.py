@@ -82,7 +82,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..explore.report import build_report, format_report
+    from ..report import build_report, format_report
     from ..pruner import Pruner
     from ..recipe import load_document
     from ..reproduce import load_weights, save_weights
@@ -107,18 +107,19 @@ def cmd_prune(args: argparse.Namespace) -> int:
     pruner = pruner_for(recipe)
     before = pruner.report()
     plan = pruner.apply_masks()
-    after = pruner.report()
     save_weights(pruner.model, output)
     pruner.write_applied(doc, applied_path)
-    print(format_report(build_report(pruner.groups, plan, recipe)))
+    report = build_report(pruner.groups, plan, recipe)
+    print(format_report(report))
+    after = pruner.report() if args.measure else {"macs": report.macs[1], "params": report.params[1]}
     log_costs(len(plan.kept), before, after)
     log.info("wrote %s and %s", output, applied_path)
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..explore.overrides import overridden_recipe
-    from ..explore.report import build_report, format_report, report_csv
+    from ..recipe.overrides import overridden_recipe
+    from ..report import build_report, format_report, report_csv
     from ..pruner import Pruner
     from ..recipe import load_document, write_atomic
     from ..reproduce import applied_plan, load_weights

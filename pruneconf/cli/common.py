@@ -148,8 +148,8 @@ def plan_document(doc, args: argparse.Namespace, centers: Sequence[str] | None, 
 
     ``make_pruner(recipe)`` builds the model a budget is planned on. Returns the checked recipe.
     """
-    from ..explore.budget import plan_budget, write_budget
-    from ..explore.overrides import overridden_recipe
+    from ..recipe.budget import plan_budget, write_budget
+    from ..recipe.overrides import overridden_recipe
     from ..recipe.load import recipe_from_document
 
     from .latency import check_latency_options, plan_latency_document

@@ -35,7 +35,7 @@ def _explore_setup(args: argparse.Namespace):
     centers = [g.center for g in pruner.groups.prunable]
 
     def make_doc(settings: Mapping[str, Any]):
-        from ..explore.overrides import apply_overrides
+        from ..recipe.overrides import apply_overrides
         from ..recipe import build_recipe
 
         fixed = {k: v for k, v in (("metric", args.metric), ("round_to", args.round_to)) if v is not None}
@@ -103,7 +103,7 @@ def _latency_docs(args: argparse.Namespace, pruner, make_doc):
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..distributed import rank_and_world, torchrun_group
-    from ..explore.budget import write_budget
+    from ..recipe.budget import write_budget
     from ..explore.plot import plot_sensitivity, require_matplotlib
     from ..explore.sensitivity import analyse_sensitivity, budget_by_sensitivity, sensitivity_csv
     from ..explore.sweep import parse_sparsities

@@ -40,10 +40,10 @@ def _outputs(checkpoint) -> list[str]:
 
 
 def cmd_prune_streamed(args: argparse.Namespace) -> int:
-    from ..explore.report import build_report, format_report
+    from ..report import build_report, format_report
     from ..pruner import Pruner
     from ..recipe import load_document, write_atomic
-    from ..recipe.applied import applied_section
+    from ..masks.applied import applied_section
     from ..recipe.yamlio import dump_document
     from ..stream import Checkpoint, pruned_costs
     from ..stream.prune import plan_streamed, write_pruned

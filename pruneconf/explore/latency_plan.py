@@ -24,14 +24,14 @@ from typing import Mapping
 import numpy as np
 from ruamel.yaml.comments import CommentedMap
 
+from ..analysis.predict import CostModel
 from ..errors import ConfigError
 from ..groups import ChannelGroups, Group
-from ..masks.global_rank import normalised, taking_part
+from ..masks.global_rank import normalised
+from ..recipe.budget import taking_part, write_group_sparsities
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
-from .budget import write_group_sparsities
 from .latency_table import LatencyTable, Predictor
-from .predict import CostModel
 
 log = logging.getLogger(__name__)
 

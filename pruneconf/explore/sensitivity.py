@@ -24,10 +24,10 @@ from ..distributed import gather_shares, rank_and_world
 from ..errors import ConfigError
 from ..groups import ChannelGroups
 from ..masks import calibration_for, make_plan, register_masks
-from ..masks.global_rank import taking_part
+from ..recipe.budget import taking_part
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_channels
-from .predict import CostModel
+from ..analysis.predict import CostModel
 
 log = logging.getLogger(__name__)
 

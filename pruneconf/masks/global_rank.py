@@ -14,15 +14,13 @@ import logging
 from typing import Mapping
 
 import numpy as np
-import torch
-from torch import nn
 
 from .._progress import progress
 from ..groups import ChannelGroups, Group
+from ..recipe.budget import taking_part
 from ..recipe.load import Recipe
-from .calibration import Calibration
-from .importance import METRICS
-from .plan import group_keep, top_channels
+from .importance import METRICS, RankInputs
+from .keep import group_keep, top_channels
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +29,6 @@ def normalised(scores: np.ndarray) -> np.ndarray:
     """``scores / mean(scores)``; all ones for a group whose scores are all zero."""
     mean = float(np.mean(scores)) if scores.size else 0.0
     return scores / mean if mean > 0 else np.ones_like(scores)
-
-
-def taking_part(groups: ChannelGroups, recipe: Recipe, skip: Mapping[str, str]) -> list[Group]:
-    """Prunable groups that may lose channels: not skipped, not excluded, ``max_sparsity`` above 0."""
-    return [g for g in groups.prunable if g.center not in skip and not recipe.is_excluded(g.center)
-            and recipe.max_sparsity_of(g.center) > 0]
 
 
 def global_kept(groups: list[Group], scores: Mapping[str, np.ndarray], fraction: float,
@@ -69,15 +61,11 @@ def global_kept(groups: list[Group], scores: Mapping[str, np.ndarray], fraction:
     return kept
 
 
-def make_global_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
-                     skip: Mapping[str, str] | None = None, calibration: Calibration | None = None,
-                     tensors: Mapping[str, torch.Tensor] | None = None):
-    """The :class:`PruningPlan` of a ``mode: global`` recipe (see the module docstring);
-    ``calibration`` and ``tensors`` as for :func:`~pruneconf.masks.plan.make_plan`."""
-    from .plan import PruningPlan, rank_inputs
-
+def global_plan(groups: ChannelGroups, recipe: Recipe, inputs: RankInputs,
+                skip: Mapping[str, str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Kept channels and requested sparsity per group for a ``mode: global`` recipe (see the
+    module docstring), ranked by what ``inputs`` hold (:func:`~pruneconf.masks.plan.rank_inputs`)."""
     score = METRICS[recipe.settings.metric]
-    inputs = rank_inputs(model, recipe, calibration, tensors)
     skip = skip or {}
     for center, why in skip.items():
         log.warning("group %s left whole: %s", center, why)
@@ -91,4 +79,4 @@ def make_global_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     log.info("global ranking: removed %d of %d channels (%.1f%%, requested %.1f%%)", gone, total,
              100 * gone / max(total, 1), 100 * recipe.settings.default_sparsity)
     requested = {g.center: recipe.sparsity_of(g.center) for g in groups.prunable}
-    return PruningPlan(groups, kept, requested)
+    return kept, requested

@@ -13,10 +13,11 @@ from torch import nn
 from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
 from .calibration import Calibration, Loss, calibrate
 from .experts import ExpertDrop, expert_drops
+from .global_rank import global_plan
 from .importance import DATA_METRICS, METRICS, RankInputs
+from .keep import group_keep, top_channels
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ class PruningPlan:
     kept: dict[str, np.ndarray]
     requested: dict[str, float]
     experts: dict[str, ExpertDrop] = dataclasses.field(default_factory=dict)  # experts module -> drop
+    # Per group: its members' keep bits, shared by restricted plans (the dry run makes many).
+    _member_keeps: dict[str, list] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
@@ -41,21 +44,27 @@ class PruningPlan:
         shapes = self.groups.graph.graph["params"]
         out: dict[tuple[str, int], np.ndarray] = {}
         for g in self.groups:
-            kept = self.kept.get(g.center)
-            if kept is None:
+            if g.center not in self.kept:
                 continue
-            for m in g.members:
+            for m, bits in self._keeps_of(g):
                 shape = shapes[m.param]
                 if m.slice is None:
                     keep = out.setdefault((m.param, m.dim), np.ones(shape[m.dim], dtype=bool))
-                    keep[m.index] &= np.isin(m.channels, kept)
+                    keep[m.index] &= bits
                 else:  # one row per expert of a stacked parameter
                     keep = out.setdefault((m.param, m.dim), np.ones((shape[0], shape[m.dim]), dtype=bool))
-                    keep[m.slice, m.index] &= np.isin(m.channels, kept)
+                    keep[m.slice, m.index] &= bits
         for drop in self.experts.values():  # whole experts: their slices and router rows
             for name in drop.params:
                 out[(name, 0)] = drop.keep.copy()
         return {k: _same_rows(v) for k, v in out.items() if not v.all()}
+
+    def _keeps_of(self, group: Group) -> list:
+        """``(member, kept bits of its channels)`` for a group the plan prunes, computed once."""
+        if group.center not in self._member_keeps:
+            kept = self.kept[group.center]
+            self._member_keeps[group.center] = [(m, np.isin(m.channels, kept)) for m in group.members]
+        return self._member_keeps[group.center]
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
         """For each labelled dim of a node's output: which positions survive the plan
@@ -75,38 +84,12 @@ class PruningPlan:
         """The same plan pruning only the groups in ``centers``."""
         keep = set(centers)
         return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested,
-                           self.experts)
+                           self.experts, self._member_keeps)
 
 
 def _same_rows(keep: np.ndarray) -> np.ndarray:
     """A per-expert keep mask whose experts all keep the same positions, as one row."""
     return keep[0] if keep.ndim == 2 and (keep == keep[0]).all() else keep
-
-
-def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
-    """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
-
-    Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
-    first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
-    its own best (see :mod:`pruneconf.groups.stacks`).
-    """
-    importance = np.asarray(importance, dtype=np.float64).copy()
-    importance[group.pinned] = np.inf
-    if group.blocks is None:
-        return np.sort(np.argsort(-importance, kind="stable")[:keep])
-    per = max(1, round(keep / group.experts))
-    chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
-              for e in range(group.experts)]
-    return np.sort(np.concatenate(chosen))
-
-
-def group_keep(group: Group, sparsity: float, round_to: int) -> int:
-    """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
-    every expert keeps the same count; the sparsity applies to the channels not pinned,
-    which are all kept."""
-    pinned = len(group.pinned)
-    per = kept_channels((group.channels - pinned) // group.experts, sparsity, round_to)
-    return per * group.experts + pinned
 
 
 def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -154,12 +137,10 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
     """
     tensors = model_tensors(model) if tensors is None else tensors
     drops = expert_drops(model, groups.graph, recipe, tensors)
-    if recipe.settings.mode == "global":
-        from .global_rank import make_global_plan
-        return dataclasses.replace(make_global_plan(model, groups, recipe, skip, calibration, tensors),
-                                   experts=drops)
-    score = METRICS[recipe.settings.metric]
     inputs = rank_inputs(model, recipe, calibration, tensors)
+    if recipe.settings.mode == "global":
+        return PruningPlan(groups, *global_plan(groups, recipe, inputs, skip), drops)
+    score = METRICS[recipe.settings.metric]
     kept, requested = {}, {}
     for g in progress(groups.prunable, "ranking channels"):
         sparsity = recipe.sparsity_of(g.center)

@@ -32,39 +32,57 @@ from .plan import PruningPlan, model_tensors
 from .stats import MaskedStatistic, attach_masked_statistics, masked_statistics
 
 
-class Masks:
-    """Masks registered on a model; :meth:`remove` takes every hook away again."""
+def times_factors(factors: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``x`` times every factor (a new tensor)."""
+    for factor in factors:
+        x = x * factor.to(device=x.device, dtype=x.dtype)
+    return x
 
-    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor],
+
+class Masks:
+    """Masks registered on a model; :meth:`remove` takes every hook away again.
+
+    Each parameter's mask is kept as its per-dim factors (a ``[O, 1, 1, 1]`` and a
+    ``[1, I, 1, 1]`` 0/1 tensor for a conv pruned on both sides), not as a tensor of the
+    parameter's size: masks then cost a fraction of the model instead of a second model."""
+
+    def __init__(self, model: nn.Module, factors: dict[str, list[torch.Tensor]],
                  norms: list[MaskedNorm] | None = None, stats: list[MaskedStatistic] | None = None,
                  experts: Mapping[str, ExpertDrop] | None = None) -> None:
         self.model = model
-        self.masks = masks
+        self.factors = factors
         self.norms = norms or []
         self.stats = stats or []
         self.experts = experts or {}
         self._handles: list = []
         tensors = model_tensors(model)
-        self._params = {name: tensors[name] for name in masks}
+        self._params = {name: tensors[name] for name in factors}
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Each masked parameter's 0/1 mask in its full shape (built on each access)."""
+        return {name: factors[0] if is_dtensor(factors[0]) else
+                times_factors(factors, torch.ones((), dtype=torch.float32)).expand_as(self._params[name])
+                for name, factors in self.factors.items()}
 
     def enforce(self) -> None:
         """Zero every masked slice (done before each forward)."""
         with torch.no_grad():
-            for name, mask in self.masks.items():
+            for name, factors in self.factors.items():
                 param = self._params[name]
-                param.mul_(mask.to(device=param.device, dtype=param.dtype))
+                for factor in factors:
+                    param.mul_(factor.to(device=param.device, dtype=param.dtype))
 
     def _attach(self) -> None:
         self.enforce()
-        for name, mask in self.masks.items():
+        for name, factors in self.factors.items():
             param = self._params[name]
             if not (isinstance(param, nn.Parameter) and param.requires_grad):
                 continue
             if is_dtensor(param):
-                self._handles.append(param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, mask)))
+                self._handles.append(param.register_post_accumulate_grad_hook(functools.partial(_mask_grad, factors)))
             else:
-                self._handles.append(param.register_hook(
-                    lambda grad, m=mask: grad * m.to(device=grad.device, dtype=grad.dtype)))
+                self._handles.append(param.register_hook(lambda grad, f=factors: times_factors(f, grad)))
         # first of all forward pre-hooks: FSDP2's own gathers the shards the forward reads
         self._handles.append(self.model.register_forward_pre_hook(lambda module, args: self.enforce(),
                                                                   prepend=True))
@@ -78,42 +96,42 @@ class Masks:
         self._handles.clear()
 
 
-def _mask_grad(mask: torch.Tensor, param: torch.Tensor) -> None:
-    param.grad.mul_(mask)
+def _mask_grad(factors: list[torch.Tensor], param: torch.Tensor) -> None:
+    for factor in factors:
+        param.grad.mul_(factor)
 
 
-def _shaped_like(mask: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-    """``mask`` as ``param`` holds its values: the same shard of it on this rank (a DTensor with
-    the parameter's mesh and placements, cut locally: every rank built the same mask), in the
-    parameter's dtype and on its device."""
+def _sharded_like(factors: list[torch.Tensor], param: torch.Tensor) -> list[torch.Tensor]:
+    """``factors`` as ``param`` holds its values. For a sharded (DTensor) parameter, one mask of
+    its full shape distributed like it (cut locally: every rank built the same mask), in its
+    dtype and on its device: a per-dim factor cannot broadcast against a shard."""
     if not is_dtensor(param):
-        return mask
+        return factors
     from torch.distributed.tensor import distribute_tensor
 
-    local = mask.to(device=param.device, dtype=param.dtype)
-    return distribute_tensor(local, param.device_mesh, param.placements, src_data_rank=None)
+    full = times_factors(factors, torch.ones(param.shape, dtype=param.dtype, device=param.device))
+    return [distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)]
 
 
-def mask_tensors(plan: PruningPlan, model: nn.Module) -> dict[str, torch.Tensor]:
-    """One 0/1 tensor per pruned parameter (buffers are left alone: their channel is cut off);
-    for a sharded (DTensor) parameter, this rank's shard of it."""
+def mask_factors(plan: PruningPlan, model: nn.Module) -> dict[str, list[torch.Tensor]]:
+    """Per pruned parameter, one broadcastable 0/1 tensor per pruned dim (buffers are left
+    alone: their channel is cut off); for a sharded (DTensor) parameter, this rank's shard
+    of its whole mask."""
     params = dict(model.named_parameters(remove_duplicate=False))
-    masks: dict[str, torch.Tensor] = {}
+    factors: dict[str, list[torch.Tensor]] = {}
     for (name, dim), keep in plan.members.items():
         if name not in params:
             continue
-        param = params[name]
-        shape = [1] * param.dim()
+        shape = [1] * params[name].dim()
         shape[dim] = keep.shape[-1]
         if keep.ndim == 2:  # a row per expert of a stacked parameter
             shape[0] = keep.shape[0]
-        mask = torch.as_tensor(keep.astype(np.float32)).reshape(shape)
-        masks[name] = masks[name] * mask if name in masks else mask.expand(param.shape).clone()
-    return {name: _shaped_like(mask, params[name]) for name, mask in masks.items()}
+        factors.setdefault(name, []).append(torch.as_tensor(keep.astype(np.float32)).reshape(shape))
+    return {name: _sharded_like(f, params[name]) for name, f in factors.items()}
 
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
     """Hold the channels ``plan`` prunes at zero while the model trains."""
-    masks = Masks(model, mask_tensors(plan, model), masked_norms(plan), masked_statistics(plan), plan.experts)
+    masks = Masks(model, mask_factors(plan, model), masked_norms(plan), masked_statistics(plan), plan.experts)
     masks._attach()
     return masks

@@ -6,13 +6,10 @@ With it a recipe is enough to rebuild a pruned model from the original architect
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import numpy as np
 from ruamel.yaml.comments import CommentedMap
-
-if TYPE_CHECKING:  # masks/ reads recipes: import the type only for annotations
-    from ..masks import PruningPlan
 
 
 
@@ -61,22 +58,6 @@ def ranges(indices: Iterable[int]) -> str:
     if run:
         parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
     return ",".join(parts)
-
-
-def applied_section(plan: "PruningPlan") -> CommentedMap:
-    """Per pruned group: channels before, channels kept, and which (group channel indices)."""
-    out = CommentedMap()
-    for g in plan.groups:
-        kept = plan.kept.get(g.center)
-        if kept is None:
-            continue
-        entry = CommentedMap(channels=g.channels, kept=len(kept), sparsity=plan.requested[g.center],
-                             indices=ranges(kept.tolist()))
-        out[g.center] = entry
-    for layer, drop in plan.experts.items():
-        kept = drop.keep.nonzero()[0].tolist()
-        out[layer] = CommentedMap(experts=len(drop.keep), kept=len(kept), indices=ranges(kept))
-    return out
 
 
 def record_calibration(doc: CommentedMap, batches: int) -> None:

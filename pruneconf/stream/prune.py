@@ -36,7 +36,8 @@ from ..apply import shrink, unsupported_layer
 from ..apply.attributes import size_attribute_changes
 from ..apply.resize import resizer_for
 from ..apply.shrink import owner
-from ..apply.verify import drop_breaking_groups, kept_outputs, model_outputs
+from ..apply.dryrun import drop_breaking_groups
+from ..apply.verify import kept_outputs, model_outputs
 from ..errors import ConfigError
 from ..groups import ChannelGroups, find_groups
 from ..masks import PruningPlan, make_plan

@@ -1,7 +1,6 @@
 """Elementwise ops: channels pass through unchanged and broadcasting operands are coupled."""
 from __future__ import annotations
 
-from ...trace.refs import Ref
 from ..context import FOLLOWER, RuleContext
 from ..registry import register
 from .common import broadcast, channel_labels, passthrough
@@ -44,17 +43,6 @@ def nary(ctx: RuleContext) -> None:
     becomes a follower of the channels it spans (``RuleContext.all_roles``).
     """
     ctx.set_out(broadcast(ctx, ctx.tensor_args(), ctx.out_shapes[0]))
-
-
-@register("max", "min")
-def max_min(ctx: RuleContext) -> None:
-    """``torch.max(a, b)`` is elementwise; ``torch.max(x[, dim])`` is a reduction."""
-    from .reduction import reduce_rule
-
-    if isinstance(ctx.arg(1, "other"), Ref):
-        nary(ctx)
-    else:
-        reduce_rule(ctx)
 
 
 @register("prelu")

@@ -18,7 +18,7 @@ from ...trace.refs import Ref, iter_refs
 from ..context import CHANNEL_STATS, Note, RuleContext, TensorLabels
 from ..registry import register
 from .common import as_dims, block_dims, keep_dims, norm_dim
-from .elementwise import NARY, UNARY
+from .elementwise import NARY, UNARY, nary
 
 ELEMENTWISE = frozenset(NARY) | frozenset(UNARY)
 
@@ -66,6 +66,15 @@ def _reduce(ctx: RuleContext, positions: tuple[int, int]) -> tuple[TensorLabels,
 def reduce_rule(ctx: RuleContext) -> None:
     labels, dims = _reduce(ctx, REDUCTIONS[ctx.op])
     block_dims(ctx, labels, dims, f"channels reduced by '{ctx.op}'")
+
+
+@register("max", "min")
+def max_min(ctx: RuleContext) -> None:
+    """``torch.max(a, b)`` is elementwise; ``torch.max(x[, dim])`` is a reduction."""
+    if isinstance(ctx.arg(1, "other"), Ref):
+        nary(ctx)
+    else:
+        reduce_rule(ctx)
 
 
 @register(*STATISTICS)

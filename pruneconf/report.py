@@ -13,11 +13,11 @@ import csv
 import dataclasses
 import io
 
-from ..groups import ChannelGroups
-from ..masks import PruningPlan
-from ..recipe.load import Recipe
-from ..table import format_table
-from .predict import CostModel, Costs
+from .groups import ChannelGroups
+from .masks import PruningPlan
+from .recipe.load import Recipe
+from .table import format_table
+from .analysis.predict import CostModel, Costs
 
 
 @dataclasses.dataclass(frozen=True)

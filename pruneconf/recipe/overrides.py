@@ -16,7 +16,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from ..errors import ConfigError
-from ..recipe.load import GROUP_KEYS, SETTINGS, Recipe, recipe_from_document
+from .load import GROUP_KEYS, SETTINGS, Recipe, recipe_from_document
 
 
 def parse_pairs(pairs: Sequence[str]) -> list[tuple[str, Any]]:

@@ -16,11 +16,10 @@ from typing import Mapping
 from ruamel.yaml.comments import CommentedMap
 
 from ..errors import ConfigError
+from ..analysis.predict import CostModel
 from ..groups import ChannelGroups, Group
-from ..masks.global_rank import taking_part
-from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
-from .predict import CostModel
+from .load import Recipe
+from .plan import kept_channels
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +43,12 @@ class Budget:
 
     def macs(self, kept: Mapping[str, int]) -> float:
         return self.costs.macs(kept)
+
+
+def taking_part(groups: ChannelGroups, recipe: Recipe, skip: Mapping[str, str]) -> list[Group]:
+    """Prunable groups that may lose channels: not skipped, not excluded, ``max_sparsity`` above 0."""
+    return [g for g in groups.prunable if g.center not in skip and not recipe.is_excluded(g.center)
+            and recipe.max_sparsity_of(g.center) > 0]
 
 
 def _bisect(budget: Budget, goal: float) -> dict[str, int]:

@@ -18,7 +18,7 @@ from typing import Mapping
 
 import networkx as nx
 
-from ..analysis.costs import node_macs
+from .costs import node_macs
 from ..groups import ChannelGroups
 from ..groups.find import Member
 

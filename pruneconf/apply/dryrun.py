@@ -1,0 +1,215 @@
+"""Find the groups whose shrinking breaks the model, before any mask is set, and leave them whole.
+
+Channel rules see shapes, not the Python that computed them. Model code that derives a
+size from an attribute or from another tensor (``reshape(B, N, self.heads, C // heads)``)
+can stop running, or compute something else, once a group shrinks. A dry run shrinks the
+model itself, runs it and puts it back; no copy of the model is made.
+
+Cost: a plan that shrinks cleanly costs one trial (one shrunk and one masked forward),
+whatever the number of groups. Only a failed trial starts a search, and it is bounded: the
+groups that stop the model from running are found first, with the shrunk forward alone
+(which stops where it breaks); the trial's failure point bounds the search from above and
+the last culprit's position from below (see :func:`drop_breaking_groups`).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..masks.plan import PruningPlan
+from ..masks.transient import masked_forward
+from ..trace.where import failing_line
+from .shrink import shrink
+from .verify import kept_outputs, model_outputs, outputs_problem, widened
+
+log = logging.getLogger("pruneconf")
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the block, then every module's own mode back (a model may mix them)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
+    """Path of the innermost module of ``model`` whose forward was running when ``exc`` rose."""
+    paths = {id(m): name for name, m in model.named_modules()}
+    found, tb = None, exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if id(owner) in paths:
+            found = paths[id(owner)]
+        tb = tb.tb_next
+    return found
+
+
+class DryRun:
+    """Shrinks the model, runs it and puts it back, bit for bit (:meth:`Shrunk.undo` restores
+    the very tensors shrinking replaced); the masked outputs to compare with come from
+    :func:`~pruneconf.masks.transient.masked_forward`, which leaves the weights alone. Use it
+    through :func:`dry_run`, which sets eval mode and float32 for the comparison.
+
+    :attr:`proven` names the groups of the last plan found exact (apply need not check that
+    plan again on unchanged weights); :attr:`failed_at` the graph order where the last
+    failing run stopped.
+    """
+
+    def __init__(self, model: nn.Module, example: Any, atol: float) -> None:
+        self.model, self.example, self.atol = model, example, atol
+        self.proven: frozenset | None = None
+        self.failed_at: int | None = None
+        self._ends: dict[str, int] | None = None
+        self._ran: tuple[frozenset, list[torch.Tensor]] | None = None  # the last shrunk run's outputs
+
+    def _end_of(self, plan: PruningPlan, path: str) -> int | None:
+        """The last graph order of an op run inside module ``path`` (its forward's end)."""
+        if self._ends is None:
+            self._ends = {}
+            for _, attrs in plan.groups.graph.nodes(data=True):
+                parts = attrs.get("module", "").split(".")
+                for i in range(len(parts) + 1):
+                    key = ".".join(parts[:i])
+                    self._ends[key] = max(self._ends.get(key, -1), attrs.get("order", -1))
+        return self._ends.get(path)
+
+    def _shrunk_outputs(self, plan: PruningPlan) -> tuple[list[torch.Tensor] | None, str | None]:
+        self.failed_at = None
+        key = frozenset(plan.kept)
+        if self._ran is not None and self._ran[0] == key:  # ``breaks`` then ``problem`` of one plan
+            return self._ran[1], None
+        done = shrink(self.model, plan, log_changes=False)
+        try:
+            self._ran = (key, model_outputs(self.model, self.example))
+            return self._ran[1], None
+        except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
+            path = _failing_module(self.model, exc)
+            self.failed_at = None if path is None else self._end_of(plan, path)
+            where = failing_line(exc)
+            return None, f"fails to run{f' at {where}' if where else ''}: {type(exc).__name__}: {exc}"
+        finally:
+            done.undo()
+
+    def breaks(self, plan: PruningPlan) -> str | None:
+        """Why the model shrunk by ``plan`` does not run, or None (its outputs are not checked)."""
+        return self._shrunk_outputs(plan)[1]
+
+    def problem(self, plan: PruningPlan) -> str | None:
+        """Why shrinking by ``plan`` would not reproduce the masked model, or None."""
+        got, problem = self._shrunk_outputs(plan)
+        if problem is not None:
+            return problem
+        with masked_forward(self.model, plan):
+            expected = model_outputs(self.model, self.example)
+        problem = outputs_problem(kept_outputs(expected, plan), got, self.atol)
+        if problem is None:
+            self.proven = frozenset(plan.kept)
+        return problem
+
+
+@contextlib.contextmanager
+def dry_run(model: nn.Module, example: Any, atol: float = 1e-5) -> Iterator[DryRun]:
+    """A :class:`DryRun` of ``model`` in eval mode, half precision widened (see :func:`widened`)."""
+    with widened(model, example) as widened_example, evaluating(model):
+        yield DryRun(model, widened_example, atol)
+
+
+def _first_failing_prefix(fails: Callable[[int], bool], lo: int, hi: int) -> int:
+    """Smallest ``k`` in ``(lo, hi]`` with ``fails(k)``, knowing ``fails(hi)`` and not
+    ``fails(lo)``. It gallops down from ``hi`` first (a culprit most often sits just before
+    where the model broke), then bisects the gap it found."""
+    step = 1
+    while hi - step > lo:
+        if not fails(hi - step):
+            lo = hi - step
+            break
+        hi, step = hi - step, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fails(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+class _Search:
+    """Greedy culprit search for one test (``breaks`` or ``problem``), memoised per prefix."""
+
+    def __init__(self, run: Any, plan: PruningPlan, test: Callable[[PruningPlan], str | None]) -> None:
+        self.run, self.plan, self.test = run, plan, test
+        self.problems: dict[tuple[str, ...], tuple[str | None, int | None]] = {}
+        self.order = {g.center: g.order for g in plan.groups}
+
+    def problem(self, subset: list[str]) -> tuple[str | None, int | None]:
+        key = tuple(subset)
+        if key not in self.problems:
+            found = self.test(self.plan.restricted(subset))
+            self.problems[key] = (found, getattr(self.run, "failed_at", None))
+        return self.problems[key]
+
+    def drop(self, centers: list[str], dropped: dict[str, str]) -> list[str]:
+        """``centers`` without each group that makes its prefix fail, noted in ``dropped``."""
+        passing = 0  # centers[:passing] is known to pass
+        while centers and self.problem(centers)[0] is not None:
+            hi = self._bound(centers, passing)
+            k = _first_failing_prefix(lambda n: self.problem(centers[:n])[0] is not None, passing, hi)
+            culprit = centers.pop(k - 1)
+            passing = k - 1
+            dropped[culprit] = (f"shrinking it breaks the model (the shrunk model "
+                                f"{self.problem(centers[:k - 1] + [culprit])[0]}); the model's code "
+                                f"likely fixes a size this group would change")
+            log.warning("group %s left whole: %s", culprit, dropped[culprit])
+        return centers
+
+    def _bound(self, centers: list[str], passing: int) -> int:
+        """A failing prefix as short as the failure point allows: the groups centred before
+        the op where the whole prefix stopped running (tested, so only a hint)."""
+        failed_at = self.problem(centers)[1]
+        if failed_at is None:
+            return len(centers)
+        before = [i for i, c in enumerate(centers) if self.order[c] < failed_at]
+        hint = before[-1] + 1 if before else 0
+        if passing < hint < len(centers) and self.problem(centers[:hint])[0] is not None:
+            return hint
+        return len(centers)
+
+
+def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan, atol: float = 1e-5,
+                         run: Any = None) -> tuple[PruningPlan, dict[str, str]]:
+    """``plan`` without the groups whose shrinking breaks the model, and why each was dropped.
+
+    One trial of the whole plan; only if it fails are groups added in graph order, the first
+    prefix that fails naming one culprit, which is dropped; the prefix before it is known to
+    pass, so the next search starts there. Groups that stop the model from running are found
+    first with the shrunk run alone (``run.breaks``, when the run has it), then groups whose
+    shrunk model computes something else, with the full comparison. ``run`` is anything with
+    ``problem(plan) -> str | None``; a :class:`DryRun` of ``model`` itself by default.
+    """
+    if not plan.kept:
+        return plan, {}
+    if run is None:
+        with dry_run(model, example, atol) as run:
+            return drop_breaking_groups(model, example, plan, atol, run)
+    problem = run.problem(plan)
+    if problem is None:
+        return plan, {}
+    centers = [g.center for g in plan.groups if g.center in plan.kept]
+    log.info("dry run: the shrunk model %s; looking for the groups responsible among %d", problem, len(centers))
+    dropped: dict[str, str] = {}
+    tests = [getattr(run, "breaks", None), run.problem]
+    for test in filter(None, tests):
+        centers = _Search(run, plan, test).drop(centers, dropped)
+    return plan.restricted(centers), dropped
+
+
+__all__ = ["DryRun", "drop_breaking_groups", "dry_run", "evaluating"]

@@ -1,0 +1,36 @@
+"""How many and which channels a group keeps: shared by per-group and global ranking."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..groups import Group
+from ..recipe.plan import kept_channels
+
+
+def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+    """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
+
+    Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
+    first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
+    its own best (see :mod:`pruneconf.groups.stacks`).
+    """
+    importance = np.asarray(importance, dtype=np.float64).copy()
+    importance[group.pinned] = np.inf
+    if group.blocks is None:
+        return np.sort(np.argsort(-importance, kind="stable")[:keep])
+    per = max(1, round(keep / group.experts))
+    chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
+              for e in range(group.experts)]
+    return np.sort(np.concatenate(chosen))
+
+
+def group_keep(group: Group, sparsity: float, round_to: int) -> int:
+    """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
+    every expert keeps the same count; the sparsity applies to the channels not pinned,
+    which are all kept."""
+    pinned = len(group.pinned)
+    per = kept_channels((group.channels - pinned) // group.experts, sparsity, round_to)
+    return per * group.experts + pinned
+
+
+__all__ = ["group_keep", "top_channels"]
