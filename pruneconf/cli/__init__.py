@@ -15,9 +15,10 @@ from .._version import __version__
 from ..errors import PruneconfError
 from .commands import cmd_export, cmd_flops, cmd_graph, cmd_init, cmd_prune, cmd_report, cmd_show
 from .common import (METRIC_CHOICES, add_calibration, add_device, add_model_options, add_output, add_recipe_options,
-                     add_set, add_target, add_trust_options)
+                     add_set, add_trust_options)
 from .explore import add_explore_parsers
 from .latency import add_latency_parser, add_latency_report
+from .targets import add_target
 
 log = logging.getLogger("pruneconf")
 

@@ -6,9 +6,9 @@ import logging
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import (analyse_model, calibration, input_specs, model_args, plan_document, recipe_model,
-                     refuse_overwrite)
+from .common import analyse_model, calibration, input_specs, model_args, recipe_model, refuse_overwrite
 from .latency import latency_report
+from .targets import plan_document
 from .stream import cmd_prune_streamed, is_streamed, log_costs
 
 log = logging.getLogger("pruneconf")

@@ -119,14 +119,6 @@ def add_set(p: argparse.ArgumentParser) -> None:
                         "(features.1.conv.1=0); repeatable")
 
 
-def add_target(p: argparse.ArgumentParser) -> None:
-    from .latency import add_latency_target
-
-    p.add_argument("--target-macs", type=float, metavar="FRACTION",
-                   help="choose per-group sparsities so the model keeps this fraction of its MACs (e.g. 0.5)")
-    add_latency_target(p)
-
-
 def add_output(p: argparse.ArgumentParser, output_help: str) -> None:
     p.add_argument("-o", "--output", required=True, help=output_help)
     p.add_argument("--force", action="store_true", help="replace existing output files")
@@ -141,31 +133,3 @@ def refuse_overwrite(output: str, force: bool, *also: Path) -> None:
 
 def refuse_outputs(directory: Path, names: Sequence[str], force: bool) -> None:
     refuse_overwrite(str(directory / names[0]), force, *(directory / name for name in names[1:]))
-
-
-def plan_document(doc, args: argparse.Namespace, centers: Sequence[str] | None, make_pruner):
-    """Apply ``--set`` then ``--target-macs`` or ``--target-latency`` to a recipe document, in place.
-
-    ``make_pruner(recipe)`` builds the model a budget is planned on. Returns the checked recipe.
-    """
-    from ..recipe.budget import plan_budget, write_budget
-    from ..recipe.overrides import overridden_recipe
-    from ..recipe.load import recipe_from_document
-
-    from .latency import check_latency_options, plan_latency_document
-
-    path = str(args.output if args.command == "init" else args.recipe)
-    with_table = check_latency_options(args)
-    recipe = overridden_recipe(doc, args.set, path, centers)
-    if args.target_macs is None and not with_table:
-        return recipe
-    if args.target_macs is not None and not 0 < args.target_macs <= 1:
-        raise ConfigError(f"expected a fraction of the dense MACs in (0, 1], got {args.target_macs}",
-                          key="--target-macs")
-    pruner = make_pruner(recipe)
-    if with_table:
-        plan_latency_document(doc, args, recipe, pruner)
-        return recipe_from_document(doc, path)
-    kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
-    write_budget(doc, pruner.groups, kept, args.target_macs, recipe.settings.round_to)
-    return recipe_from_document(doc, path)

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import plan_document, recipe_model, refuse_outputs
+from .common import recipe_model, refuse_outputs
+from .targets import plan_document
 
 log = logging.getLogger("pruneconf")
 
