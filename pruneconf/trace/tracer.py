@@ -159,7 +159,7 @@ class _Trace:
         for i, tensor in enumerate(iter_tensors(example)):
             record = self.add(Record(name=self.unique(f"input_{i}"), kind="input", op="input",
                                      out_shapes=[tuple(tensor.shape)],
-                                     out_dtypes=[str(tensor.dtype)]))
+                                     out_dtypes=[str(tensor.dtype)], where=None))  # the caller's, not the model's
             self.bind(tensor, Ref(record, 0))
 
     def names_of(self, func) -> tuple[OpName, str]:
@@ -261,7 +261,7 @@ class _Trace:
         self.seen = []
         args, named = (map_structure(out, self.ref_of),), dataclasses.is_dataclass(out) and isinstance(out, Mapping)
         self.add(Record(name=self.unique("output"), kind="output", op="output",
-                        target=type(out).__name__ if named else "", args=args, inputs=self.seen))
+                        target=type(out).__name__ if named else "", args=args, inputs=self.seen, where=None))
 
     # -- module hooks -----------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: Any) -> None:
