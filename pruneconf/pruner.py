@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Any, Iterable
 
-import torch
 from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
