@@ -16,7 +16,6 @@ import os
 from typing import Any, Iterable
 
 import numpy as np
-
 from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops

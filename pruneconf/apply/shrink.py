@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..masks.plan import PruningPlan, model_tensors
+from ..masks.plan import PruningPlan
 from .attributes import describe, size_attribute_changes
 from .experts import expert_count_changes
 from .resize import needs_resizer, resizer_for

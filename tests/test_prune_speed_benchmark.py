@@ -1,0 +1,41 @@
+"""The prune-speed benchmark's pieces: its pruneconf call prunes, and its table sums runs up."""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import pytest
+import torch
+from torch import nn
+
+BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "prune_speed.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("prune_speed_benchmark", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_pruneconf_call_prunes_the_model_in_place(bench):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1), nn.Flatten(),
+                          nn.Linear(4 * 16, 3)).eval()
+    bench.prune_call("pruneconf", model, torch.randn(1, 3, 4, 4))()
+    assert model[0].out_channels == 4 and model[2].in_channels == 4
+
+
+def test_a_row_takes_medians_ratios_and_the_memory_bound(bench):
+    def ok(seconds, peak):
+        return {"status": "ok", "seconds": seconds, "peak_mib": peak, "model_mib": 100.0, "others_cores": 0.5,
+                "load": 2.0}
+
+    runs = {"forward": [ok(0.5, 20.0)], "pruneconf": [ok(2.0, 50.0), ok(1.0, 90.0), ok(3.0, 70.0)],
+            "torch_pruning": [ok(4.0, 10.0), {"status": "timeout"}]}
+    row = bench.row("m", {tool: bench.summarise(rs) for tool, rs in runs.items()})
+    assert row["pruneconf_s"] == 2.0 and row["pruneconf_peak_mib"] == 70.0 and row["torch_pruning_s"] == "timeout"
+    assert row["ratio_vs_tp"] is None and row["pruneconf_x_forward"] == 4.0
+    assert row["memory_bound_mib"] == 20.0 + 0.5 * 120.0 and row["within_bound"]
+    lines = bench.markdown([row], bench.parse_args(["--runs", "3"]))
+    assert lines[2].startswith("| m | 0.50 | 2.00 | timeout |") and "memory bound exceeded by: none" in lines
