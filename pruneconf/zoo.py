@@ -24,7 +24,6 @@ import importlib
 import re
 from typing import Any, Callable, Mapping
 
-from .errors import ConfigError
 
 TORCHVISION_MODULES = ("torchvision.models", "torchvision.models.detection", "torchvision.models.segmentation",
                        "torchvision.models.video", "torchvision.models.optical_flow")
