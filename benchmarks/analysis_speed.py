@@ -157,20 +157,26 @@ def measure(model_name: str, method: str, args: argparse.Namespace) -> dict[str,
     return best
 
 
-def spawn_worker(model_name: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Parent side: run one measurement in a fresh process; never raise, report the failure."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"{model_name}:{method}",
-           "--repeats", str(args.repeats), "--threads", str(args.threads),
-           "--slow-limit", str(args.slow_limit)]
+def worker_result(cmd: list[str], timeout: float) -> dict[str, Any]:
+    """Run the worker command ``cmd`` in a fresh process and read its result line; never
+    raise: a timeout or a crash is reported as the measurement's status."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.hard_timeout)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": "timeout"}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_TAG):
             return json.loads(line[len(RESULT_TAG):])
     tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    return {"status": "failed", "error": tail}
+    return {"status": "failed", "error": tail[:200]}
+
+
+def spawn_worker(model_name: str, method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Parent side: run one measurement in a fresh process."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"{model_name}:{method}",
+           "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--slow-limit", str(args.slow_limit)]
+    return worker_result(cmd, args.hard_timeout)
 
 
 def ok(r: dict[str, Any] | None) -> bool:

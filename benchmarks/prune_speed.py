@@ -32,14 +32,13 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # analysis_speed's helpers; pruneconf from this checkout
-from analysis_speed import RESULT_TAG, call_with_peak, others_cpu_s  # noqa: E402
+from analysis_speed import RESULT_TAG, call_with_peak, others_cpu_s, worker_result  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "densenet121", "regnet_y_1_6gf",
           "vit_b_16", "swin_t", "maxvit_t"]
@@ -101,17 +100,9 @@ def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
 
 
 def spawn(model_name: str, tool: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Parent side: one measurement in a fresh process; never raises, reports the failure."""
+    """Parent side: one measurement in a fresh process."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_worker", f"{model_name}:{tool}", "--threads", str(args.threads)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"status": "timeout"}
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            return json.loads(line[len(RESULT_TAG):])
-    tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-    return {"status": "failed", "error": tail[:200]}
+    return worker_result(cmd, args.timeout)
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:

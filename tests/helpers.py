@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
+import pathlib
+import os
 import re
+import subprocess
+import sys
+import types
 
 import numpy as np
 import torch
@@ -18,6 +24,29 @@ from pruneconf.masks.plan import PruningPlan
 from pruneconf.masks.stats import attach_masked_statistics, masked_statistics
 from pruneconf.trace.refs import iter_tensors
 from zoo_pins import PINS
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> types.ModuleType:
+    """``benchmarks/<name>.py`` as a module (registered in ``sys.modules``: its dataclasses
+    look their module up there)."""
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def torchrun_ranks(worker: str, out_dir: pathlib.Path) -> list[dict]:
+    """Run ``tests/<worker>`` on two CPU ranks (gloo) under torchrun, each writing
+    ``out_dir/rank<r>.pt``; returns what each rank wrote."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pathlib.Path(__file__).parents[1])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(pathlib.Path(__file__).with_name(worker)), str(out_dir)],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
 def analyse(model: nn.Module, *inputs, **kw_inputs) -> ChannelGroups:

@@ -1,23 +1,18 @@
 """The latency benchmark's core stays working: a tiny model, one short round."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
 import torch
 from torch import nn
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def latency():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("latency")
 
 
 def tiny() -> nn.Module:

@@ -6,20 +6,13 @@ real data"), so only what held for every metric on seeds 0-2 is asserted.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-import pathlib
-import sys
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "data_metrics.py"
+from helpers import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("data_metrics_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("data_metrics")
 
 
 def test_quick_benchmark_rows_table_and_plot(tmp_path):

@@ -1,23 +1,15 @@
 """Masks under FSDP2 (``fully_shard``): two CPU processes (gloo) launched with torchrun."""
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from pruneconf import Pruner
 from pruneconf.errors import PruneconfError
 
+from helpers import torchrun_ranks
+
 
 def test_masks_hold_on_every_shard_and_every_rank_applies_the_same_model(tmp_path):
-    worker = Path(__file__).with_name("fsdp_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(worker), str(tmp_path)], capture_output=True, text=True, timeout=240, env=env)
-    assert run.returncode == 0, run.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks = torchrun_ranks("fsdp_worker.py", tmp_path)
     for r in ranks:  # each rank held a shard; its pruned slices and AdamW moments stayed exactly zero
         assert r["zero"] == {"weights": True, "moments": True, "sharded": True}
         assert r["trained"]

@@ -1,24 +1,16 @@
 """The "left whole" audit's core: one model audited, rows sorted weakest first, failures first."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
 import torch
 from torch import nn
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "left_whole_audit.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def audit():
-    spec = importlib.util.spec_from_file_location("left_whole_audit", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("left_whole_audit")
 
 
 def tiny() -> tuple[nn.Module, torch.Tensor]:

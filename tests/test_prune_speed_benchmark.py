@@ -1,22 +1,16 @@
 """The prune-speed benchmark's pieces: its pruneconf call prunes, and its table sums runs up."""
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import torch
 from torch import nn
 
-BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "prune_speed.py"
+from helpers import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("prune_speed_benchmark", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("prune_speed")
 
 
 def test_the_pruneconf_call_prunes_the_model_in_place(bench):
