@@ -176,3 +176,11 @@ def test_pruning(op):
     prune_exactly(model, x)
     after = total_macs(trace(model, x))
     assert after < macs if op.groups else after == macs
+
+
+def test_a_norm_without_tensors_learns_its_new_channel_count():
+    """``InstanceNorm2d(8)`` (no affine, no running stats) holds its width only in
+    ``num_features``: apply updates it, so PyTorch has nothing to warn about."""
+    model = chain(nn.InstanceNorm2d(8), a=conv(3, 8), b=conv(8, 4, 1))
+    prune_exactly(model, torch.randn(2, 3, 8, 8))
+    assert model.mid[0].num_features == model.a.out_channels == 4

@@ -38,7 +38,10 @@ def _size_args(attrs: dict) -> tuple:
 
 
 _SIZED: "weakref.WeakKeyDictionary[nx.DiGraph, list]" = weakref.WeakKeyDictionary()
-SIZED_OPS = RESHAPES + UNIFORM_FACTORIES + ("split", "split_with_sizes", "getitem")
+# Ops whose module holds their channel count without any tensor of that size, so shrinking
+# parameters never reaches it: ``InstanceNorm2d(C, affine=False).num_features``.
+CHANNEL_COUNTED = ("instance_norm",)
+SIZED_OPS = RESHAPES + UNIFORM_FACTORIES + CHANNEL_COUNTED + ("split", "split_with_sizes", "getitem")
 
 
 def _sized_calls(graph: nx.DiGraph) -> list[tuple[str, dict]]:
@@ -72,6 +75,10 @@ def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, i
                     yield attrs["module"], size * pieces, int(keep.sum()) * pieces, True
         elif attrs["op"] in ("split", "split_with_sizes") and isinstance(_split_size(attrs), (list, tuple)):
             yield from _resized_sections(plan, node, attrs, list(_split_size(attrs)))
+        elif attrs["op"] in CHANNEL_COUNTED:
+            keep = plan.surviving(node).get(1)
+            if keep is not None and not keep.all():
+                yield attrs["module"], len(keep), int(keep.sum()), True
         elif attrs["op"] == "getitem":
             yield from _moved_bounds(plan, attrs)
 

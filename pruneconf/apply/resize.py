@@ -66,8 +66,11 @@ def _bilinear(module: nn.Module, old: dict) -> None:
 
 @register_resizer(nn.modules.batchnorm._NormBase)
 def _norm(module: nn.Module, old: dict) -> None:
+    """A norm with no affine and no running stats holds its width in ``num_features`` only,
+    which :mod:`.attributes` updates from the trace."""
     reference = module.weight if module.weight is not None else module.running_mean
-    module.num_features = reference.shape[0]
+    if reference is not None:
+        module.num_features = reference.shape[0]
 
 
 @register_resizer(nn.GroupNorm)
