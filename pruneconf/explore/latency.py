@@ -1,23 +1,34 @@
-"""CPU latency of a model, measured with ``torch.utils.benchmark`` (eval mode, no grad)."""
+"""Latency measured with ``torch.utils.benchmark``: one timing routine for the sweep's
+whole-model figures and for the latency tables' per-layer probes."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.utils import benchmark
 
 
+def time_ms(call: Callable[..., Any], args: tuple, threads: int, min_run_time: float,
+            statistic: str = "median") -> float:
+    """Milliseconds of ``call(*args)`` (inference mode, after a warm-up call for lazy init and
+    the allocator): the median of the timed blocks, or their minimum, which resists
+    neighbours sharing the cores (noise only adds)."""
+    def forward() -> None:
+        with torch.inference_mode():
+            call(*args)
+    forward()
+    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
+    blocks = timer.blocked_autorange(min_run_time=min_run_time)
+    return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
+
+
 def latency_ms(model: nn.Module, inputs: Any, min_run_time: float = 0.5) -> float:
-    """Median milliseconds per forward over ``blocked_autorange`` (warm-up included)."""
+    """Median milliseconds per forward of ``model`` in eval mode, at the current thread count."""
     args = inputs if isinstance(inputs, tuple) else (inputs,)
     training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            model(*args)  # warm-up: lazy init, allocator
-            timer = benchmark.Timer(stmt="model(*args)", globals={"model": model, "args": args},
-                                    num_threads=torch.get_num_threads())
-            return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+        return time_ms(model, args, torch.get_num_threads(), min_run_time)
     finally:
         model.train(training)

@@ -24,12 +24,12 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils import benchmark
 
 from .._progress import progress_bar
 from ..apply.resize import resizer_for
 from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
+from .latency import time_ms
 from .latency_table import Curve, LatencyTable, Setup
 
 log = logging.getLogger(__name__)
@@ -124,23 +124,11 @@ def place_inputs(inputs: Any, setup: Setup) -> Any:
     return tuple(place_inputs(v, setup) for v in inputs)
 
 
-def time_ms(call: Any, args: tuple, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
-    """Milliseconds of ``call(*args)`` (inference mode, after a warm-up call): the median of the
-    timed blocks, or their minimum, which resists neighbours sharing the cores (noise only adds)."""
-    def forward() -> None:
-        with torch.inference_mode():
-            call(*args)
-    forward()
-    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=setup.threads)
-    blocks = timer.blocked_autorange(min_run_time=min_run_time)
-    return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
-
-
 def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
     """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs."""
     if isinstance(inputs, dict):
-        return time_ms(lambda: model(**inputs), (), setup, min_run_time, statistic)
-    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup, min_run_time, statistic)
+        return time_ms(lambda: model(**inputs), (), setup.threads, min_run_time, statistic)
+    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup.threads, min_run_time, statistic)
 
 
 def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
@@ -181,7 +169,7 @@ def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup,
         module = _shrunk(module, unit.module, plan)
         if setup.layout == "channels_last":  # slicing gives contiguous weights back
             module = module.to(memory_format=torch.channels_last)
-    return time_ms(module, (_input(unit, groups, plan, setup),), setup, min_run_time, statistic)
+    return time_ms(module, (_input(unit, groups, plan, setup),), setup.threads, min_run_time, statistic)
 
 
 def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> bool:
