@@ -132,15 +132,6 @@ def test_standardisation_over_kept_columns_is_what_makes_it_exact():
     assert not np.allclose(whole.reshape(4, 6, 9)[:, :3].numpy(), kept.reshape(4, 3, 9).numpy(), atol=1e-3)
 
 
-def test_spectral_norm_stays_whole_with_its_reason():
-    """Spectral norm divides every row by the largest singular value of the whole matrix:
-    its rows are not computed separately, so the layer is left whole."""
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.utils.parametrizations.spectral_norm(nn.Conv2d(8, 8, 1)),
-                          nn.Conv2d(8, 2, 1)).eval()
-    groups = analyse(model, torch.randn(2, 3, 4, 4))
-    assert not groups["0"].prunable
-
-
 class HeldSizes(nn.Module):
     """Sizes held in attributes: a split by ``self.splits`` (MixNet), a partial residual at
     ``self.c`` (ReXNet, DPN), a one-group GroupNorm (PoolFormer)."""

@@ -16,6 +16,7 @@ from torch import nn
 from ..masks.plan import PruningPlan
 from .attributes import describe, size_attribute_changes
 from .experts import expert_count_changes
+from .parametrized import parametrized_layers, weight_readable
 from .resize import needs_resizer, resizer_for
 
 log = logging.getLogger("pruneconf")
@@ -122,6 +123,8 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
             else:
                 replaced.append((module, attr, module._buffers[attr], False))
                 module._buffers[attr] = new
+    for layer in parametrized_layers(model, touched):  # its weight lives in its parametrizations
+        touched.setdefault(id(layer), (layer, dict(layer.__dict__)))
     path = {id(m): n for n, m in model.named_modules()} if log_changes else {}
     for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
@@ -132,7 +135,8 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     for module, old in touched.values():
         resize = resizer_for(module)
         if resize is not None:
-            resize(module, old)
+            with weight_readable(module):
+                resize(module, old)
         if log_changes:
             _log_change(path.get(id(module), "?"), module, old)
     return shrunk

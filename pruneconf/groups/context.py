@@ -49,11 +49,16 @@ class Note:
 class RuleContext:
     """Shared state of one analysis; ``node`` is the op the current rule is looking at."""
 
-    def __init__(self, graph: nx.DiGraph, whole_blocks: frozenset[str] = frozenset()) -> None:
+    def __init__(self, graph: nx.DiGraph, whole_blocks: frozenset[str] = frozenset(),
+                 outer_splits: frozenset[str] = frozenset()) -> None:
         self.graph = graph
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
         self.splits: dict[int, str] = {}  # first carrier label of a split reshape -> its node
         self.contracted_splits: set[str] = set()
+        # split reshapes whose outermost dim carries the channels (a conv's weight update
+        # ``(O, I * taps)`` viewed as ``(O, I, kh, kw)``), and those a rule asked for
+        self.outer_splits = outer_splits
+        self.wanted_outer_splits: set[str] = set()
         self.space = LabelSpace()
         self.tensors: dict[tuple[str, int], TensorLabels] = {}
         self.params: dict[tuple[str, int], np.ndarray] = {}

@@ -144,19 +144,22 @@ def find_groups(graph: nx.DiGraph) -> ChannelGroups:
 
 def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
     """Run the rules; where a split reshape's carrier dim gets contracted (attention heads
-    split off a projection), run them again with those splits keeping whole blocks."""
+    split off a projection), run them again with those splits keeping whole blocks, and
+    where a rule found that a split's outer dim holds the channels, with that dim carrying."""
     nodes = _live_nodes(graph)
-    ctx = _run_rules(graph, nodes, frozenset())
-    while not ctx.contracted_splits <= ctx.whole_blocks:
-        ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits)
+    ctx = _run_rules(graph, nodes, frozenset(), frozenset())
+    while not (ctx.contracted_splits <= ctx.whole_blocks and ctx.wanted_outer_splits <= ctx.outer_splits):
+        ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits,
+                         ctx.outer_splits | ctx.wanted_outer_splits)
     roots = ctx.space.solve()
     for check in ctx.deferred:
         check(roots)
     return _assemble(graph, ctx, roots)
 
 
-def _run_rules(graph: nx.DiGraph, nodes: list[str], whole_blocks: frozenset[str]) -> RuleContext:
-    ctx = RuleContext(graph, whole_blocks)
+def _run_rules(graph: nx.DiGraph, nodes: list[str], whole_blocks: frozenset[str],
+               outer_splits: frozenset[str]) -> RuleContext:
+    ctx = RuleContext(graph, whole_blocks, outer_splits)
     for node in nodes:
         ctx.at(node)
         _apply_rule(ctx)

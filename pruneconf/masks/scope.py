@@ -3,7 +3,8 @@
 Masked statistics (norm modules, tensor-op norms) must rewrite a few calls inside one module
 and leave the rest of the model alone, at no cost to it. A forward pre-hook enters the mode
 and an ``always_call`` forward hook leaves it, so the mode is also left when the forward
-raises. The modes form a stack because a module may run inside itself (weight sharing).
+raises. The pre-hook runs before the module's own pre-hooks, which belong to its forward
+(``torch.nn.utils.weight_norm`` computes the weight in one). The modes form a stack because a module may run inside itself (weight sharing).
 """
 from __future__ import annotations
 
@@ -35,5 +36,5 @@ class ModuleScope:
 
     def attach(self, module: nn.Module) -> list[RemovableHandle]:
         """Hook ``module`` so the mode is active during its forward; returns the handles."""
-        return [module.register_forward_pre_hook(self.enter),
+        return [module.register_forward_pre_hook(self.enter, prepend=True),
                 module.register_forward_hook(self.leave, prepend=True, always_call=True)]

@@ -12,7 +12,9 @@ on the kept channels only::
 whatever the pruned channels hold. A weight standardised in ``forward()`` (timm's
 ``StdConv2d``: ``F.batch_norm(w.reshape(1, O, -1), training=True)``, noted ``weight_stats``)
 is standardised over its kept columns in the same way, its pruned columns set to zero as in
-the shrunk model, where they do not exist. The call is recognised inside the module it ran in (a
+the shrunk model, where they do not exist. A weight norm (``torch._weight_norm(v, g, dim)``,
+noted ``weight_norm``) runs on the kept entries along ``dim`` only, the others zero: a pruned
+row of ``v`` is zero, and ``0 / ||0||`` would be NaN. The call is recognised inside the module it ran in (a
 ``TorchFunctionMode`` active only during that module's own forward, not its children's) by
 the op, the reduced dims and the input's sizes along the pruned dims. Two calls of one module
 that look alike but keep different channels cannot be told apart: neither is masked, and the
@@ -29,6 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..groups.context import CHANNEL_STATS
+from ..groups.rules.parametrized import WEIGHT_NORM
 from ..groups.rules.reduction import STATISTICS, reduced_dims
 from ..groups.rules.weights import WEIGHT_STATS
 from ..trace.opnames import canonical_name
@@ -79,6 +82,21 @@ def _standardised_weight(plan: PruningPlan, node: str) -> MaskedStatistic | None
                            ((2, torch.as_tensor(np.flatnonzero(columns))),))
 
 
+def _normalised_weight(plan: PruningPlan, node: str) -> MaskedStatistic | None:
+    """The masked form of the ``_weight_norm`` at ``node``: over the kept entries along its dim."""
+    attrs = plan.groups.graph.nodes[node]
+    v, dim = attrs["args"][0], _norm_dim(attrs["args"], attrs["kwargs"])
+    keep = plan.members.get((plan.groups.graph.nodes[v.node]["target"], dim))
+    if keep is None:
+        return None
+    return MaskedStatistic(attrs["module"], ("_weight_norm", len(attrs["out_shapes"][0]), (dim,), ((dim, len(keep)),)),
+                           ((dim, torch.as_tensor(np.flatnonzero(keep))),))
+
+
+def _norm_dim(args: tuple, kwargs: dict) -> int:
+    return kwargs["dim"] if "dim" in kwargs else args[2]
+
+
 def _noted(plan: PruningPlan, kind: str) -> dict[str, None]:
     return dict.fromkeys(node for g in plan.groups if g.center in plan.kept for node in g.noted_at.get(kind, ()))
 
@@ -88,6 +106,7 @@ def masked_statistics(plan: PruningPlan) -> list[MaskedStatistic]:
     graph = plan.groups.graph
     calls = [(node, _masked_statistic) for node in _noted(plan, CHANNEL_STATS) if graph.nodes[node]["op"] in STATISTICS]
     calls += [(node, _standardised_weight) for node in _noted(plan, WEIGHT_STATS)]
+    calls += [(node, _normalised_weight) for node in _noted(plan, WEIGHT_NORM)]
     found: dict[tuple[str, Key], MaskedStatistic | None] = {}
     for node, masked in calls:
         stat = masked(plan, node)
@@ -114,8 +133,9 @@ class _MaskedStatisticMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.scope.depth == 0:
             kept = self.scope.kept_of(func, args, kwargs)
-            if kept is not None and self.scope.names[func] == "batch_norm":
-                return _over_kept(func, args, kwargs, kept)
+            rewrite = _REWRITES.get(self.scope.names.get(func))
+            if kept is not None and rewrite is not None:
+                return rewrite(func, args, kwargs, kept)
             if kept is not None:
                 x = args[0]
                 for dim, index in kept:
@@ -131,6 +151,22 @@ def _over_kept(func, args: tuple, kwargs: dict, kept) -> torch.Tensor:
     index = index.to(x.device)
     out = torch.zeros_like(x)
     return out.index_copy(dim, index, func(x.index_select(dim, index), *args[1:], **kwargs))
+
+
+def _rows_kept(func, args: tuple, kwargs: dict, kept) -> torch.Tensor:
+    """A weight norm computed on the kept entries of ``v`` and ``g`` along its dim; the
+    others are zero."""
+    (dim, index), = kept
+    v, g = args[0], args[1]
+    index = index.to(v.device)
+    out = torch.zeros_like(v)
+    return out.index_copy(dim, index, func(v.index_select(dim, index), g.index_select(dim, index), *args[2:], **kwargs))
+
+
+# The dims a call's statistics keep apart, for calls that are not reductions: op -> dims
+_DIMS = {"batch_norm": lambda args, kwargs: (0, 2), "_weight_norm": lambda args, kwargs: (_norm_dim(args, kwargs),)}
+# Calls rewritten as a whole rather than fed their kept channels: op -> rewrite
+_REWRITES = {"batch_norm": _over_kept, "_weight_norm": _rows_kept}
 
 
 class _Scope(ModuleScope):
@@ -150,7 +186,7 @@ class _Scope(ModuleScope):
         if op not in self.ops or not args or not isinstance(args[0], torch.Tensor):
             return None
         x = args[0]
-        dims = (0, 2) if op == "batch_norm" else reduced_dims(op, args, kwargs, x.dim())
+        dims = _DIMS[op](args, kwargs) if op in _DIMS else reduced_dims(op, args, kwargs, x.dim())
         for key_op, ndim, key_dims, sizes in self.table:
             if (key_op, ndim, key_dims) == (op, x.dim(), dims) and all(x.shape[d] == n for d, n in sizes):
                 return self.table[(key_op, ndim, key_dims, sizes)]

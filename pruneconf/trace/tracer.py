@@ -26,7 +26,7 @@ from ..errors import TraceError
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
-from .where import caller_line, size_attributes
+from .where import caller_line, owning_layer, size_attributes
 
 log = logging.getLogger(__name__)
 _SCALARS = (int, float, bool, str)
@@ -85,10 +85,7 @@ class _Trace:
             leaf = not mod._modules
             if leaf:
                 self.leaf.add(id(mod))
-            # A built-in torch.nn layer owns its parameters ("features.0.1.running_mean"
-            # belongs to "features.0.1"); a raw parameter of a custom module
-            # (``F.conv2d(x, self.w)``) is a layer of its own ("block.w").
-            builtin = leaf and bool(path) and type(mod).__module__.startswith("torch.nn.")
+            owner = owning_layer(mod, path, leaf)
             for kind, table in (("param", mod._parameters), ("buffer", mod._buffers)):
                 for attr, tensor in table.items():
                     if kind == "buffer" and tensor is not None:
@@ -96,7 +93,7 @@ class _Trace:
                     if tensor is not None and id(tensor) not in self.owned:
                         name = f"{path}.{attr}" if path else attr
                         self.owned[id(tensor)] = (kind, name)
-                        self.layers[name] = path if builtin else name
+                        self.layers[name] = owner if owner is not None else name
         self.scopes: list[tuple[nn.Module, str, int]] = []
         self.scope: tuple[str, str] = ("", "")  # innermost module: path and type name
         self.calls: dict[str, int] = {}

@@ -1,5 +1,5 @@
-"""What the trace records about the model's own code: the line of each call, and the sizes
-its modules hold in attributes.
+"""What the trace records about the model's own code: the line of each call, the sizes its
+modules hold in attributes, and which layer owns each parameter.
 
 A group left whole because a size is fixed somewhere is only actionable if the message says
 where: the trace records, for every op, the innermost line outside torch and pruneconf that
@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 _LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
                    for m in (torch, sys.modules[__name__.split(".")[0]]))
@@ -86,4 +87,19 @@ def _is_size(value: Any) -> bool:
     return type(value) in (list, tuple) and bool(value) and all(type(v) is int for v in value)
 
 
-__all__ = ["caller_line", "failing_line", "located", "size_attributes"]
+def owning_layer(mod: nn.Module, path: str, leaf: bool) -> str | None:
+    """The layer ``mod``'s own parameters and buffers belong to, or None when each is a
+    layer of its own. A built-in torch.nn layer owns its parameters ("features.0.1.running_mean"
+    belongs to "features.0.1"); a raw parameter of a custom module (``F.conv2d(x, self.w)``)
+    is a layer of its own ("block.w"). A parametrized layer (``torch.nn.utils.parametrize``)
+    still owns its weight, held at "conv.parametrizations.weight.original", and the
+    parametrization's buffers (spectral norm's ``u`` and ``v``)."""
+    layer, parametrized, _ = path.partition(".parametrizations.")
+    if parametrized:
+        return layer
+    builtin = bool(path) and type(mod).__module__.startswith("torch.nn.")
+    return path if builtin and (leaf or parametrize.is_parametrized(mod)) else None
+
+
+__all__ = ["caller_line", "failing_line", "located", "owning_layer", "size_attributes"]
+

@@ -13,7 +13,8 @@ from ...trace.refs import Ref
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext
 from ..registry import register
 from .common import block_dims, block_union, channel_labels, follow_bias, fresh_blocked
-from .weights import standardised_weight, use_standardised
+from .parametrized import parametrization_reason
+from .weights import underlying_weight
 
 
 def _layout(ctx: RuleContext, x: Ref, weight: Ref) -> tuple[int, tuple[int, ...], int]:
@@ -35,22 +36,23 @@ def _prologue(ctx: RuleContext):
     return weight, bias, ctx.arg(6, "groups", 1), channel_labels(ctx, x, cd), _batch_labels(ctx, x, cd), ocd
 
 
-def _not_a_parameter(ctx: RuleContext, in_labels: np.ndarray, c_out: int) -> np.ndarray:
+def _not_a_parameter(ctx: RuleContext, weight: Ref, in_labels: np.ndarray, c_out: int) -> np.ndarray:
     """A weight computed in forward cannot be sliced: block both sides."""
-    reason = f"'{ctx.op}' with a weight that is not a parameter"
+    reason = parametrization_reason(ctx, weight) or f"'{ctx.op}' with a weight that is not a parameter"
     ctx.block(in_labels, reason)
     return fresh_blocked(ctx, c_out, reason)
 
 
 @register("conv1d", "conv2d", "conv3d")
 def conv(ctx: RuleContext) -> None:
-    """A weight standardised in forward (timm ``StdConv2d``) counts as its parameter."""
+    """A weight computed in forward from a parameter, row by row (timm ``StdConv2d``,
+    weight and spectral norm, ``W + B @ A``), counts as that parameter."""
     weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
-    standardised = None if ctx.is_param(weight) else standardised_weight(ctx, weight)
-    if standardised is not None:
-        weight = standardised[0]
+    computed = underlying_weight(ctx, weight)
+    if computed is not None:
+        weight = computed.param
     if not ctx.is_param(weight):
-        out[ocd] = _not_a_parameter(ctx, in_labels, ctx.out_shapes[0][ocd])
+        out[ocd] = _not_a_parameter(ctx, weight, in_labels, ctx.out_shapes[0][ocd])
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
         out[ocd] = ctx.role(weight, 0, SOURCE)
@@ -58,8 +60,8 @@ def conv(ctx: RuleContext) -> None:
         out[ocd] = ctx.role(weight, 0, FOLLOWER)
         roots = block_union(ctx, in_labels, groups)
         ctx.union(out[ocd].reshape(groups, -1), roots[:, None])
-    if standardised is not None:
-        use_standardised(ctx, standardised, out[ocd], in_labels if groups == 1 else None)
+    if computed is not None:
+        computed.use(ctx, out[ocd], in_labels if groups == 1 else None)
     follow_bias(ctx, bias, out[ocd])
     ctx.set_out(out)
 
@@ -70,7 +72,7 @@ def conv_transpose(ctx: RuleContext) -> None:
     weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
     c_out = ctx.out_shapes[0][ocd]
     if not ctx.is_param(weight):
-        out[ocd] = _not_a_parameter(ctx, in_labels, c_out)
+        out[ocd] = _not_a_parameter(ctx, weight, in_labels, c_out)
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 0, CONSUMER))
         out[ocd] = ctx.role(weight, 1, SOURCE)

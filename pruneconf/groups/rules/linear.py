@@ -4,20 +4,30 @@ from __future__ import annotations
 from ..context import CONSUMER, FOLLOWER, SOURCE, RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import broadcast, channel_labels, follow_bias, fresh_blocked, merge_dim
+from .parametrized import parametrization_reason
+from .weights import underlying_weight
 
 
 @register("linear")
 def linear(ctx: RuleContext) -> None:
+    """A weight computed in forward from a parameter, row by row (weight and spectral norm,
+    ``W + B @ A``), counts as that parameter."""
     x, weight, bias = ctx.arg(0, "input"), ctx.arg(1, "weight"), ctx.arg(2, "bias")
     nd = len(ctx.shape(x))
     in_labels = channel_labels(ctx, x, nd - 1)
     out = {d: lab for d, lab in ctx.labels(x).items() if d < nd - 1}
+    computed = underlying_weight(ctx, weight)
+    if computed is not None:
+        weight = computed.param
     if ctx.is_param(weight):
         ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
         out[nd - 1] = ctx.role(weight, 0, SOURCE)
+        if computed is not None:
+            computed.use(ctx, out[nd - 1], in_labels)
     else:
-        ctx.block(in_labels, "'linear' with a weight that is not a parameter")
-        out[nd - 1] = fresh_blocked(ctx, ctx.out_shapes[0][-1], "'linear' with a weight that is not a parameter")
+        reason = parametrization_reason(ctx, weight) or "'linear' with a weight that is not a parameter"
+        ctx.block(in_labels, reason)
+        out[nd - 1] = fresh_blocked(ctx, ctx.out_shapes[0][-1], reason)
     follow_bias(ctx, bias, out[nd - 1])
     ctx.set_out(out)
 

@@ -55,13 +55,16 @@ def reshape_groups(src: Sequence[int], dst: Sequence[int]) -> list[tuple[list[in
     return groups
 
 
-def _carrier(grid: np.ndarray, dims: list[int], inferred: int | None, whole_blocks: bool) -> int:
+def _carrier(grid: np.ndarray, dims: list[int], inferred: int | None, whole_blocks: bool, outer: bool = False) -> int:
     """Which of the split dims keeps the prunable channels (index into ``dims``).
 
     With ``whole_blocks`` it is the dim outside the innermost (the heads of
-    ``(3, heads, head_dim)``): each block becomes one channel.
+    ``(3, heads, head_dim)``): each block becomes one channel. With ``outer`` it is the
+    outermost (the input channels of ``(I, kh, kw)``, a conv weight's columns).
     """
     sized = [k for k, n in enumerate(grid.shape) if n > 1]
+    if outer and sized:
+        return sized[0]
     if whole_blocks and len(sized) > 1:
         return sized[-2]
     if inferred is not None and inferred in dims:
@@ -107,7 +110,7 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
         grid = np.broadcast_to(labels[d].reshape(view), sizes).reshape([dst[k] for k in gj])
         axis = _separable_axis(grid)
         if axis is None:  # a genuine split: keep one carrier dim, couple the others
-            axis = _carrier(grid, gj, inferred, ctx.node in ctx.whole_blocks)
+            axis = _carrier(grid, gj, inferred, ctx.node in ctx.whole_blocks, ctx.node in ctx.outer_splits)
             moved = np.moveaxis(grid, axis, -1).reshape(-1, grid.shape[axis])
             out[gj[axis]] = position_union(ctx, moved.ravel(), moved.shape[0])
             ctx.splits[int(out[gj[axis]][0])] = ctx.node
