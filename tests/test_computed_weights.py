@@ -45,18 +45,20 @@ class LoRALinear(nn.Module):
 
 
 class LoRAConv(nn.Module):
-    """The conv analogue: ``A`` holds each input channel's taps together, ``B`` one row per
-    output channel; the product is viewed as the weight."""
+    """The conv analogue: ``B`` has a row per row of the weight (output channels; input
+    channels for a transposed conv), ``A`` holds each column's taps together; the product
+    is viewed as the weight."""
 
-    def __init__(self, channels: int, rank: int = 2, k: int = 3) -> None:
+    def __init__(self, channels: int, rank: int = 2, k: int = 3, transposed: bool = False) -> None:
         super().__init__()
+        self.conv = F.conv_transpose2d if transposed else F.conv2d
         self.weight = nn.Parameter(torch.randn(channels, channels, k, k) / (channels * k * k) ** 0.5)
         self.lora_A = nn.Parameter(torch.randn(rank, channels * k * k))
         self.lora_B = nn.Parameter(torch.randn(channels, rank))
         self.scaling = 2.0
 
     def forward(self, x):
-        return F.conv2d(x, self.weight + self.scaling * (self.lora_B @ self.lora_A).view(self.weight.shape), padding=1)
+        return self.conv(x, self.weight + self.scaling * (self.lora_B @ self.lora_A).view(self.weight.shape), padding=1)
 
 
 CASES = {
@@ -67,8 +69,13 @@ CASES = {
     "legacy weight_norm conv": (lambda: between(legacy_weight_norm(nn.Conv2d(8, 8, 3, padding=1))), X),
     "spectral_norm conv": (lambda: between(parametrizations.spectral_norm(nn.Conv2d(8, 8, 3, padding=1))), X),
     "spectral_norm linear": (lambda: between(parametrizations.spectral_norm(nn.Linear(8, 8)), True), X[:, :, 0, 0]),
+    "weight_norm conv_transpose": (lambda: between(parametrizations.weight_norm(nn.ConvTranspose2d(8, 8, 3, padding=1))),
+                                   X),  # one norm per input channel
+    "spectral_norm conv_transpose": (lambda: between(parametrizations.spectral_norm(nn.ConvTranspose2d(8, 8, 3, padding=1))),
+                                     X),  # u per output channel (dim 1), v per input channel's taps
     "lora linear": (lambda: between(LoRALinear(8), True), X[:, :, 0, 0]),
     "lora conv": (lambda: between(LoRAConv(8)), X),
+    "lora conv_transpose": (lambda: between(LoRAConv(8, transposed=True)), X),
 }
 
 

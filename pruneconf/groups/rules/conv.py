@@ -68,9 +68,12 @@ def conv(ctx: RuleContext) -> None:
 
 @register("conv_transpose1d", "conv_transpose2d", "conv_transpose3d")
 def conv_transpose(ctx: RuleContext) -> None:
-    """Transposed conv: weight is ``[C_in, C_out / groups, *k]``."""
+    """Transposed conv: weight is ``[C_in, C_out / groups, *k]``; a computed one as for ``conv``."""
     weight, bias, groups, in_labels, out, ocd = _prologue(ctx)
     c_out = ctx.out_shapes[0][ocd]
+    computed = underlying_weight(ctx, weight)
+    if computed is not None:
+        weight = computed.param
     if not ctx.is_param(weight):
         out[ocd] = _not_a_parameter(ctx, weight, in_labels, c_out)
     elif groups == 1:
@@ -82,5 +85,7 @@ def conv_transpose(ctx: RuleContext) -> None:
         out[ocd] = ctx.role(bias, 0, FOLLOWER) if ctx.is_param(bias) else ctx.space.new(c_out)
         ctx.union(out[ocd].reshape(groups, -1), roots[:, None])
         bias = None
+    if computed is not None:
+        computed.use(ctx, out[ocd], in_labels if groups == 1 else None)
     follow_bias(ctx, bias, out[ocd])
     ctx.set_out(out)

@@ -78,13 +78,15 @@ def low_rank(ctx: RuleContext, weight: Ref) -> Computed | None:
 
 
 def _follow(ctx: RuleContext, w: Ref, b: Ref, a: Ref, reshapes: list[str]) -> None:
-    """``B``'s rows are output channels as ``W``'s are, ``A``'s columns (each input channel's
-    taps together) input channels as ``W``'s columns are. A reshape of a conv's update
+    """``B``'s rows are channels as ``W``'s rows are (outputs; inputs for a transposed conv),
+    ``A``'s columns (each channel's taps together) as ``W``'s columns are. A reshape of a conv's update
     splits ``I * taps`` into ``(I, kh, kw)``; by default a split's innermost dim carries the
     channels, which would couple every input channel through the taps, so the rules run
     again with the outer dim carrying them. The rank stays blocked where the product
     blocked it."""
     ctx.wanted_outer_splits.update(reshapes)
-    ctx.union(ctx.role(b, 0, SOURCE), ctx.param_dim(w, 0))
+    # a transposed conv's weight is [C_in, C_out, ...]: its rows consume, its columns produce
+    rows, cols = (CONSUMER, SOURCE) if ctx.op.startswith("conv_transpose") else (SOURCE, CONSUMER)
+    ctx.union(ctx.role(b, 0, rows), ctx.param_dim(w, 0))
     columns = ctx.param_dim(w, 1)
-    ctx.union(ctx.role(a, 1, CONSUMER).reshape(len(columns), -1), columns[:, None])
+    ctx.union(ctx.role(a, 1, cols).reshape(len(columns), -1), columns[:, None])
