@@ -199,3 +199,28 @@ def test_a_parametrization_that_mixes_rows_stays_whole_with_its_reason():
         reason = groups[center].reasons[0]
         assert not groups[center].prunable
         assert "parametrization _Orthogonal" in reason and "remove_parametrizations(model.2, 'weight')" in reason
+
+
+def test_a_pruned_parametrized_model_rebuilds_from_its_recipe(tmp_path):
+    """``load_pruned`` shrinks a fresh model's parametrizations (weight norm's magnitudes,
+    spectral norm's ``u`` and ``v``) as apply did: the saved weights load strictly."""
+    from pruneconf import load_pruned
+    from pruneconf.recipe import write_atomic, write_recipe
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), parametrizations.weight_norm(nn.Conv2d(8, 8, 3, padding=1)),
+                          nn.ReLU(), parametrizations.spectral_norm(nn.Conv2d(8, 8, 1)), nn.ReLU(),
+                          nn.Conv2d(8, 2, 1)).eval()
+    fresh = copy.deepcopy(model)
+    recipe, applied, weights = tmp_path / "r.yaml", tmp_path / "applied.yaml", tmp_path / "w.pt"
+    write_atomic(recipe, write_recipe(recipe, Pruner(model, X, {}).groups, input_shapes=[list(X.shape)],
+                                      settings={"default_sparsity": 0.5}))
+    pruner = Pruner(model, X, str(recipe))
+    pruner.apply_masks()
+    assert set(pruner.applied.kept) == {"0", "2", "4"}
+    pruner.write_applied(recipe, applied)
+    torch.save(model.state_dict(), weights)
+    load_pruned(fresh, applied, weights)
+    assert fresh[4].parametrizations.weight[0]._u.shape == (4,) and fresh[4].in_channels == 4
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(X), model(X))
