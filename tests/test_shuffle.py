@@ -94,6 +94,17 @@ def test_trunk_prunes_exactly(g, form, split):
     assert model.head[0].in_channels < 24 and total_macs(trace(model, X)) < 0.5 * before
 
 
+def test_a_dropped_piece_keeps_its_channels_apart():
+    """``chunk`` after a shuffle with one piece unused: the kept channels of the used piece
+    must be the used piece's in the shrunk model too, whatever the passed-on ones do."""
+    torch.manual_seed(0)
+    net = nn.Sequential(unit(3, 12), Lambda(lambda x: view_shuffle(x, 3).chunk(2, dim=1)[0]), unit(6, 4))
+    group = trunk(analyse(net, X))
+    assert group.prunable and group.channels == 12
+    prune_exactly(net, X)
+    assert net[0][0].out_channels < 12
+
+
 def test_global_ranking_and_reload(tmp_path):
     """Global ranking keeps routable counts too, and the applied recipe rebuilds the model:
     the reordered columns are in the saved weights, the shapes follow the kept channels."""

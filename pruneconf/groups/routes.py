@@ -90,10 +90,10 @@ class Routing:
     """The trunk of one group: its sources (blocks), its steps, and the channel sequence of
     every member (in the order of its parameter's dimension)."""
 
-    def __init__(self, blocks: Sequence[np.ndarray], steps: Sequence[Step], members: dict[int, np.ndarray]) -> None:
+    def __init__(self, blocks: Sequence[np.ndarray], steps: Sequence[Step]) -> None:
         self.blocks = list(blocks)
         self.steps = list(steps)
-        self.members = members
+        self.members: dict[int, np.ndarray] = {}  # set by ``read_by``
         replayed = self.replay(self.blocks)
         if replayed is None:
             raise ValueError("the trunk does not replay on its own channels")
@@ -101,13 +101,15 @@ class Routing:
         self.read: set[tuple[int, int]] = set()  # the split pieces layers read (see ``read_by``)
 
     def read_by(self, members: dict[int, np.ndarray]) -> None:
-        """Record the members and the split pieces they read. Only those pieces need the
-        same channels in the shrunk model: a piece that only passes on to the next
-        shuffle may hold others, as long as every channel reaches the same layer."""
+        """Record the members and the split pieces that must hold the same channels in the
+        shrunk model: those a layer reads, and those nothing reads (dropped). A piece that
+        only passes on to the next shuffle may hold others, as long as every channel
+        reaches the same layers."""
         self.members = members
         used = {k for channels in members.values() for k in parts(channels, self.known) or ()}
+        onward = {k for step in self.steps for k in parts(step.source, self.known) or ()}
         self.read = {(i, p) for i, step in enumerate(self.steps) if step.kind == SPLIT
-                     for p, piece in enumerate(step.outputs) if key(piece) in used}
+                     for p, piece in enumerate(step.outputs) if key(piece) in used or key(piece) not in onward}
 
     def _route(self, routes: dict[int, tuple], channel: int) -> tuple:
         return tuple(r for r in routes.get(channel, ()) if r in self.read)
@@ -206,7 +208,7 @@ def build_routing(members: Sequence, steps: Sequence[Step], channels: int) -> tu
     if len({len(b) for b in sources}) != 1:
         return None, f"the layers whose channels are shuffled at '{where}' have different widths"
     try:
-        routing = Routing(sources, steps, {})
+        routing = Routing(sources, steps)
     except ValueError:
         return None, f"the channels shuffled at '{where}' do not split evenly"
     for m in members:
