@@ -99,9 +99,9 @@ OPS = [
     Op("pixel_unshuffle", lambda: chain(nn.PixelUnshuffle(2), a=conv(3, 8), b=conv(32, 4, 1)),
        {"a": (8, {"a", "b"})}),
     Op("channel_shuffle_view", lambda: Net(lambda m, x: m.b(shuffle(m.a(x), 2)), a=conv(3, 8), b=conv(8, 4, 1)),
-       {"a": (4, {"a", "b"})}),  # channel j of both groups goes together
+       {"a": (8, {"a", "b"})}),  # moved, not coupled: b's columns follow the shrunk shuffle
     Op("channel_shuffle_op", lambda: chain(nn.ChannelShuffle(2), a=conv(3, 8), b=conv(8, 4, 1)),
-       {"a": (4, {"a", "b"})}),
+       {"a": (8, {"a", "b"})}),
     Op("pad_channels", lambda: Net(lambda m, x: m.b(F.pad(m.a(x), (0, 0, 0, 0, 2, 2))), a=conv(3, 8), b=conv(12, 4, 1)),
        {"a": (8, {"a", "b"})}),  # the 4 padded channels are constants, b's columns for them stay
     Op("pad_crop_channels", lambda: two_sources(lambda m, y: F.pad(y, (0, 0, 0, 0, -8, 0)), 8),

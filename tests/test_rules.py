@@ -96,7 +96,8 @@ CASES = [
     Case("pad", lambda: Between(lambda m, y: F.pad(y, (0, 0, 0, 0, 1, 1), mode="replicate"), conv(), conv(10, 2)), blocked="padded in 'replicate' mode"),
     Case("pad", with_extra(lambda: Between(lambda m, y: y + F.pad(m.extra["sc"](y), (0, 0, 0, 0, 2, 2)), conv(), conv(8, 2)),
                            sc=conv(8, 4)), channels=8),  # padding channels pinned, the rest prunable
-    Case("reshape", lambda: Between(lambda m, y: y.reshape(y.shape[0], 2, -1, 6, 6).transpose(1, 2).flatten(1, 2), conv(), conv(8, 2)), channels=4),
+    Case("reshape", lambda: Between(lambda m, y: y.reshape(y.shape[0], 2, -1, 6, 6).transpose(1, 2).flatten(1, 2), conv(), conv(8, 2)), channels=8),  # a channel shuffle: moved, not coupled
+    Case("reshape", lambda: Between(lambda m, y: y.reshape(y.shape[0], 2, -1, 6, 6).transpose(1, 2).relu().flatten(1, 2), conv(), conv(8, 2)), channels=4),  # not only a shuffle: split and coupled
     Case("permute", lambda: Between(lambda m, y: y.permute(0, 2, 3, 1), conv(), nn.Linear(8, 2)), channels=8),
     Case("transpose", lambda: Between(lambda m, y: y.flatten(2).transpose(1, 2).mT.movedim(1, 2), nn.Identity(), nn.Linear(8, 2)), center="extra.c"),
     Case("squeeze", lambda: Between(lambda m, y: y.mean((2, 3), keepdim=True).squeeze(-1).squeeze(-1).unsqueeze(0)[0], conv(), nn.Linear(8, 2)), channels=8),
@@ -107,7 +108,7 @@ CASES = [
     Case("roll", lambda: Between(lambda m, y: y.roll(1, dims=1), conv(), conv(8, 2)), blocked="shifted by 'roll'"),
     Case("pixel_shuffle", lambda: Between(lambda m, y: F.pixel_shuffle(y, 2), conv(), conv(2, 2)), channels=2),
     Case("pixel_unshuffle", lambda: Between(lambda m, y: F.pixel_unshuffle(y, 2), conv(), conv(32, 2)), channels=8),
-    Case("channel_shuffle", lambda: Between(lambda m, y: F.channel_shuffle(y, 2), conv(), conv(8, 2)), channels=4),
+    Case("channel_shuffle", lambda: Between(lambda m, y: F.channel_shuffle(y, 2), conv(), conv(8, 2)), channels=8),  # moved, not coupled
     Case("getitem", lambda: Between(lambda m, y: y[:, :, 1:, ...][..., None].squeeze(-1), conv(), conv(8, 2)), channels=8),
     Case("getitem", lambda: Between(lambda m, y: y[:, 2:], conv(), conv(6, 2)), blocked="constant indices in 'getitem'"),
     Case("setitem", lambda: Between(lambda m, y: m.extra["keep"](y), conv(), conv(8, 2)), channels=8),

@@ -86,24 +86,10 @@ PINS = {
     'torchvision:resnext101_32x8d': (0.71, {'fc': 'reaches the model output'}),
     'torchvision:resnext101_64x4d': (0.73, {'fc': 'reaches the model output'}),
     'torchvision:resnext50_32x4d': (0.72, {'fc': 'reaches the model output'}),
-    'torchvision:shufflenet_v2_x0_5': (0.58, {
-        'stage3.0.branch1.2': 'a single channel once its couplings are resolved',
-        'fc': 'reaches the model output',
-    }),
-    'torchvision:shufflenet_v2_x1_0': (0.56, {
-        'stage2.0.branch1.2': 'a single channel once its couplings are resolved',
-        'stage3.0.branch1.2': 'a single channel once its couplings are resolved',
-        'fc': 'reaches the model output',
-    }),
-    'torchvision:shufflenet_v2_x1_5': (0.61, {
-        'stage3.0.branch1.2': 'a single channel once its couplings are resolved',
-        'fc': 'reaches the model output',
-    }),
-    'torchvision:shufflenet_v2_x2_0': (0.56, {
-        'stage2.0.branch1.2': 'a single channel once its couplings are resolved',
-        'stage3.0.branch1.2': 'a single channel once its couplings are resolved',
-        'fc': 'reaches the model output',
-    }),
+    'torchvision:shufflenet_v2_x0_5': (0.65, {'fc': 'reaches the model output'}),
+    'torchvision:shufflenet_v2_x1_0': (0.71, {'fc': 'reaches the model output'}),
+    'torchvision:shufflenet_v2_x1_5': (0.72, {'fc': 'reaches the model output'}),
+    'torchvision:shufflenet_v2_x2_0': (0.73, {'fc': 'reaches the model output'}),
     'torchvision:squeezenet1_0': (0.67, {'classifier.1': 'reaches the model output'}),
     'torchvision:squeezenet1_1': (0.67, {'classifier.1': 'reaches the model output'}),
     'torchvision:swin_b': (0.74, {'head': 'reaches the model output'}),

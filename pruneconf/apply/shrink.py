@@ -108,6 +108,9 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[0][0], kv[1].ndim == 1, kv[0][1])):
         tensor = slots[name][2]
         sliced[id(tensor)] = _kept(sliced.get(id(tensor), tensor.detach()), dim, keep)
+        order = plan.orders.get((name, dim))  # the order a channel shuffle leaves its channels in
+        if order is not None:
+            sliced[id(tensor)] = sliced[id(tensor)].index_select(dim, torch.as_tensor(order, device=tensor.device))
     replaced, touched = [], {}
     with torch.no_grad():
         for module, attr, tensor, is_param in slots.values():

@@ -50,9 +50,11 @@ class RuleContext:
     """Shared state of one analysis; ``node`` is the op the current rule is looking at."""
 
     def __init__(self, graph: nx.DiGraph, whole_blocks: frozenset[str] = frozenset(),
-                 outer_splits: frozenset[str] = frozenset()) -> None:
+                 outer_splits: frozenset[str] = frozenset(),
+                 coupled: frozenset[str] = frozenset()) -> None:
         self.graph = graph
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
+        self.coupled = coupled  # channel shuffles whose channels could not be routed: they couple them
         self.splits: dict[int, str] = {}  # first carrier label of a split reshape -> its node
         self.contracted_splits: set[str] = set()
         # split reshapes whose outermost dim carries the channels (a conv's weight update
@@ -69,6 +71,9 @@ class RuleContext:
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
         # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
         self.deferred: list[Callable[[np.ndarray], None]] = []
+        self.steps: list = []  # shuffles and splits of shuffled channels (``routes.Step``), in order
+        self.routed: set[bytes] = set()  # keys of the labels a shuffle output (see ``routes``)
+        self.fixed: dict[str, TensorLabels] = {}  # outputs a rule decided for later ops of its pattern
         self.node = ""
         self.attrs: dict[str, Any] = {}
 

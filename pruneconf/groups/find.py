@@ -20,6 +20,7 @@ from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
 from .registry import rule_for, unsupported
+from .routes import SHUFFLE, Routing, Step, build_routing
 from .stacks import check_coverage, expert_blocks, stack_links
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class Group:
     pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
     #                                   always kept (constants the model adds: padding channels)
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op
+    routing: Routing | None = None  # channels moved by a channel shuffle: which to keep, in
+    #                                 which order each member sees them (see :mod:`.routes`)
 
     @property
     def experts(self) -> int:
@@ -145,24 +148,34 @@ def find_groups(graph: nx.DiGraph) -> ChannelGroups:
 def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
     """Run the rules; where a split reshape's carrier dim gets contracted (attention heads
     split off a projection), run them again with those splits keeping whole blocks, and
-    where a rule found that a split's outer dim holds the channels, with that dim carrying."""
+    where a rule found that a split's outer dim holds the channels, with that dim carrying;
+    where the channels of a shuffle cannot be routed, again with that shuffle coupling them."""
     nodes = _live_nodes(graph)
-    ctx = _run_rules(graph, nodes, frozenset(), frozenset())
-    while not (ctx.contracted_splits <= ctx.whole_blocks and ctx.wanted_outer_splits <= ctx.outer_splits):
-        ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits,
-                         ctx.outer_splits | ctx.wanted_outer_splits)
-    roots = ctx.space.solve()
-    for check in ctx.deferred:
-        check(roots)
-    return _assemble(graph, ctx, roots)
+    coupled: frozenset[str] = frozenset()
+    while True:
+        ctx = _run_rules(graph, nodes, frozenset(), frozenset(), coupled)
+        while not (ctx.contracted_splits <= ctx.whole_blocks and ctx.wanted_outer_splits <= ctx.outer_splits):
+            ctx = _run_rules(graph, nodes, ctx.whole_blocks | ctx.contracted_splits,
+                             ctx.outer_splits | ctx.wanted_outer_splits, coupled)
+        roots = ctx.space.solve()
+        for check in ctx.deferred:
+            check(roots)
+        result, unroutable = _assemble(graph, ctx, roots)
+        if not unroutable:
+            return result
+        log.debug("shuffles coupling their channels instead: %s", sorted(unroutable))
+        coupled |= unroutable
 
 
 def _run_rules(graph: nx.DiGraph, nodes: list[str], whole_blocks: frozenset[str],
-               outer_splits: frozenset[str]) -> RuleContext:
-    ctx = RuleContext(graph, whole_blocks, outer_splits)
+               outer_splits: frozenset[str], coupled: frozenset[str] = frozenset()) -> RuleContext:
+    ctx = RuleContext(graph, whole_blocks, outer_splits, coupled)
     for node in nodes:
         ctx.at(node)
-        _apply_rule(ctx)
+        if node in ctx.fixed:  # a later op of a pattern an earlier rule followed (a shuffle's transpose)
+            ctx.set_out(ctx.fixed.pop(node))
+        else:
+            _apply_rule(ctx)
         for i, shape in enumerate(ctx.out_shapes):
             if not ctx.has_out(i):  # a rule that says nothing about an output: be safe
                 ctx.set_out(ctx.blocked_labels(shape, f"no channel rule for output {i} of '{node}'"), i)
@@ -250,16 +263,51 @@ def _pin_channels(pins, comp: np.ndarray, roots: np.ndarray, channel_of_root: np
             group.reasons.append(f"every channel is kept: {group.pinned_by[0]}")
 
 
-def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> ChannelGroups:
+def _route_links(steps: list[Step], roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Root pairs joining every channel a trunk's shuffles and splits move into one group."""
+    arrays = [roots[np.concatenate([step.source, *step.outputs])] for step in steps]
+    left = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+    right = np.concatenate([np.full(a.shape, a[0]) for a in arrays]) if arrays else left
+    return left, right
+
+
+def _route_groups(steps: list[Step], groups: list[Group], group_of: np.ndarray,
+                  channel_of: np.ndarray) -> frozenset[str]:
+    """Give each group whose channels are shuffled its routing (blocks: its sources); return
+    the shuffles of the groups whose channels cannot be routed."""
+    unroutable: set[str] = set()
+    by_group: dict[int, list[Step]] = {}
+    for step in steps:
+        index = int(group_of[step.source[0]])
+        if index >= 0:
+            by_group.setdefault(index, []).append(step.relabel(lambda labels: channel_of[labels]))
+    for index, routed in by_group.items():
+        group = groups[index]
+        if group.reasons:
+            continue
+        routing, why = build_routing(group.members, routed, group.channels)
+        if why or group.blocks is not None:  # or experts stacked in one tensor
+            log.debug("%s: %s", group.center, why or "stacked experts")
+            unroutable.update(step.node for step in routed if step.kind == SHUFFLE)
+            continue
+        group.routing, group.blocks = routing, np.empty(group.channels, dtype=np.int64)
+        for b, channels in enumerate(routing.blocks):
+            group.blocks[channels] = b
+    return frozenset(unroutable)
+
+
+def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> tuple[ChannelGroups, frozenset[str]]:
     real = {name: stacked for name, (stacked, _) in ctx.slices.items()}
     layer_name = lambda param: graph.graph["layers"][real.get(param, param)]  # noqa: E731
     roles = sorted(ctx.all_roles(), key=lambda r: graph.nodes[r.node]["order"])
     sources = [(r, roots[ctx.params[(r.param, r.dim)]]) for r in roles if r.role == SOURCE]
     # Sources whose channels meet form one group: link every root of a source to its first,
     # and the experts of one stacked tensor, which must keep the same width (see .stacks).
+    # The sources of one shuffled trunk too, which keep the same width (see .routes).
     stack_left, stack_right = stack_links(ctx, roots, roles)
-    left = np.concatenate([rl for _, rl in sources] + [stack_left]) if sources else np.empty(0, np.int64)
-    right = np.concatenate([np.full(rl.shape, rl[0]) for _, rl in sources] + [stack_right]) if sources else left
+    route_left, route_right = _route_links(ctx.steps, roots)
+    left = np.concatenate([rl for _, rl in sources] + [stack_left, route_left]) if sources else np.empty(0, np.int64)
+    right = np.concatenate([np.full(rl.shape, rl[0]) for _, rl in sources] + [stack_right, route_right]) if sources else left
     comp = connected_roots(len(roots), left, right)
     is_group = np.zeros(len(roots), dtype=bool)
     is_group[[comp[rl[0]] for _, rl in sources]] = True
@@ -306,9 +354,10 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> Channel
             if c in index_of_comp:
                 groups[index_of_comp[c]].members.append(Member(
                     stacked, layer_name(r.param), dim, r.role, index, channel_of_root[labels[index]], len(labels), at))
+    unroutable = _route_groups(ctx.steps, groups, index_by_comp[comp[roots]], channel_of_root[roots])
     result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
     log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
-    return result
+    return result, unroutable
 
 
 __all__ = ["ChannelGroups", "Group", "Member", "find_groups"]

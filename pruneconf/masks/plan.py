@@ -59,6 +59,21 @@ class PruningPlan:
                 out[(name, 0)] = drop.keep.copy()
         return {k: _same_rows(v) for k, v in out.items() if not v.all()}
 
+    @functools.cached_property
+    def orders(self) -> dict[tuple[str, int], np.ndarray]:
+        """Where a shuffled trunk reaches a layer in another order than its own (see
+        :mod:`pruneconf.groups.routes`): ``(param, dim)`` -> the order of its kept indices."""
+        out: dict[tuple[str, int], np.ndarray] = {}
+        for g in self.groups:
+            if g.routing is None or g.center not in self.kept:
+                continue
+            for index, order in g.routing.orders(self.kept[g.center]).items():
+                m = g.members[index]
+                if (m.param, m.dim) in out and not np.array_equal(out[(m.param, m.dim)], order):
+                    raise ValueError(f"'{m.param}' reads shuffled channels in two orders")
+                out[(m.param, m.dim)] = order
+        return out
+
     def _keeps_of(self, group: Group) -> list:
         """``(member, kept bits of its channels)`` for a group the plan prunes, computed once."""
         if group.center not in self._member_keeps:

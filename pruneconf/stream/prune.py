@@ -147,6 +147,8 @@ def plan_streamed(model: nn.Module, inputs: Any, recipe: Recipe, checkpoint: Che
     check_against(recipe, groups)
     tensors = CheckpointTensors(model, checkpoint)
     skip = {g.center: why for g in groups.prunable if (why := unsupported_layer(model, [m.param for m in g.members]))}
+    skip.update({g.center: "its layers would read channels a channel shuffle reorders; a streamed prune does not "
+                 "reorder columns (prune it in memory)" for g in groups.prunable if g.routing is not None})
     plan = make_plan(model, groups, recipe, skip, tensors=tensors)
     log.warning("dry run on the meta device: groups whose shrinking fails or changes output shapes are left whole; "
                 "one whose shrunk model runs but computes something else needs values to be seen (see README, "

@@ -22,6 +22,7 @@ from ...trace.refs import Ref
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
+from .shuffle import split_shuffled
 
 PARTIAL = "channels selected by constant indices in '{op}'"
 
@@ -301,8 +302,9 @@ def _held_sections(ctx: RuleContext) -> bool:
 
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
 def split(ctx: RuleContext) -> None:
-    """Pieces along a channel dim: ``chunk`` couples positions, sizes held in an attribute
-    keep each piece's channels, other constant sizes block."""
+    """Pieces along a channel dim: ``chunk`` couples positions (not after a channel shuffle,
+    see :mod:`.shuffle`), sizes held in an attribute keep each piece's channels, other
+    constant sizes block."""
     x = ctx.arg(0, "input")
     shape, labels = ctx.shape(x), ctx.labels(x)
     default = {"hsplit": 1 if len(shape) > 1 else 0, "vsplit": 0}.get(ctx.op, 0)
@@ -313,7 +315,7 @@ def split(ctx: RuleContext) -> None:
     pieces = None
     if lab is not None and lab.size > 1 and len(sizes) > 1:
         if _equal_pieces(ctx, sizes):
-            pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
+            pieces = split_shuffled(ctx, lab, len(sizes)) or [position_union(ctx, lab, len(sizes))] * len(sizes)
         elif _held_sections(ctx):
             pass  # each piece keeps its own channels; apply updates the sizes' attribute
         else:

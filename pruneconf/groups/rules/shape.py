@@ -1,11 +1,12 @@
-"""Layout ops: reshape, permute, squeeze, expand, repeat and the channel shufflers.
+"""Layout ops: reshape, permute, squeeze, expand, repeat and pixel shuffles.
 
 A reshape that merges a channel dim with others (flatten before a Linear) repeats each
 channel label over the merged block. One that splits a channel dim into several (heads,
-channel shuffle) keeps one of them as the carrier of prunable channels: the dim given as
-``-1``, else the innermost, which is the one model code computes from the channel count
-(``C // heads``, ``C // groups``). Positions along the other split dims are coupled, so
-every block loses the same channels and the model's own reshape still works afterwards.
+a shuffle's view not followed by its transpose and view back) keeps one of them as the
+carrier of prunable channels: the dim given as ``-1``, else the innermost, which is the one
+model code computes from the channel count (``C // heads``, ``C // groups``). Positions
+along the other split dims are coupled, so every block loses the same channels and the
+model's own reshape still works afterwards.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
+from .shuffle import follow_shuffle_view
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -133,6 +135,8 @@ def reshape(ctx: RuleContext) -> None:
         sizes = tuple(ctx.arg(2, "sizes"))
         if -1 in sizes:
             inferred = dim + sizes.index(-1)
+    if follow_shuffle_view(ctx, ctx.labels(x), src, dst):
+        return
     ctx.set_out(relabel_reshape(ctx, ctx.labels(x), src, dst, inferred))
 
 
@@ -267,13 +271,3 @@ def pixel_unshuffle(ctx: RuleContext) -> None:
     if channels is not None:
         out[cd] = np.repeat(channels, ctx.out_shapes[0][cd] // len(channels))
     ctx.set_out(out)
-
-
-@register("channel_shuffle", "native_channel_shuffle")
-def channel_shuffle(ctx: RuleContext) -> None:
-    """``[g, C/g] -> [C/g, g]``: index j of every group is coupled, so groups stay equal."""
-    x, groups = ctx.arg(0, "input"), ctx.arg(1, "groups")
-    labels = dict(ctx.labels(x))
-    if 1 in labels:
-        labels[1] = np.repeat(position_union(ctx, labels[1], groups), groups)
-    ctx.set_out(labels)
