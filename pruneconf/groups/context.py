@@ -52,7 +52,9 @@ class RuleContext:
     def __init__(self, graph: nx.DiGraph, whole_blocks: frozenset[str] = frozenset()) -> None:
         self.graph = graph
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
-        self.splits: dict[int, str] = {}  # first carrier label of a split reshape -> its node
+        # first carrier label of a split reshape -> its nodes (several when pieces of one
+        # projection, coupled by ``chunk``, are each reshaped into heads: MaxViT's q, k, v)
+        self.splits: dict[int, list[str]] = {}
         self.contracted_splits: set[str] = set()
         self.space = LabelSpace()
         self.tensors: dict[tuple[str, int], TensorLabels] = {}
@@ -208,9 +210,7 @@ class RuleContext:
         """If a split reshape carried ``labels`` (the dims of each head), have it keep its
         blocks whole on the next run: the values of attention must lose whole heads, the
         heads their queries and keys lose."""
-        split = self.splits.get(int(labels[0])) if labels.size else None
-        if split is not None:
-            self.contracted_splits.add(split)
+        self.contracted_splits.update(self.splits.get(int(labels[0]), ()) if labels.size else ())
 
     def note(self, labels: np.ndarray, kind: str) -> None:
         self.notes.append(Note(np.asarray(labels), kind, self.node))

@@ -1,6 +1,6 @@
 """Channel rules, one module per family of operators. Importing registers them."""
 from . import (attention, conv, detection, einsum, elementwise, indexing, linear, norm, recurrent, reduction,
-               shape, spatial, weights)
+               shape, spatial, views, weights)
 
 __all__ = ["attention", "conv", "detection", "einsum", "elementwise", "indexing", "linear", "norm", "recurrent",
-           "reduction", "shape", "spatial", "weights"]
+           "reduction", "shape", "spatial", "views", "weights"]
