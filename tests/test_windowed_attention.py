@@ -112,3 +112,14 @@ def test_heads_chunked_from_one_projection_prune_whole():
     attention = model[2]
     assert attention.n_heads == 3 and attention.head_dim == 4 and attention.to_qkv.out_features == 3 * 12
     assert total_macs(trace(model, x)) < 0.5 * before
+
+
+def test_a_stream_and_heads_tied_by_a_ratio_prune_together():
+    """Three heads of 4 over a stream of 12, tied by ``C // num_heads``: halving the stream
+    (6) and keeping 2 heads (8) cannot run, so the dry run drops both, then tries them
+    together at one share, two thirds: 8 stream channels over 2 heads of 4."""
+    torch.manual_seed(0)
+    model, x = windowed(CosineAttention(dim=12, heads=3), 12), torch.randn(2, 6, 5)
+    pruned = prune_exactly(model, x)
+    assert pruned.pruner.dropped == {}
+    assert model[0].out_features == 8 and model[2].num_heads == 2 and model[2].qkv.out_features == 3 * 8
