@@ -20,13 +20,13 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_layer
-from .apply.dryrun import drop_breaking_groups, dry_run, evaluating
+from .apply.dryrun import drop_breaking_groups, dry_run, evaluating, retry_together
 from .apply.verify import compare_shrunk, model_outputs, widened
 from .distributed import broadcast_model, copy_full_state, sharded
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
-from .masks.plan import model_tensors
+from .masks.plan import model_tensors, top_channels
 from .masks.calibration import Loss
 from .recipe.load import Recipe, Settings, check_against, load_recipe
 from .trace import trace
@@ -113,6 +113,10 @@ class Pruner:
                                            loss or self.loss)
         return self.calibration
 
+    def _best_channels(self, center: str, keep: int) -> np.ndarray:
+        """The ``keep`` best channels of group ``center`` by the recipe's metric."""
+        return top_channels(self.groups[center], self.channel_scores([center])[center], keep)
+
     def channel_scores(self, centers: Iterable[str]) -> dict[str, np.ndarray]:
         """Each listed group's channel importance by the recipe's metric, for planners that weigh
         importance against cost (a latency plan); calibrates first if batches were given."""
@@ -137,6 +141,7 @@ class Pruner:
                              calibration=self.calibration)
             with dry_run(self.model, self.example_inputs) as run:
                 self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
+                self._plan, self.dropped = retry_together(self._plan, plan, self.dropped, run, self._best_channels)
             if run.proven == frozenset(self._plan.kept):
                 self._proof = fingerprint(self.model)
         return self._plan

@@ -139,6 +139,7 @@ CASES = [
     Case("nms", lambda: Between(lambda m, y: y[torchvision.ops.nms(m.extra["box"](y), torch.arange(5.0), 0.5)], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(5, 6), channels=8),
     Case("nms", lambda: Between(lambda m, y: y[torchvision.ops.nms(m.extra["box"](y), torch.arange(5.0), 0.5)], nn.Linear(6, 8), nn.Linear(8, 2)), shape=(5, 6), center="extra.box", blocked="box coordinates read by 'nms'"),
     Case("setitem", lambda: Between(lambda m, y: rows_written(y), conv(), conv(8, 2)), channels=8),
+    Case("view_write", lambda: Between(lambda m, y: written_through_a_view(y), conv(), conv(8, 2)), channels=8),
     Case("uniform_factory", lambda: Between(lambda m, y: m.extra["pool"]({"0": y, "1": F.avg_pool2d(y, 2)}, [rois()[:, 1:]], [(12, 12)]), conv(), conv(8, 2)), channels=8),  # MultiScaleRoIAlign's zeros take the input's channels
 ]
 
@@ -153,6 +154,13 @@ def rows_written(y: torch.Tensor) -> torch.Tensor:
     out = torch.zeros_like(y)
     out[torch.tensor([1, 0])] = y * 2
     return out
+
+
+def written_through_a_view(y: torch.Tensor) -> torch.Tensor:
+    """An in-place op on a view changes its base (Swin V2 zeroes its key bias this way)."""
+    y = y.clone()
+    y[:, :, 1:].mul_(2)
+    return y
 
 
 def gqa(m: nn.Module, y: torch.Tensor) -> torch.Tensor:

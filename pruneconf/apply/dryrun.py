@@ -17,6 +17,7 @@ import contextlib
 import logging
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -212,4 +213,29 @@ def drop_breaking_groups(model: nn.Module, example: Any, plan: PruningPlan, atol
     return plan.restricted(centers), dropped
 
 
-__all__ = ["DryRun", "drop_breaking_groups", "dry_run", "evaluating"]
+def retry_together(plan: PruningPlan, full: PruningPlan, dropped: dict[str, str], run: Any,
+                   keep_best: Callable[[str, int], np.ndarray]) -> tuple[PruningPlan, dict[str, str]]:
+    """``plan`` (``full`` less the ``dropped`` groups) with those groups tried once more, all
+    together, each keeping one share of its channels: the share the group with the fewest
+    channels kept in ``full``. Model code that ties sizes by a ratio breaks when the groups
+    shrink apart: Swin's ``qkv.reshape(..., 3, num_heads, C // num_heads)`` reads ``C`` from
+    its residual stream, so a stream of 96 channels that keeps 48 next to 3 heads of 32 that
+    keep 2 fails, while keeping 64 and 2 (two thirds each) runs. ``keep_best(center, n)`` gives
+    the ``n`` best channels of a group. One more trial, with the full comparison, only when
+    two or more groups were dropped; the groups stay dropped unless it is exact."""
+    groups = [full.groups[c] for c in dropped if c in full.kept]
+    if len(groups) < 2 or any(g.blocks is not None or g.pinned.size for g in groups):
+        return plan, dropped
+    coarsest = min(groups, key=lambda g: g.channels)
+    share = len(full.kept[coarsest.center]) / coarsest.channels
+    kept = {g.center: keep_best(g.center, max(1, round(g.channels * share))) for g in groups}
+    trial = PruningPlan(full.groups, {**plan.kept, **kept}, plan.requested, plan.experts)
+    problem = run.problem(trial)
+    if problem is not None:
+        log.info("dry run: the dropped groups kept at %.2f together: the shrunk model %s", share, problem)
+        return plan, dropped
+    log.info("dry run: groups %s prune together, each keeping %.2f of its channels", ", ".join(kept), share)
+    return trial, {c: why for c, why in dropped.items() if c not in kept}
+
+
+__all__ = ["DryRun", "drop_breaking_groups", "dry_run", "evaluating", "retry_together"]

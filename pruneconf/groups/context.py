@@ -55,7 +55,9 @@ class RuleContext:
         self.graph = graph
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
         self.coupled = coupled  # channel shuffles whose channels could not be routed: they couple them
-        self.splits: dict[int, str] = {}  # first carrier label of a split reshape -> its node
+        # first carrier label of a split reshape -> its nodes (several when pieces of one
+        # projection, coupled by ``chunk``, are each reshaped into heads: MaxViT's q, k, v)
+        self.splits: dict[int, list[str]] = {}
         self.contracted_splits: set[str] = set()
         # split reshapes whose outermost dim carries the channels (a conv's weight update
         # ``(O, I * taps)`` viewed as ``(O, I, kh, kw)``), and those a rule asked for
@@ -218,9 +220,7 @@ class RuleContext:
         """If a split reshape carried ``labels`` (the dims of each head), have it keep its
         blocks whole on the next run: the values of attention must lose whole heads, the
         heads their queries and keys lose."""
-        split = self.splits.get(int(labels[0])) if labels.size else None
-        if split is not None:
-            self.contracted_splits.add(split)
+        self.contracted_splits.update(self.splits.get(int(labels[0]), ()) if labels.size else ())
 
     def note(self, labels: np.ndarray, kind: str) -> None:
         self.notes.append(Note(np.asarray(labels), kind, self.node))

@@ -23,6 +23,7 @@ from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
 from .shuffle import split_shuffled
+from .views import section_slice
 
 PARTIAL = "channels selected by constant indices in '{op}'"
 
@@ -167,7 +168,8 @@ def _select(ctx: RuleContext, labels: TensorLabels, plan, out_shape, sections: i
             if step in (None, 1) and _held_bounds(ctx, index, start, stop):
                 kept = lab[start:stop]  # apply moves the attribute with the channels before it
             elif step in (None, 1) and all(b is None or type(b) is int for b in (start, stop)):
-                kept = anchored_slice(ctx, lab, start, stop, reason)
+                on_sections = section_slice(ctx, lab, start, stop, reason)  # q, k, v of one projection
+                kept = lab[start:stop] if on_sections else anchored_slice(ctx, lab, start, stop, reason)
             else:
                 if lab.size > 1:
                     ctx.block(lab, f"channels taken with a step or computed bounds in '{ctx.op}'")

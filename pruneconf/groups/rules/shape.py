@@ -115,7 +115,7 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
             axis = _carrier(grid, gj, inferred, ctx.node in ctx.whole_blocks, ctx.node in ctx.outer_splits)
             moved = np.moveaxis(grid, axis, -1).reshape(-1, grid.shape[axis])
             out[gj[axis]] = position_union(ctx, moved.ravel(), moved.shape[0])
-            ctx.splits[int(out[gj[axis]][0])] = ctx.node
+            ctx.splits.setdefault(int(out[gj[axis]][0]), []).append(ctx.node)
         else:
             out[gj[axis]] = grid[tuple(slice(None) if a == axis else 0 for a in range(grid.ndim))].copy()
     return out
