@@ -16,6 +16,7 @@ import numpy as np
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
+from .read_sizes import couple_read_sizes
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -130,7 +131,9 @@ def reshape(ctx: RuleContext) -> None:
         sizes = tuple(ctx.arg(2, "sizes"))
         if -1 in sizes:
             inferred = dim + sizes.index(-1)
-    ctx.set_out(relabel_reshape(ctx, ctx.labels(x), src, dst, inferred))
+    out = relabel_reshape(ctx, ctx.labels(x), src, dst, inferred)
+    couple_read_sizes(ctx, out)
+    ctx.set_out(out)
 
 
 @register("permute")
