@@ -12,13 +12,12 @@ decides what the match means.
 """
 from __future__ import annotations
 
-import re
 from typing import Any, Callable
 
 import torch
 
 from .refs import Ref
-from .where import caller_source
+from .where import caller_names
 
 SHAPE_READS = ("shape", "size")
 RESHAPES = ("view", "reshape")
@@ -42,8 +41,9 @@ def note_read(reads: Reads, depth: int, op: str, args: tuple, lookup: Callable[[
 def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dict[int, list[tuple[Ref, int]]]:
     """For a reshape at ``depth``: ``{output dim: [(tensor, dim), ...]}`` for every size it
     was given (not ``-1``, not 1) that equals a non-leading dim of a shape this call read,
-    unless the model's line passes that size from an attribute of ``module``
-    (``reshape(B, N, self.attn_dim)``: apply updates the attribute instead)."""
+    unless the calling function reads an attribute of ``module`` that holds that size
+    (``reshape(B, N, self.attn_dim)``, or ``size_out = x.size()[:-1] + (self.nf,)`` a line
+    before its ``view``): apply updates the attribute instead."""
     if op not in RESHAPES or len(args) < 2:
         return {}
     sizes: Any = args[1:]
@@ -57,15 +57,14 @@ def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dic
             if hits:
                 found[j] = hits
     if found and module is not None:
-        named = _named_sizes(module, caller_source(2))
+        named = _named_sizes(module, caller_names(2))
         found = {j: hits for j, hits in found.items() if sizes[j] not in named}
     return found
 
 
-def _named_sizes(module: Any, line: str) -> set[int]:
-    """The int attributes of ``module`` that ``line`` reads as ``self.name``."""
-    return {value for name, value in vars(module).items()
-            if type(value) is int and re.search(rf"\bself\.{name}\b", line)}
+def _named_sizes(module: Any, names: tuple[str, ...]) -> set[int]:
+    """The int attributes of ``module`` among the attribute ``names`` a function reads."""
+    return {value for name, value in vars(module).items() if type(value) is int and name in names}
 
 
 __all__ = ["new_call", "note_read", "sized_by"]

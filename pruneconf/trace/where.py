@@ -14,7 +14,6 @@ call (:meth:`pruneconf.groups.context.RuleContext.size_attribute`).
 """
 from __future__ import annotations
 
-import linecache
 import os
 import re
 import sys
@@ -48,12 +47,13 @@ def caller_line(skip: int = 1) -> str | None:
     return None
 
 
-def caller_source(skip: int = 1) -> str:
-    """The text of the innermost model-code line calling (see :func:`caller_line`), or ''."""
+def caller_names(skip: int = 1) -> tuple[str, ...]:
+    """The names (globals and attributes, ``co_names``) the innermost model-code function
+    calling uses (see :func:`caller_line`); () when there is none."""
     frame = sys._getframe(skip + 1)
     while frame is not None and not _is_model_code(frame.f_code.co_filename):
         frame = frame.f_back
-    return linecache.getline(frame.f_code.co_filename, frame.f_lineno) if frame is not None else ""
+    return frame.f_code.co_names if frame is not None else ()
 
 
 def failing_line(exc: BaseException) -> str | None:
@@ -95,4 +95,4 @@ def _is_size(value: Any) -> bool:
     return type(value) in (list, tuple) and bool(value) and all(type(v) is int for v in value)
 
 
-__all__ = ["caller_line", "caller_source", "failing_line", "located", "size_attributes"]
+__all__ = ["caller_line", "caller_names", "failing_line", "located", "size_attributes"]
