@@ -38,11 +38,11 @@ from pruneconf import Pruner, trace  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.recipe import write_atomic  # noqa: E402
 from pruneconf.table import format_table  # noqa: E402
-from zoo_models import (DETECTION, OPTICAL_FLOW, SEGMENTATION, VIDEO, YOLO, detection_model,  # noqa: E402
-                        flow_model, segmentation_model, torchvision_model, unet2d_model, unet_model,
-                        video_model, yolo_model)
+from zoo_models import (DETECTION, OPTICAL_FLOW, SEGMENTATION, TIMM, TIMM_AUDIT, VIDEO, YOLO,  # noqa: E402
+                        detection_model, flow_model, segmentation_model, timm_model, torchvision_model,
+                        unet2d_model, unet_model, video_model, yolo_model)
 
-SOURCES = ("classification", "segmentation", "detection", "video", "optical_flow", "yolo", "unet")
+SOURCES = ("classification", "segmentation", "detection", "video", "optical_flow", "yolo", "unet", "timm")
 
 
 @dataclasses.dataclass
@@ -64,6 +64,7 @@ def entries() -> list[Entry]:
         *(Entry("yolo", n, lambda n=n: yolo_model(n)) for n in sorted(YOLO)),
         Entry("unet", "UNet2DConditionModel", unet_model),
         Entry("unet", "UNet2DModel", unet2d_model),
+        *(Entry("timm", e.name, lambda e=e: timm_model(e)) for e in TIMM + TIMM_AUDIT),
     ]
 
 

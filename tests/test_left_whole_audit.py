@@ -35,5 +35,8 @@ def test_sources_and_patterns_choose_the_models(audit):
     assert [e.name for e in audit.chosen(args)] == ["keypointrcnn_resnet50_fpn"]
     args = audit.argparse.Namespace(sources="yolo", models="", skip="*seg")
     assert [e.name for e in audit.chosen(args)] == ["yolo11n", "yolov8n"]
+    args = audit.argparse.Namespace(sources="timm", models="eva*,mixnet*", skip="")
+    assert [e.name for e in audit.chosen(args)] == ["mixnet_s", "mixnet_m", "eva02_tiny_patch14_224",
+                                                    "eva02_small_patch14_224"]
     with pytest.raises(SystemExit, match="unknown --sources"):
         audit.chosen(audit.argparse.Namespace(sources="bogus", models="", skip=""))

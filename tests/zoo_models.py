@@ -57,6 +57,22 @@ TIMM = [
     TimmModel("mixnet", "mixnet_s"), TimmModel("nfnet", "nf_regnet_b0"),
 ]
 
+# The audit's second variant of every timm family issue 16 names, and both variants of the
+# vision transformers it names that the test zoo lacks (benchmarks/left_whole_audit.py).
+TIMM_AUDIT = [
+    TimmModel("nfnet", "nf_resnet26"), TimmModel("mixnet", "mixnet_m"), TimmModel("poolformer", "poolformerv2_s12"),
+    TimmModel("dpn", "dpn68"),
+    TimmModel("swin", "swinv2_tiny_window8_256", size=128, img_size=True, kwargs=(("window_size", 4),)),
+    TimmModel("rexnet", "rexnetr_100"), TimmModel("edgenext", "edgenext_x_small"),
+    TimmModel("levit", "levit_128", size=128, img_size=True), TimmModel("cspnet", "cs3darknet_s"),
+    TimmModel("eva", "eva02_tiny_patch14_224", size=56, img_size=True, kwargs=(("num_classes", 1000),)),
+    TimmModel("eva", "eva02_small_patch14_224", size=56, img_size=True, kwargs=(("num_classes", 1000),)),
+    TimmModel("beit", "beit_base_patch16_224", img_size=True), TimmModel("beit", "beitv2_base_patch16_224", img_size=True),
+    TimmModel("cait", "cait_xxs24_224", img_size=True), TimmModel("cait", "cait_xxs36_224", img_size=True),
+    TimmModel("xcit", "xcit_nano_12_p16_224", img_size=True), TimmModel("xcit", "xcit_nano_12_p8_224", img_size=True),
+    TimmModel("pvt_v2", "pvt_v2_b0"), TimmModel("pvt_v2", "pvt_v2_b1"),
+]
+
 
 def image(size: int, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, size, size)

@@ -230,7 +230,6 @@ PINS = {
     'timm:dpn48b': (0.69, {'classifier': 'reaches the model output'}),
     'timm:edgenext_xx_small': (0.59, {
         'stages.2.downsample.1': "channels split into constant sizes by 'chunk'",
-        'stages.2.blocks.5.xca.qkv': "shrinking it breaks the model's code",
         'head.fc': 'reaches the model output',
     }),
     'timm:efficientformer_l1': (0.73, {
@@ -270,7 +269,6 @@ PINS = {
         'stages.3.1.conv_1x1': "several channel dims merged by 'reshape'",
         'stages.3.1.transformer.0.attn.proj': "combined by 'add' with a tensor whose channels cannot be followed",
         'stages.4.1.conv_1x1': "several channel dims merged by 'reshape'",
-        'stages.4.1.transformer.0.attn.proj': "several channel dims merged by 'reshape'",
         'head.fc': 'reaches the model output',
     }),
     'timm:nf_regnet_b0': (0.69, {'head.fc': 'reaches the model output'}),

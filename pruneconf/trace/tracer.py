@@ -8,11 +8,10 @@ nothing here needs autograd, and it restores everything the forward could have m
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import weakref
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import networkx as nx
 import torch
@@ -21,11 +20,13 @@ from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
 from .._gc import paused_gc
+from .._rng import preserved_rng
 from .._progress import progress_bar
 from ..errors import TraceError
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
+from .sizes import new_call, note_read, sized_by
 from .where import caller_line, owning_layer, size_attributes
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class Record:
     slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
     full_shape: tuple[int, ...] = ()  # of that stacked parameter
     where: str | None = dataclasses.field(default_factory=caller_line)  # the model's line that made it
+    sized_by: dict = dataclasses.field(default_factory=dict)  # a reshape's sizes read from shapes (see .sizes)
 
 
 class _Recorder(TorchFunctionMode):
@@ -95,6 +97,7 @@ class _Trace:
                         self.owned[id(tensor)] = (kind, name)
                         self.layers[name] = owner if owner is not None else name
         self.scopes: list[tuple[nn.Module, str, int]] = []
+        self.reads: dict = {}  # call depth -> shapes that call read (see .sizes)
         self.scope: tuple[str, str] = ("", "")  # innermost module: path and type name
         self.calls: dict[str, int] = {}
         self.func_names: dict[Any, tuple[OpName, str]] = {}
@@ -215,6 +218,7 @@ class _Trace:
         inplace_target = args[0] if opname.inplace and args and isinstance(args[0], torch.Tensor) else None
         outputs = [out] if isinstance(out, torch.Tensor) else list(iter_tensors(out))
         if not outputs and inplace_target is None:
+            note_read(self.reads, len(self.scopes), opname.op, args, self.lookup)
             return  # shape queries, ``bool(x)``, ``x.item()``: nothing flows on as a tensor
         if inplace_target is not None and not outputs:
             outputs = [inplace_target]
@@ -229,7 +233,9 @@ class _Trace:
             name=self.unique(base), kind="call", op=opname.op, target=target,
             module=module, module_type=module_type, args=rec_args, kwargs=rec_kwargs,
             out_shapes=[tuple(t.shape) for t in outputs],
-            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen))
+            out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen,
+            sized_by=sized_by(self.reads, len(self.scopes), opname.op, args,
+                              self.scopes[-1][0] if self.scopes else None)))
         for i, t in enumerate(outputs):
             self.bind(t, Ref(record, i))
         if inplace_target is not None and inplace_target._base is not None:
@@ -266,6 +272,7 @@ class _Trace:
         if name is None:  # a module created inside forward: keep the caller's scope
             name = self.scope[0]
         self.scopes.append((module, name, len(self.records)))
+        new_call(self.reads, len(self.scopes))
         self._set_scope()
 
     def post_hook(self, module: nn.Module, args: Any, out: Any) -> None:
@@ -310,18 +317,6 @@ def _restore(state: "_Trace", saved: list[torch.Tensor]) -> None:
             original.copy_(value)
 
 
-@contextlib.contextmanager
-def _preserved_rng() -> Iterator[None]:
-    cpu = torch.random.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
-    try:
-        yield
-    finally:
-        torch.random.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 def _call(model: nn.Module, example: Any) -> Any:
     if isinstance(example, Mapping):
         return model(**example)
@@ -353,7 +348,7 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     post = module_hooks.register_module_forward_hook(state.post_hook)
     try:
         with paused_gc():
-            with _preserved_rng(), torch.no_grad(), experts, _Recorder(state):
+            with preserved_rng(), torch.no_grad(), experts, _Recorder(state):
                 out = _call(model, example_inputs)
             state.add_output(out)
     except TraceError:

@@ -48,6 +48,15 @@ def caller_line(skip: int = 1) -> str | None:
     return None
 
 
+def caller_names(skip: int = 1) -> tuple[str, ...]:
+    """The names (globals and attributes, ``co_names``) the innermost model-code function
+    calling uses (see :func:`caller_line`); () when there is none."""
+    frame = sys._getframe(skip + 1)
+    while frame is not None and not _is_model_code(frame.f_code.co_filename):
+        frame = frame.f_back
+    return frame.f_code.co_names if frame is not None else ()
+
+
 def failing_line(exc: BaseException) -> str | None:
     """``dir/file.py:line`` of the innermost model-code frame of ``exc``'s traceback."""
     found, tb = None, exc.__traceback__
@@ -101,5 +110,4 @@ def owning_layer(mod: nn.Module, path: str, leaf: bool) -> str | None:
     return path if builtin and (leaf or parametrize.is_parametrized(mod)) else None
 
 
-__all__ = ["caller_line", "failing_line", "located", "owning_layer", "size_attributes"]
-
+__all__ = ["caller_line", "caller_names", "failing_line", "located", "owning_layer", "size_attributes"]

@@ -1,7 +1,8 @@
 """Channel rules, one module per family of operators. Importing registers them."""
 from . import (attention, conv, detection, einsum, elementwise, indexing, linear, low_rank, norm,
-               parametrized, recurrent, reduction, shape, shuffle, spatial, views, weights)
+               parametrized, read_sizes, recurrent, reduction, shape, shuffle, spatial, views,
+               weights)
 
 __all__ = ["attention", "conv", "detection", "einsum", "elementwise", "indexing", "linear", "low_rank",
-           "norm", "parametrized", "recurrent", "reduction", "shape", "shuffle", "spatial", "views",
-           "weights"]
+           "norm", "parametrized", "read_sizes", "recurrent", "reduction", "shape", "shuffle", "spatial",
+           "views", "weights"]

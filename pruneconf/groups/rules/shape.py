@@ -18,6 +18,7 @@ from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
 from .shuffle import follow_shuffle_view
+from .read_sizes import couple_read_sizes
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -137,7 +138,9 @@ def reshape(ctx: RuleContext) -> None:
             inferred = dim + sizes.index(-1)
     if follow_shuffle_view(ctx, ctx.labels(x), src, dst):
         return
-    ctx.set_out(relabel_reshape(ctx, ctx.labels(x), src, dst, inferred))
+    out = relabel_reshape(ctx, ctx.labels(x), src, dst, inferred)
+    couple_read_sizes(ctx, out)
+    ctx.set_out(out)
 
 
 @register("permute")
