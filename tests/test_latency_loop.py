@@ -74,7 +74,8 @@ def test_correction_is_a_secant_bisecting_inside_a_bracket():
     # a flat last pair sends the secant to 1.05, outside the bracket [0.45, 0.5]: it bisects
     assert _next_target([Step(0.5, 0.5, 0.6), Step(0.3, 0.3, 0.45), Step(0.45, 0.45, 0.46)], 0.5) \
         == pytest.approx(0.475)
-    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.4, 0.4, 0.7)], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)
+    # noise: the smaller plan measured slower; step on from the latest point, not back to the first
+    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.4, 0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)
 
 
 def test_unreachable_first_plan_is_a_config_error(planned):

@@ -148,7 +148,7 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
 def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores, target: float):
     """The table's plan for ``target`` and, unless ``--latency-refine 0``, the closed loop that
     measures it here and corrects it (:mod:`~pruneconf.explore.latency_loop`); returns the plan
-    and what the recipe records of the measurements (None without the loop)."""
+    and what the recipe records of the measurements (or that the loop was off)."""
     from ..explore.latency_loop import WholeModelTimer, check_machine, refine_plan
     from ..explore.latency_plan import plan_latency
 
@@ -160,7 +160,7 @@ def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores,
     shapes = recipe.input_shapes or []
     check_machine(table, shapes[0].shape[0] if shapes and shapes[0].shape else None)
     timer = WholeModelTimer(pruner.model, pruner.example_inputs, pruner.groups, table.setup,
-                            max(0.01, 20 * table.min_run_time), table.statistic)
+                            max(0.01, 30 * table.min_run_time), table.statistic)
     refined = refine_plan(plan_for, timer, target, args.latency_tolerance, args.latency_refine,
                           args.latency_budget)
     log.info("latency target %.3f: planned for %.3f, table predicts %.3f, measured %.3f on %s (%d measurements)",

@@ -67,10 +67,11 @@ class Refined:
 class WholeModelTimer:
     """Measured fraction of the dense model's time for kept counts per group: a shrunk copy
     (the first ``k`` channels of each group kept — timing does not care which) timed against
-    the dense model, alternating ``rounds`` times, the median of the per-round ratios."""
+    the dense model, alternating ``rounds`` times, the median of the per-round ratios (on a
+    shared machine each timing moves with the load; the ratio of two timed back to back moves less)."""
 
     def __init__(self, model: nn.Module, inputs: Any, groups: ChannelGroups, setup: Setup,
-                 min_run_time: float, statistic: str = "median", rounds: int = 3) -> None:
+                 min_run_time: float, statistic: str = "median", rounds: int = 5) -> None:
         self.model, self.groups, self.setup = model, groups, setup
         self.min_run_time, self.statistic, self.rounds = min_run_time, statistic, rounds
         self.dense = place_model(model, setup)
@@ -82,13 +83,17 @@ class WholeModelTimer:
         plan = PruningPlan(self.groups, {c: np.arange(k) for c, k in kept.items()
                                          if k < self.groups[c].channels}, {})
         pruned = copy.deepcopy(self.model)
-        shrink(pruned, plan, log_changes=False)
-        placed = place_model(pruned, self.setup)
-        del pruned
-        ratios = []
-        for _ in range(self.rounds):
-            dense = model_ms(self.dense, self.inputs, self.setup, self.min_run_time, self.statistic)
-            ratios.append(model_ms(placed, self.inputs, self.setup, self.min_run_time, self.statistic) / dense)
+        try:
+            shrink(pruned, plan, log_changes=False)
+            placed = place_model(pruned, self.setup)
+            del pruned
+            ratios = []
+            for _ in range(self.rounds):
+                dense = model_ms(self.dense, self.inputs, self.setup, self.min_run_time, self.statistic)
+                ratios.append(model_ms(placed, self.inputs, self.setup, self.min_run_time, self.statistic) / dense)
+        except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size the table's plan changes
+            raise ConfigError(f"cannot time the planned model ({type(exc).__name__}: {exc}); plan from the table "
+                              "alone with --latency-refine 0", key="--latency-refine") from exc
         return float(statistics.median(ratios))
 
 
@@ -113,7 +118,8 @@ def check_machine(table: LatencyTable, batch: int | None) -> None:
 def _next_target(steps: list[Step], target: float) -> float:
     """The planning target that should measure ``target``: a secant through the two latest
     points, bisection when it leaves the tightest bracket around the target, a proportional
-    step when there is one point or the points slope the wrong way."""
+    step from the latest point when there is one point or the two slope the wrong way (noise;
+    stepping from the latest, not the best, point keeps the loop from planning it again)."""
     below = [s for s in steps if s.measured < target]
     above = [s for s in steps if s.measured > target]
     lo = max(below, key=lambda s: s.measured) if below else None
@@ -124,9 +130,8 @@ def _next_target(steps: list[Step], target: float) -> float:
         slope = (b.measured - a.measured) / (b.planned_for - a.planned_for) if b.planned_for != a.planned_for else 0
         if slope > 0:
             guess = b.planned_for + (target - b.measured) / slope
-    if guess is None:
-        best = min(steps, key=lambda s: abs(s.measured - target))
-        guess = best.planned_for * target / best.measured
+    if guess is None:  # the latest point alone: the model the loop stands at
+        guess = b.planned_for * target / b.measured
     if lo is not None and hi is not None:
         low, high = sorted((lo.planned_for, hi.planned_for))
         if not low < guess < high:
