@@ -76,7 +76,8 @@ def pick_layout(model: torch.nn.Module, batch: int, args: argparse.Namespace, ta
         if len(layouts) == 1:
             return layouts.pop()
     x = torch.randn(batch, 3, 224, 224)
-    setups = {layout: Setup("cpu", "float32", batch, args.threads, layout) for layout in ("contiguous", "channels_last")}
+    setups = {layout: Setup("cpu", "float32", batch, args.threads, layout)
+              for layout in ("contiguous", "channels_last")}
     times = {layout: model_ms(place_model(model, s), place_inputs(x, s), s, 1.0, args.statistic)
              for layout, s in setups.items()}
     return min(times, key=times.get)
@@ -215,7 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")
     p.add_argument("--tables", default="latency_tables", help="folder caching the latency tables")
     p.add_argument("-o", "--output", default="latency_aware.json")
-    p.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's output and exit")
+    p.add_argument("--render", metavar="JSON",
+                   help="print the tables of earlier runs' outputs (comma-separated) and exit")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     return args
@@ -224,8 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render:
-        done = json.loads(Path(args.render).read_text())
-        print("\n".join(render(done["rows"]) + [""] + verdict(done["rows"])))
+        rows = [row for path in args.render.split(",") for row in json.loads(Path(path).read_text())["rows"]]
+        print("\n".join(render(rows) + [""] + verdict(rows)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ of the dense model's time and MACs and what fraction of each the plan keeps — 
 table's predictor sees it, MACs counted on the pruned model's trace. A kind that keeps much
 more of its time than of its MACs is where MAC-predicted speedup is not delivered::
 
-    OMP_NUM_THREADS=1 python benchmarks/latency_breakdown.py mobilenet_v2 --table latency_tables/mobilenet_v2.json --batch 8
+    OMP_NUM_THREADS=1 python benchmarks/latency_breakdown.py mobilenet_v2 \
+        --table latency_tables/mobilenet_v2.json --batch 8
 """
 from __future__ import annotations
 
@@ -69,9 +70,10 @@ def breakdown(name: str, table_path: str, batch: int, target: list[str]) -> list
         row[3] += node_macs(pruned_graph, unit) if unit in pruned_graph else 0
     rows["untimed rest (adds, SE scales, ...)"] = [predictor.rest, predictor.rest, 0, 0]
     dense_ms, dense_macs = predictor.ms({}), sum(r[2] for r in rows.values())
-    lines = [f"{name}, batch {batch}, {table.setup.key}: plan keeps {predictor.ms(kept) / dense_ms:.3f} of the time "
-             f"(predicted), {sum(r[3] for r in rows.values()) / dense_macs:.3f} of the MACs",
-             "| kind | share of dense time | share of dense MACs | time kept | MACs kept |", "|---|---:|---:|---:|---:|"]
+    lines = [f"{name}, batch {batch}, {table.setup.key}: plan keeps {predictor.ms(kept) / dense_ms:.3f} of the "
+             f"time (predicted), {sum(r[3] for r in rows.values()) / dense_macs:.3f} of the MACs",
+             "| kind | share of dense time | share of dense MACs | time kept | MACs kept |",
+             "|---|---:|---:|---:|---:|"]
     for label, (t0, t1, m0, m1) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"| {label} | {t0 / dense_ms:.3f} | {m0 / dense_macs:.3f} | {t1 / t0 if t0 else 1:.2f} | "
                      f"{'' if not m0 else f'{m1 / m0:.2f}'} |")

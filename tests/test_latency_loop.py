@@ -91,7 +91,8 @@ def test_recipe_records_predicted_and_measured(planned):
     write_latency_plan(doc, pruner.groups, refined.plan, table, 1, 0.5, None, refined.record())
     recorded = recipe_from_document(doc, "r.yaml").settings.latency_table
     assert recorded["hash"] == table.hash and recorded["device_name"] == table.device_name
-    assert recorded["predicted"] == round(refined.plan.fraction, 4) and recorded["measured"] == round(refined.measured, 4)
+    assert recorded["predicted"] == round(refined.plan.fraction, 4)
+    assert recorded["measured"] == round(refined.measured, 4)
     assert recorded["steps"] == len(refined.steps) and recorded["history"] == refined.history()
 
 
