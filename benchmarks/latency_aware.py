@@ -4,23 +4,27 @@ One command per machine (``--models`` picks a subset)::
 
     OMP_NUM_THREADS=1 python benchmarks/latency_aware.py --threads 1 -o latency_aware.json
 
-Per torchvision model (``weights=None``, 224x224, eval mode), through the CLI users run:
+Per torchvision model (``weights=None``, 224x224, eval mode) and per batch (``--batches``,
+default 1 and 8), through the CLI users run:
 
-1. ``pruneconf latency MODEL --input-shape 1,3,224,224 --threads T [--channels-last]`` (the
-   layout is chosen per model: channels_last where the dense model runs faster in it);
-   tables are cached in ``--tables`` so a rerun measures nothing twice;
-2. three recipes with ``pruneconf init``: ``--target-latency 0.5 --latency-table`` (plan A),
-   ``--target-macs 0.5`` (the uniform MAC plan) and ``--target-macs 0.5 --latency-table``
-   (the latency-aware plan at the same MAC budget);
+1. ``pruneconf latency MODEL --input-shape B,3,224,224 --threads T [--channels-last]`` (the
+   layout is chosen per model and batch: channels_last where the dense model runs faster in
+   it); one table per batch, since the table is keyed by batch; cached in ``--tables`` so a
+   rerun measures nothing twice;
+2. three recipes with ``pruneconf init --input-shape B,3,224,224``: ``--target-latency 0.5
+   --latency-table`` (plan A; the closed loop measures and corrects it on this machine, at
+   this batch, ``--refine`` corrections at most), ``--target-macs 0.5`` (the uniform MAC
+   plan) and ``--target-macs 0.5 --latency-table`` (the latency-aware plan at the same MACs);
 3. each recipe prunes a copy with ``Pruner.apply_masks()``, which verifies masked == applied;
 4. dense and pruned copies are timed alternately (``--rounds``, medians of
    ``torch.utils.benchmark`` blocks and of the per-round ratios; ``--statistic min`` takes
    minima instead, which resist busy neighbours) with the table's threads and layout.
 
-Must show: (a) plan A's measured latency / dense within +-10 % of 0.5; (b) at 0.5 of the MACs,
-latency-aware at least as fast as uniform on every model and >= 1.2x on two; (c) plan A's
-measured speedup >= 0.9 x its MAC-predicted speedup at batch 8. The machine's load average
-and the CPU time other processes took during the timings are recorded with every row.
+Must show: (a) plan A's measured latency / dense within +-10 % of 0.5 (batch 1); (b) at 0.5 of
+the MACs, latency-aware at least as fast as uniform on every model and >= 1.2x on two (batch
+1); (c) measured speedup >= 0.9 x MAC-predicted speedup at batch 8, for plan A and for the
+latency-aware plan at 0.5 of the MACs, both planned on the batch-8 table. The machine's load
+average and the CPU time other processes took during the timings are recorded with every row.
 """
 from __future__ import annotations
 
@@ -61,17 +65,19 @@ def run_cli(argv: list[str]) -> None:
         raise SystemExit(f"pruneconf {' '.join(argv)} exited {code}")
 
 
-def pick_layout(model: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace, table: Path) -> str:
-    """channels_last where the dense model runs faster in it, else contiguous; the layout of a
-    table measured before (a rerun reuses it instead of measuring another)."""
+def pick_layout(model: torch.nn.Module, batch: int, args: argparse.Namespace, table: Path) -> str:
+    """channels_last where the dense model runs faster in it at ``batch``, else contiguous; the
+    layout of a table measured before at this batch (a rerun reuses it instead of measuring another)."""
     if args.layout != "auto":
         return args.layout
     if table.exists():
         layouts = {entry["layout"] for entry in read_tables(table).values()
-                   if entry.get("threads") == args.threads and entry.get("batch") == 1}
+                   if entry.get("threads") == args.threads and entry.get("batch") == batch}
         if len(layouts) == 1:
             return layouts.pop()
-    setups = {layout: Setup("cpu", "float32", 1, args.threads, layout) for layout in ("contiguous", "channels_last")}
+    x = torch.randn(batch, 3, 224, 224)
+    setups = {layout: Setup("cpu", "float32", batch, args.threads, layout)
+              for layout in ("contiguous", "channels_last")}
     times = {layout: model_ms(place_model(model, s), place_inputs(x, s), s, 1.0, args.statistic)
              for layout, s in setups.items()}
     return min(times, key=times.get)
@@ -106,40 +112,48 @@ def time_pair(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, layou
             "rounds": rounds}
 
 
-def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    spec = f"torchvision.models:{name}"
-    model = getattr(torchvision.models, name)().eval()
-    x = torch.randn(1, 3, 224, 224)
+def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Namespace,
+                work: Path) -> dict[str, Any]:
+    """One batch of one model: its table, the three plans, each pruned, verified and timed."""
+    spec, shape = f"torchvision.models:{name}", f"{batch},3,224,224"
+    x = torch.randn(batch, 3, 224, 224)
     table = Path(args.tables) / f"{name}.json"
-    layout = pick_layout(model, x, args, table)
+    layout = pick_layout(model, batch, args, table)
     started = time.perf_counter()
-    run_cli(["-q", "latency", spec, "--input-shape", "1,3,224,224", "--threads", str(args.threads),
+    run_cli(["-q", "latency", spec, "--input-shape", shape, "--threads", str(args.threads),
              "--min-run-time", str(args.table_run_time), "--statistic", args.statistic, "-o", str(table)]
             + (["--channels-last"] if layout == "channels_last" else []))
-    table_s = time.perf_counter() - started
-    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table)],
+    out: dict[str, Any] = {"layout": layout, "table_s": time.perf_counter() - started,
+                           "load_before": os.getloadavg()}
+    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table),
+                           "--latency-refine", str(args.refine)],
                "uniform_macs": ["--target-macs", str(TARGET)],
                "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table)]}
-    row: dict[str, Any] = {"model": name, "layout": layout, "threads": args.threads, "table_s": table_s,
-                           "statistic": args.statistic,
-                           "load_before": os.getloadavg()}
     macs_dense = total_macs(pruneconf.trace(model, x))
-    pruned = {}
     for key, extra in recipes.items():
-        path = work / f"{name}-{key}.yaml"
-        run_cli(["-q", "init", spec, "--input-shape", "1,3,224,224", "-o", str(path), *extra])
-        pruned[key] = pruned_copy(model, x, str(path))
-        predicted = load_recipe(path).settings.latency_table
-        row[key] = {"macs": total_macs(pruneconf.trace(pruned[key], x)) / macs_dense,
-                    "predicted": predicted.get("predicted") if predicted else None}
-    for batch in args.batches:
-        timing = time_pair(model, pruned["latency"], batch, layout, args)
-        timing["mac_speedup"] = 1 / row["latency"]["macs"]
+        path = work / f"{name}-{batch}-{key}.yaml"
+        started = time.perf_counter()
+        run_cli(["-q", "init", spec, "--input-shape", shape, "-o", str(path), *extra])
+        planned = time.perf_counter() - started
+        pruned = pruned_copy(model, x, str(path))
+        recorded = load_recipe(path).settings.latency_table or {}
+        macs = total_macs(pruneconf.trace(pruned, x)) / macs_dense
+        timing = time_pair(model, pruned, batch, layout, args)
+        timing["mac_speedup"] = 1 / macs
         timing["measured_over_mac"] = (1 / timing["ratio"]) / timing["mac_speedup"]
-        row["latency"][f"batch{batch}"] = timing
-    for key in ("uniform_macs", "latency_macs"):
-        row[key]["batch1"] = time_pair(model, pruned[key], 1, layout, args)
-    row["load_after"] = os.getloadavg()
+        out[key] = {"macs": macs, "predicted": recorded.get("predicted"), "loop_measured": recorded.get("measured"),
+                    "loop_history": recorded.get("history"), "plan_s": planned, **timing}
+    out["load_after"] = os.getloadavg()
+    return out
+
+
+def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    model = getattr(torchvision.models, name)().eval()
+    row: dict[str, Any] = {"model": name, "threads": args.threads, "statistic": args.statistic}
+    for batch in args.batches:
+        row[f"batch{batch}"] = bench_batch(name, model, batch, args, work)
+        log.info("%s batch %d: %s", name, batch, json.dumps({k: v for k, v in row[f"batch{batch}"].items()
+                                                              if not isinstance(v, dict)}))
     return row
 
 
@@ -148,36 +162,44 @@ def median_ratio(timing: dict[str, Any]) -> float:
     return statistics.median(p / d for d, p in timing["rounds"])
 
 
-def aware_vs_uniform(row: dict[str, Any]) -> float:
+def aware_vs_uniform(part: dict[str, Any]) -> float:
     """Speed of the latency-aware plan over the uniform one at the same MACs: each pruned model's
     time over the dense model's in its own session, so a load change between sessions cancels."""
-    return row["uniform_macs"]["batch1"]["ratio"] / row["latency_macs"]["batch1"]["ratio"]
+    return part["uniform_macs"]["ratio"] / part["latency_macs"]["ratio"]
 
 
 def render(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["| model | layout | (a) measured / dense, target 0.50 (median of rounds) | predicted "
-             "| (b) aware vs uniform at 0.5 MACs | (c) measured / MAC-predicted speedup, batch 1 | batch 8 "
-             "| others' cores | load |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| model | batch | layout | (a) plan A measured / dense, target 0.50 (median of rounds) | loop measured "
+             "| table predicted | MACs left | (b) aware vs uniform at 0.5 MACs | (c) measured / MAC-predicted "
+             "speedup: plan A | aware at 0.5 MACs | uniform at 0.5 MACs | others' cores | load |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        a = r["latency"]
-        b8 = a.get("batch8", {}).get("measured_over_mac")
-        lines.append(f"| {r['model']} | {r['layout']} | {a['batch1']['ratio']:.3f} ({median_ratio(a['batch1']):.3f}) "
-                     f"| {a['predicted']:.3f} | {aware_vs_uniform(r):.2f}x | {a['batch1']['measured_over_mac']:.2f} | "
-                     f"{'' if b8 is None else f'{b8:.2f}'} | {a['batch1']['others_cores']:.2f} | "
-                     f"{r['load_before'][0]:.1f} |")
+        for key in sorted((k for k in r if k.startswith("batch")), key=lambda k: int(k[5:])):
+            b = r[key]
+            a = b["latency"]
+            loop = "" if not isinstance(a.get("loop_measured"), (int, float)) else f"{a['loop_measured']:.3f}"
+            lines.append(f"| {r['model']} | {key[5:]} | {b['layout']} | {a['ratio']:.3f} ({median_ratio(a):.3f}) | "
+                         f"{loop} | {a['predicted']:.3f} | {a['macs']:.2f} | {aware_vs_uniform(b):.2f}x | "
+                         f"{a['measured_over_mac']:.2f} | {b['latency_macs']['measured_over_mac']:.2f} | "
+                         f"{b['uniform_macs']['measured_over_mac']:.2f} | {a['others_cores']:.2f} | "
+                         f"{b['load_before'][0]:.1f} |")
     return lines
 
 
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    a = [r["model"] for r in rows if abs(r["latency"]["batch1"]["ratio"] / TARGET - 1) > 0.1]
-    b_slower = [r["model"] for r in rows if aware_vs_uniform(r) < 1.0]
-    b_fast = [r["model"] for r in rows if aware_vs_uniform(r) >= 1.2]
-    c = [r["model"] for r in rows if r["latency"].get("batch8", {}).get("measured_over_mac", 1.0) < 0.9]
-    return [f"(a) within +-10 % of {TARGET}: {'all' if not a else 'missed on ' + ', '.join(a)}",
-            f"(b) aware >= uniform on every model: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}; "
-            f">= 1.2x on {len(b_fast)} ({', '.join(b_fast) or 'none'})",
-            f"(c) measured >= 0.9 x MAC-predicted at batch 8: {'all' if not c else 'missed on ' + ', '.join(c)}"]
+    one = [r for r in rows if "batch1" in r]
+    eight = [r for r in rows if "batch8" in r]
+    a = [r["model"] for r in one if abs(r["batch1"]["latency"]["ratio"] / TARGET - 1) > 0.1]
+    b_slower = [r["model"] for r in one if aware_vs_uniform(r["batch1"]) < 1.0]
+    b_fast = [r["model"] for r in one if aware_vs_uniform(r["batch1"]) >= 1.2]
+    c = {key: [r["model"] for r in eight if r["batch8"][key]["measured_over_mac"] < 0.9]
+         for key in ("latency", "latency_macs")}
+    return [f"(a) within +-10 % of {TARGET} at batch 1: {'all' if not a else 'missed on ' + ', '.join(a)}",
+            f"(b) aware >= uniform on every model at batch 1: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}"
+            f"; >= 1.2x on {len(b_fast)} ({', '.join(b_fast) or 'none'})",
+            *(f"(c) measured >= 0.9 x MAC-predicted at batch 8, {label}: "
+              f"{'all' if not c[key] else 'missed on ' + ', '.join(c[key])}"
+              for key, label in (("latency", "plan A"), ("latency_macs", "aware at 0.5 MACs")))]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -185,7 +207,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision models")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
-    p.add_argument("--batches", default="1,8", help="batches timed for (c)")
+    p.add_argument("--batches", default="1,8", help="batches to measure a table for, plan at and time")
+    p.add_argument("--refine", type=int, default=4, help="--latency-refine of plan A (0: the table alone)")
     p.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds per timing")
     p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per model timing")
     p.add_argument("--table-run-time", type=float, default=0.02, help="--min-run-time of `pruneconf latency`")
@@ -193,7 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")
     p.add_argument("--tables", default="latency_tables", help="folder caching the latency tables")
     p.add_argument("-o", "--output", default="latency_aware.json")
-    p.add_argument("--render", metavar="JSON", help="print the tables of an earlier run's output and exit")
+    p.add_argument("--render", metavar="JSON",
+                   help="print the tables of earlier runs' outputs (comma-separated) and exit")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     return args
@@ -202,8 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.render:
-        done = json.loads(Path(args.render).read_text())
-        print("\n".join(render(done["rows"]) + [""] + verdict(done["rows"])))
+        rows = [row for path in args.render.split(",") for row in json.loads(Path(path).read_text())["rows"]]
+        print("\n".join(render(rows) + [""] + verdict(rows)))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)

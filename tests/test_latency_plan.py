@@ -12,7 +12,7 @@ from torch import nn
 from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.errors import ConfigError
-from pruneconf.explore.latency_measure import find_units, learn_round_to, measure_table, probe_counts
+from pruneconf.explore.latency_measure import device_name, find_units, learn_round_to, measure_table, probe_counts
 from pruneconf.explore.latency_plan import plan_latency
 from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, read_tables,
                                              select_table)
@@ -157,24 +157,30 @@ def test_unreachable_target_is_a_config_error():
         plan_latency(pruner.groups, pruner.recipe, table, pruner.channel_scores(table.groups), target_latency=0.5)
 
 
-def _table_file(tmp_path, net) -> str:
+def _table_file(tmp_path, net, machine: str | None = None) -> str:
+    """A synthetic table file, as if measured on ``machine`` (default: this one)."""
     pruner = Pruner(build(), torch.randn(SHAPE))
+    table = linear_table(pruner)
+    table.device_name = machine or device_name("cpu")
     path = tmp_path / "table.json"
-    path.write_text(dump_tables({SETUP.key: linear_table(pruner)}))
+    path.write_text(dump_tables({SETUP.key: table}))
     return str(path)
 
 
 def test_init_and_prune_with_target_latency_are_exact(tmp_path, net):
+    """The closed loop on by default: one correction, measured on this machine (no timing asserted)."""
     table = _table_file(tmp_path, net)
     recipe = tmp_path / "r.yaml"
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(recipe), "--target-latency", "0.5",
-                 "--latency-table", table]) == 0
+                 "--latency-table", table, "--latency-refine", "1"]) == 0
     loaded = load_recipe(recipe)
     assert loaded.settings.target_latency == 0.5
     assert "a multiple of 8, the step the table measured as fast" in recipe.read_text()
     recorded = loaded.settings.latency_table
     assert recorded["device"] == "cpu" and recorded["hash"] == select_table(table, fingerprint(
         Pruner(build(), torch.randn(SHAPE)).graph)).hash
+    assert recorded["steps"] in (1, 2) and recorded["measured"] > 0 and 0 < recorded["planned_for"] <= 1
+    assert recorded["history"].count("->") == recorded["steps"] and 0 < recorded["predicted"] <= 1
     model = build().eval()
     x = torch.randn(SHAPE)
     pruner = Pruner(model, x, loaded)
@@ -192,7 +198,7 @@ def test_full_latency_target_keeps_the_model_whole(tmp_path, net):
     table = _table_file(tmp_path, net)
     recipe = tmp_path / "r.yaml"
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(recipe), "--target-latency", "1",
-                 "--latency-table", table]) == 0
+                 "--latency-table", table, "--latency-refine", "0"]) == 0
     model = build().eval()
     original = copy.deepcopy(model)
     x = torch.randn(SHAPE)
@@ -219,6 +225,9 @@ def test_latency_command_caches_by_setup(tmp_path, net, caplog):
     (["--target-latency", "1.5", "--latency-table", "t.json"], "(0, 1]"),
     (["--latency-table", "t.json"], "need a target"),
     (["--target-latency", "0.5", "--target-macs", "0.5", "--latency-table", "t.json"], "give one target"),
+    (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-refine", "-1"], "0 to 20 corrections"),
+    (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-tolerance", "0"], "relative tolerance"),
+    (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-budget", "nan"], "seconds above 0"),
 ])
 def test_option_errors(tmp_path, net, capsys, argv, message):
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), *argv]) == 2
@@ -238,7 +247,7 @@ def test_sweep_over_latency_targets(tmp_path, net):
     out = tmp_path / "sweep"
     argv = ["sweep", net, "--input-shape", "1,3,8,8", "--target-latency", "0.6,1", "-o", str(out)]
     assert main(argv) == 2  # no table
-    assert main(argv + ["--latency-table", table]) == 0
+    assert main(argv + ["--latency-table", table, "--latency-refine", "0"]) == 0
     recipes = [load_recipe(out / f"target_latency_{t}.yaml") for t in ("0.60", "1.00")]
     assert [r.settings.target_latency for r in recipes] == [0.6, 1.0]
     assert all(v == 0 for v in recipes[1].sparsity.values()) and any(v > 0 for v in recipes[0].sparsity.values())

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError
 from .common import (METRIC_CHOICES, add_calibration, add_model_options, add_set, calibration, input_specs,
                      model_args, refuse_outputs)
+from .latency import add_refine_options, check_refine_options
 
 log = logging.getLogger("pruneconf")
 
@@ -56,6 +57,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if by_latency and args.latency_table is None:
         raise ConfigError("latency targets are planned on a measured table: add --latency-table FILE "
                           "(from `pruneconf latency`)", key="--target-latency")
+    check_refine_options(args)
     label = "target_latency" if by_latency else "sparsity"
     values = parse_sparsities(args.target_latency, "--target-latency", True) if by_latency else \
         parse_sparsities(args.sparsity)
@@ -85,9 +87,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def _latency_docs(args: argparse.Namespace, pruner, make_doc):
     """``target -> recipe document`` planned on ``--latency-table`` (the table is read and the
     channels scored once, on the dense model, for every point)."""
-    from ..explore.latency_plan import plan_latency, write_latency_plan
+    from ..explore.latency_plan import write_latency_plan
     from ..recipe.load import recipe_from_document
-    from .latency import load_table
+    from .latency import latency_target_plan, load_table
 
     table = load_table(args, pruner.graph, None)
     base = recipe_from_document(make_doc({"default_sparsity": 0.0}), "sweep")
@@ -95,8 +97,8 @@ def _latency_docs(args: argparse.Namespace, pruner, make_doc):
 
     def doc_for(target: float):
         doc = make_doc({"default_sparsity": 0.0})
-        plan = plan_latency(pruner.groups, base, table, scores, target_latency=target, skip=pruner.skipped())
-        write_latency_plan(doc, pruner.groups, plan, table, base.settings.round_to, target, None)
+        plan, measured = latency_target_plan(args, pruner, base, table, scores, target)
+        write_latency_plan(doc, pruner.groups, plan, table, base.settings.round_to, target, None, measured)
         return doc
     return doc_for
 
@@ -160,6 +162,7 @@ def add_explore_parsers(sub) -> None:
                    help="sweep latency targets instead of sparsities (START:STOP:STEP or a,b,c; fractions of the "
                         "measured dense latency), each planned on --latency-table")
     p.add_argument("--latency-table", metavar="FILE", help="table from `pruneconf latency` for --target-latency")
+    add_refine_options(p)
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("sensitivity", help="prune each group alone, record a metric, plan a budget")

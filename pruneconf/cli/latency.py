@@ -37,6 +37,19 @@ def add_latency_target(p: argparse.ArgumentParser) -> None:
                         "(needs --latency-table)")
     p.add_argument("--latency-table", metavar="FILE",
                    help="table from `pruneconf latency`: plan --target-latency (or --target-macs) with it")
+    add_refine_options(p)
+
+
+def add_refine_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency-refine", type=int, default=4, metavar="N",
+                   help="--target-latency: time the planned model against the dense one here (on the table's "
+                        "device, dtype, batch, threads and layout) and correct the plan up to N times until the "
+                        "measured fraction is within --latency-tolerance of the target; 0 plans from the table "
+                        "alone (default 4)")
+    p.add_argument("--latency-tolerance", type=float, default=0.05, metavar="FRACTION",
+                   help="relative tolerance of the measured latency against the target (default 0.05)")
+    p.add_argument("--latency-budget", type=float, default=300.0, metavar="SECONDS",
+                   help="no further correction once the loop has run this long (default 300)")
 
 
 def _setup(args: argparse.Namespace, batch: int):
@@ -122,10 +135,48 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
         log.warning("the latency table was measured on inputs %s, the recipe traces %s: its timings may not "
                     "carry over", ", ".join(table.input_shapes), ", ".join(str(s) for s in inputs))
     parts = [g.center for g in pruner.groups.prunable if g.center in table.groups]
-    plan = plan_latency(pruner.groups, recipe, table, pruner.channel_scores(parts), args.target_latency,
-                        None if args.target_latency is not None else args.target_macs, pruner.skipped())
+    scores = pruner.channel_scores(parts)
+    if args.target_latency is None:
+        plan, measured = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs,
+                                      skip=pruner.skipped()), None
+    else:
+        plan, measured = latency_target_plan(args, pruner, recipe, table, scores, args.target_latency)
     write_latency_plan(doc, pruner.groups, plan, table, recipe.settings.round_to, args.target_latency,
-                       args.target_macs)
+                       args.target_macs, measured)
+
+
+def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores, target: float):
+    """The table's plan for ``target`` and, unless ``--latency-refine 0``, the closed loop that
+    measures it here and corrects it (:mod:`~pruneconf.explore.latency_loop`); returns the plan
+    and what the recipe records of the measurements (or that the loop was off)."""
+    from ..explore.latency_loop import WholeModelTimer, check_machine, refine_plan
+    from ..explore.latency_plan import plan_latency
+
+    def plan_for(fraction: float):
+        return plan_latency(pruner.groups, recipe, table, scores, target_latency=fraction, skip=pruner.skipped())
+
+    if args.latency_refine == 0:
+        return plan_for(target), {"loop": "off (--latency-refine 0): planned from the table alone"}
+    shapes = recipe.input_shapes or []
+    check_machine(table, shapes[0].shape[0] if shapes and shapes[0].shape else None)
+    timer = WholeModelTimer(pruner.model, pruner.example_inputs, pruner.groups, table.setup,
+                            max(0.01, 30 * table.min_run_time), table.statistic)
+    refined = refine_plan(plan_for, timer, target, args.latency_tolerance, args.latency_refine,
+                          args.latency_budget)
+    log.info("latency target %.3f: planned for %.3f, table predicts %.3f, measured %.3f on %s (%d measurements)",
+             target, refined.planned_for, refined.plan.fraction, refined.measured, table.setup.key,
+             len(refined.steps))
+    return refined.plan, refined.record()
+
+
+def check_refine_options(args: argparse.Namespace) -> None:
+    if not 0 <= args.latency_refine <= 20:
+        raise ConfigError(f"expected 0 to 20 corrections, got {args.latency_refine}", key="--latency-refine")
+    if not (math.isfinite(args.latency_tolerance) and 0 < args.latency_tolerance < 1):
+        raise ConfigError(f"expected a relative tolerance in (0, 1), got {args.latency_tolerance}",
+                          key="--latency-tolerance")
+    if not (math.isfinite(args.latency_budget) and args.latency_budget > 0):
+        raise ConfigError(f"expected seconds above 0, got {args.latency_budget}", key="--latency-budget")
 
 
 def check_latency_options(args: argparse.Namespace) -> bool:
@@ -142,6 +193,7 @@ def check_latency_options(args: argparse.Namespace) -> bool:
     if table is not None and target is None and args.target_macs is None:
         raise ConfigError("plans with the table need a target: --target-latency or --target-macs",
                           key="--latency-table")
+    check_refine_options(args)
     return table is not None
 
 

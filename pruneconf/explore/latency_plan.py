@@ -151,8 +151,11 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
 
 
 def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPlan, table: LatencyTable,
-                       round_to: int, target_latency: float | None, target_macs: float | None) -> None:
-    """Store the counts as group sparsities; record the target and which table planned them."""
+                       round_to: int, target_latency: float | None, target_macs: float | None,
+                       measured: Mapping[str, float | int | str] | None = None) -> None:
+    """Store the counts as group sparsities; record the target, which table planned them and,
+    from the closed loop (:mod:`.latency_loop`), what was measured (``measured``, ``planned_for``,
+    ``steps``, ``history``)."""
     write_group_sparsities(doc, groups, plan.kept, round_to)
     for center, step in plan.round_to.items():
         if step > 1:
@@ -169,4 +172,5 @@ def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPl
     record = CommentedMap([("device", table.setup.device), ("device_name", table.device_name),
                            ("setup", table.setup.key), ("hash", table.hash),
                            ("predicted", round(plan.fraction, 4))])
+    record.update(measured or {})
     settings["latency_table"] = record

@@ -1,0 +1,115 @@
+"""The closed loop of `--target-latency`: it converges on a fake, deterministic timer, stops on
+its bounds, refuses to measure on a machine or batch the table was not measured for, and the
+recipe records what it measured. No test asserts a real timing."""
+import pytest
+import torch
+
+from pruneconf import Pruner
+from pruneconf.cli import main
+from pruneconf.errors import ConfigError
+from pruneconf.explore.latency_loop import Step, _next_target, refine_plan
+from pruneconf.explore.latency_plan import plan_latency, write_latency_plan
+from pruneconf.explore.latency_table import Predictor
+from pruneconf.recipe import build_recipe
+from pruneconf.recipe.load import load_recipe, recipe_from_document
+
+from test_latency_plan import SHAPE, _table_file, build, linear_table
+
+
+@pytest.fixture(scope="module")
+def planned():
+    """``plan_for(fraction)`` on a synthetic table, and the table's predictor."""
+    pruner = Pruner(build(), torch.randn(SHAPE), {"sparsity": 0})
+    table = linear_table(pruner, round_to=1)
+    scores = pruner.channel_scores(table.groups)
+
+    def plan_for(fraction):
+        return plan_latency(pruner.groups, pruner.recipe, table, scores, target_latency=fraction)
+    return pruner, table, plan_for
+
+
+def over_promising(table):
+    """A fake whole-model timer: the table's sum of pieces promises more than the model saves
+    (an untimed 30 % of the dense time stays), as residual adds and permutes make it."""
+    predictor = Predictor(table)
+    calls = []
+
+    def measure(kept):
+        calls.append(dict(kept))
+        return 0.3 + 0.7 * predictor.ms(kept) / table.dense_ms
+    return measure, calls
+
+
+def test_loop_converges_on_an_over_promising_model(planned):
+    _, table, plan_for = planned
+    measure, calls = over_promising(table)
+    alone = plan_for(0.5)
+    assert measure(alone.kept) > 0.6  # the table's plan alone misses by > 20 %
+    refined = refine_plan(plan_for, measure, 0.5, tolerance=0.05, max_steps=4)
+    assert abs(refined.measured / 0.5 - 1) <= 0.05
+    assert refined.planned_for < 0.4 and len(refined.steps) <= 5 and len(calls) == 1 + len(refined.steps)
+    assert refined.measured == pytest.approx(measure(refined.plan.kept))
+    assert refined.steps[0].planned_for == 0.5 and refined.steps[0].predicted == pytest.approx(alone.fraction)
+    again = refine_plan(plan_for, over_promising(table)[0], 0.5)
+    assert again.plan.kept == refined.plan.kept and again.history() == refined.history()  # deterministic
+
+
+def test_loop_keeps_the_closest_plan_when_its_bounds_stop_it(planned):
+    _, table, plan_for = planned
+    measure, _ = over_promising(table)
+    one = refine_plan(plan_for, measure, 0.5, max_steps=0)
+    assert len(one.steps) == 1 and one.plan.kept == plan_for(0.5).kept
+    ticks = iter(range(100))
+    timed_out = refine_plan(plan_for, measure, 0.5, budget_s=0.5, clock=lambda: next(ticks))
+    assert len(timed_out.steps) == 1
+    noisy = iter([0.8, 0.3, 0.72, 0.35, 0.69, 0.6])  # never within 5 %: the closest measured is kept
+    result = refine_plan(plan_for, lambda kept: next(noisy), 0.5, max_steps=3)
+    assert len(result.steps) == 4 and result.measured == 0.35
+
+
+def test_correction_is_a_secant_bisecting_inside_a_bracket():
+    assert _next_target([Step(0.5, 0.5, 0.6)], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)  # proportional
+    secant = _next_target([Step(0.5, 0.5, 0.7), Step(0.4, 0.4, 0.6)], 0.5)
+    assert secant == pytest.approx(0.3)
+    # a flat last pair sends the secant to 1.05, outside the bracket [0.45, 0.5]: it bisects
+    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.3, 0.3, 0.45), Step(0.45, 0.45, 0.46)], 0.5) \
+        == pytest.approx(0.475)
+    # noise: the smaller plan measured slower; step on from the latest point, not back to the first
+    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.4, 0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)
+
+
+def test_unreachable_first_plan_is_a_config_error(planned):
+    _, table, plan_for = planned
+    with pytest.raises(ConfigError, match="cannot reach"):
+        refine_plan(plan_for, lambda kept: 0.5, 0.001)
+
+
+def test_recipe_records_predicted_and_measured(planned):
+    pruner, table, plan_for = planned
+    refined = refine_plan(plan_for, over_promising(table)[0], 0.5)
+    doc = build_recipe(pruner.groups, model="net", input_shapes=[])
+    write_latency_plan(doc, pruner.groups, refined.plan, table, 1, 0.5, None, refined.record())
+    recorded = recipe_from_document(doc, "r.yaml").settings.latency_table
+    assert recorded["hash"] == table.hash and recorded["device_name"] == table.device_name
+    assert recorded["predicted"] == round(refined.plan.fraction, 4)
+    assert recorded["measured"] == round(refined.measured, 4)
+    assert recorded["steps"] == len(refined.steps) and recorded["history"] == refined.history()
+
+
+@pytest.mark.parametrize("machine, shape, message", [
+    ("another cpu", "1,3,8,8", "measured on 'another cpu'"),
+    (None, "2,3,8,8", "measured at batch 1, the recipe's inputs have batch 2"),
+])
+def test_loop_refuses_to_measure_elsewhere(tmp_path, capsys, machine, shape, message):
+    net = tmp_path / "net.py"
+    from test_latency_plan import NET
+    net.write_text(NET)
+    table = _table_file(tmp_path, None, machine)
+    argv = ["init", f"{net}:build", "--input-shape", shape, "-o", str(tmp_path / "r.yaml"), "--target-latency", "0.5",
+            "--latency-table", table]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "--latency-refine 0" in err and "Traceback" not in err
+    if machine is not None:  # from the table alone it still plans, and says so in the recipe
+        assert main(argv + ["--latency-refine", "0"]) == 0
+        assert "off" in load_recipe(tmp_path / "r.yaml").settings.latency_table["loop"]
