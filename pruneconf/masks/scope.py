@@ -4,7 +4,8 @@ Masked statistics (norm modules, tensor-op norms) must rewrite a few calls insid
 and leave the rest of the model alone, at no cost to it. A forward pre-hook enters the mode
 and an ``always_call`` forward hook leaves it, so the mode is also left when the forward
 raises. The pre-hook runs before the module's own pre-hooks, which belong to its forward
-(``torch.nn.utils.weight_norm`` computes the weight in one). The modes form a stack because a module may run inside itself (weight sharing).
+(``torch.nn.utils.weight_norm`` computes the weight in one). The modes form a stack because
+a module may run inside itself (weight sharing).
 """
 from __future__ import annotations
 
