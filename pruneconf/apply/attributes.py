@@ -13,6 +13,7 @@ import weakref
 from typing import Any, Iterator
 
 import networkx as nx
+import numpy as np
 from torch import nn
 
 from ..groups.rules.elementwise import UNIFORM_FACTORIES
@@ -83,6 +84,24 @@ def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, i
             yield from _moved_bounds(plan, attrs)
 
 
+def _staying_sizes(graph: nx.DiGraph, plan: PruningPlan) -> set[tuple[str, int]]:
+    """``(module path, size)`` of every literal size a reshape or a split by a list of sizes
+    keeps: an attribute holding it must stay, unless the same number also sizes a dim that
+    shrinks (LeViT's ``num_heads`` and ``key_dim`` are both 16 in its last stage)."""
+    out = set()
+    for node, attrs in _sized_calls(graph):
+        if attrs["op"] in RESHAPES:
+            surviving, sizes = plan.surviving(node), _size_args(attrs)
+            out.update((attrs["module"], n) for d, n in enumerate(attrs["out_shapes"][0])
+                       if d < len(sizes) and sizes[d] == n and n > 1 and surviving.get(d, _ALL).all())
+        elif attrs["op"] in ("split", "split_with_sizes") and isinstance(_split_size(attrs), (list, tuple)):
+            out.update((attrs["module"], n) for n in _split_size(attrs) if type(n) is int)
+    return out
+
+
+_ALL = np.ones(1, dtype=bool)
+
+
 def _resized_sections(plan: PruningPlan, node: str, attrs: dict, sizes: list[int]):
     """The kept size of each piece of a split by a list of sizes (MixNet's ``self.splits``)."""
     args = attrs["args"]
@@ -148,12 +167,18 @@ def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn
     count the call inferred (``view(B, S, -1, self.head_dim)``) only by one named as a head
     count (:data:`HEAD_COUNTS`): in the module or, when the module holds no head count of
     that value, in the config it reads (which then becomes the layer's own :class:`LayerConfig`).
+    A literal that also sizes a dim that stays in the same module (LeViT's ``num_heads`` and
+    ``key_dim``, both 16) updates only a head count, when one holds it.
     """
     changes: dict[tuple[int, str], tuple[nn.Module, str, Any]] = {}
     configs: dict[int, tuple[nn.Module, dict[str, int]]] = {}
+    staying = _staying_sizes(plan.groups.graph, plan)
     for path, old, new, literal in _resized_dims(plan.groups.graph, plan):
         module = model.get_submodule(path)
-        for name, value in _holders(module, old, new, None if literal else HEAD_COUNTS):
+        names = None if literal else HEAD_COUNTS
+        if literal and type(old) is int and (path, old) in staying and any(_holders(module, old, new, HEAD_COUNTS)):
+            names = HEAD_COUNTS  # the number sizes dims that stay, too: only the head count shrinks
+        for name, value in _holders(module, old, new, names):
             changes.setdefault((id(module), name), (module, name, value))
         config = getattr(module, "config", None)
         if config is not None and not isinstance(config, nn.Module) \

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..masks.plan import PruningPlan
+from ..trace.caches import drop_derived
 from .attributes import describe, size_attribute_changes
 from .experts import expert_count_changes
 from .parametrized import parametrized_layers, weight_readable
@@ -45,6 +46,7 @@ def unsupported_layer(model: nn.Module, params: list[str]) -> str | None:
 class Shrunk:
     """What :func:`shrink` replaced, to undo it."""
 
+    model: nn.Module
     replaced: list[tuple[nn.Module, str, Any, bool]]  # module, attr, old value, is_param
     attrs: list[tuple[nn.Module, dict]]
 
@@ -59,6 +61,7 @@ class Shrunk:
                 restored = not key.startswith("_") or key in RESTORED_PRIVATE
                 if restored and getattr(module, key, value) is not value:
                     setattr(module, key, value)
+        drop_derived(self.model)
 
 
 def _tag(module: nn.Module) -> str:
@@ -134,7 +137,7 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
         if log_changes:
             log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), describe(module, name, value))
         setattr(module, name, value)
-    shrunk = Shrunk(replaced, list(touched.values()))
+    shrunk = Shrunk(model, replaced, list(touched.values()))
     for module, old in touched.values():
         resize = resizer_for(module)
         if resize is not None:
@@ -142,6 +145,7 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
                 resize(module, old)
         if log_changes:
             _log_change(path.get(id(module), "?"), module, old)
+    drop_derived(model)  # what the model kept from its old parameters (timm's attention bias cache)
     return shrunk
 
 

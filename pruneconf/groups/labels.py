@@ -21,6 +21,8 @@ class LabelSpace:
         self._right: list[np.ndarray] = []
         self.blocks: list[tuple[np.ndarray, str]] = []
         self.roots: np.ndarray | None = None
+        self._blocked = np.zeros(0, dtype=bool)  # labels blocked directly, as of ``_seen`` blocks
+        self._seen = 0
 
     def new(self, n: int) -> np.ndarray:
         """``n`` fresh labels."""
@@ -40,6 +42,18 @@ class LabelSpace:
         labels = np.asarray(labels, dtype=np.int64).ravel()
         if labels.size:
             self.blocks.append((labels, reason))
+
+    def blocked_directly(self, labels: np.ndarray) -> bool:
+        """Whether every one of ``labels`` was itself blocked so far. Unions are not solved
+        yet, so a label blocked through a coupled one does not count: the answer is a hint
+        for rules that choose between readings (a merged dim's carrier), never a verdict."""
+        if len(self._blocked) < self.size:
+            self._blocked = np.concatenate([self._blocked, np.zeros(self.size - len(self._blocked), bool)])
+        for blocked, _ in self.blocks[self._seen:]:
+            self._blocked[blocked] = True
+        self._seen = len(self.blocks)
+        labels = np.asarray(labels, dtype=np.int64).ravel()
+        return bool(labels.size) and bool(self._blocked[labels].all())
 
     def solve(self) -> np.ndarray:
         """Return ``roots`` with ``roots[label]`` the smallest label of its class."""

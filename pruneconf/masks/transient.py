@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..trace.caches import drop_derived
 from .experts import attach_router_masks
 from .norms import attach_masked_norms, masked_norms
 from .plan import PruningPlan
@@ -88,11 +89,13 @@ def masked_forward(model: nn.Module, plan: PruningPlan) -> Iterator[None]:
     handles.extend(attach_masked_norms(model, masked_norms(plan)))
     handles.extend(attach_masked_statistics(model, masked_statistics(plan)))
     handles.extend(attach_router_masks(model, plan.experts))
+    drop_derived(model)  # tensors the model keeps from its parameters: computed masked here
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        drop_derived(model)
 
 
 __all__ = ["masked_forward", "read_scopes"]

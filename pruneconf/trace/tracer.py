@@ -23,6 +23,7 @@ from .._gc import paused_gc
 from .._rng import preserved_rng
 from .._progress import progress_bar
 from ..errors import TraceError
+from .caches import drop_derived
 from .experts import every_expert
 from .opnames import OpName, canonical_name, qualified_name
 from .refs import Ref, iter_tensors, map_structure
@@ -340,6 +341,7 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     means a tensor produced by ``u`` is an argument of ``v``. The model's mode, buffers,
     ``requires_grad`` flags and the global RNG are left exactly as they were.
     """
+    drop_derived(model)  # a tensor the model kept would hide the parameter it comes from
     state = _Trace(model)
     state.add_inputs(example_inputs)
     experts = every_expert(model)

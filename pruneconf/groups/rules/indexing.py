@@ -21,6 +21,7 @@ import numpy as np
 from ...trace.refs import Ref
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
+from .chunks import uneven_chunk
 from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
 from .shuffle import split_shuffled
 from .views import section_slice
@@ -320,6 +321,8 @@ def split(ctx: RuleContext) -> None:
             pieces = split_shuffled(ctx, lab, len(sizes)) or [position_union(ctx, lab, len(sizes))] * len(sizes)
         elif _held_sections(ctx):
             pass  # each piece keeps its own channels; apply updates the sizes' attribute
+        elif (pieces := uneven_chunk(ctx, lab, sizes)) is not None:
+            pass  # pieces coupled so that the model's chunk still cuts them apart
         else:
             ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")
     elif lab is not None:

@@ -85,6 +85,17 @@ def _separable_axis(grid: np.ndarray) -> int | None:
     return varying[0] if len(varying) == 1 else None
 
 
+def _carried(ctx: RuleContext, labels: TensorLabels, dims: list[int]) -> list[int]:
+    """The dims whose channels a merge must carry. Dims already blocked are positions that
+    merely picked up labels (Swin's window tokens, from the shift mask its attention adds):
+    fixed in size, they need no labels, so a merge with one free channel dim
+    (``PatchMerging``'s ``(2, 2, C) -> 4C``) repeats that dim's channels over them."""
+    if len(dims) < 2:
+        return dims
+    free = [d for d in dims if not ctx.space.blocked_directly(labels[d])]
+    return free if len(free) == 1 else dims
+
+
 def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
                     dst: Sequence[int], inferred: int | None = None) -> TensorLabels:
     """Labels of a tensor of shape ``src`` reshaped to ``dst``."""
@@ -100,6 +111,7 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
         if len(gi) == 1 and len(gj) == 1:
             out[gj[0]] = labels[gi[0]]
             continue
+        labelled = _carried(ctx, labels, labelled)
         if len(labelled) > 1:
             for d in labelled:
                 ctx.block(labels[d], f"several channel dims merged by '{ctx.op}'")
