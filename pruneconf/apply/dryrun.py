@@ -234,7 +234,7 @@ def retry_together(plan: PruningPlan, full: PruningPlan, dropped: dict[str, str]
     if problem is not None:
         log.info("dry run: the dropped groups kept at %.2f together: the shrunk model %s", share, problem)
         return plan, dropped
-    log.info("dry run: groups %s prune together, each keeping %.2f of its channels", ", ".join(kept), share)
+    log.warning("groups %s pruned after all: together, each keeping %.2f of its channels", ", ".join(kept), share)
     return trial, {c: why for c, why in dropped.items() if c not in kept}
 
 
