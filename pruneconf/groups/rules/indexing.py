@@ -22,6 +22,7 @@ from ...trace.refs import Ref
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
+from .sections import held_piece_labels, pieces_held_within
 
 PARTIAL = "channels selected by constant indices in '{op}'"
 
@@ -296,7 +297,7 @@ def _held_sections(ctx: RuleContext) -> bool:
     can shrink on its own, and apply sets the attribute to the kept sizes."""
     sections = ctx.arg(1, "split_size_or_sections")
     return (ctx.op in ("split", "split_with_sizes") and isinstance(sections, (list, tuple))
-            and ctx.size_attribute(sections) is not None)
+            and (ctx.size_attribute(sections) is not None or pieces_held_within(ctx, sections)))
 
 
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
@@ -314,8 +315,8 @@ def split(ctx: RuleContext) -> None:
     if lab is not None and lab.size > 1 and len(sizes) > 1:
         if _equal_pieces(ctx, sizes):
             pieces = [position_union(ctx, lab, len(sizes))] * len(sizes)
-        elif _held_sections(ctx):
-            pass  # each piece keeps its own channels; apply updates the sizes' attribute
+        elif _held_sections(ctx):  # each piece keeps its own channels; apply updates the sizes' attribute
+            pieces = held_piece_labels(ctx, lab, sizes, ctx.arg(1, "split_size_or_sections"))
         else:
             ctx.block(lab, f"channels split into constant sizes {sizes} by '{ctx.op}'")
     elif lab is not None:

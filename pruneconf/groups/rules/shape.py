@@ -16,6 +16,7 @@ import numpy as np
 from ..context import RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
+from .merged_heads import whole_heads_merge
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -62,8 +63,8 @@ def _carrier(grid: np.ndarray, dims: list[int], inferred: int | None, whole_bloc
     ``(3, heads, head_dim)``): each block becomes one channel.
     """
     sized = [k for k, n in enumerate(grid.shape) if n > 1]
-    if whole_blocks and len(sized) > 1:
-        return sized[-2]
+    if whole_blocks and len(sized) > 1:  # the heads, even a single one, never the 3 of (3, 1, head_dim)
+        return grid.ndim - 2 if sized[-1] == grid.ndim - 1 else sized[-2]
     if inferred is not None and inferred in dims:
         return dims.index(inferred)
     return sized[-1] if sized else len(dims) - 1
@@ -95,11 +96,14 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
             out[gj[0]] = labels[gi[0]]
             continue
         if len(labelled) > 1:
-            for d in labelled:
-                ctx.block(labels[d], f"several channel dims merged by '{ctx.op}'")
-            for d in gj:
-                out[d] = fresh_blocked(ctx, dst[d], f"several channel dims merged by '{ctx.op}'")
-            continue
+            heads = whole_heads_merge(ctx, labels, labelled)
+            if heads is None:
+                for d in labelled:
+                    ctx.block(labels[d], f"several channel dims merged by '{ctx.op}'")
+                for d in gj:
+                    out[d] = fresh_blocked(ctx, dst[d], f"several channel dims merged by '{ctx.op}'")
+                continue
+            labelled = [heads]
         d = labelled[0]
         sizes = [src[k] for k in gi]
         view = [1] * len(gi)
