@@ -3,7 +3,8 @@ each mechanism on a small hand-written module, pruned exactly (masked ≡ applie
 
 * a block that checks its input width against an attribute (diffusers' ``Upsample2D``:
   ``assert hidden_states.shape[1] == self.channels``);
-* whole heads merged back with a head dim that a shared pooling conv labels (MViT);
+* whole heads merged back with a head dim that a shared pooling conv labels (MViT), and
+  both left whole when that head dim could prune on its own;
 * a single head kept whole as one channel, not split along q/k/v (MViT's first block);
 * split sizes held one by one in the attributes of the module or its parts (RAFT's
   hidden state and context).
@@ -76,6 +77,29 @@ def test_whole_heads_merge_with_a_head_dim_that_stays_whole():
     assert not pruned.pruner.dropped
     assert model[1].heads == len(pruned.pruner.plan().kept["1.qkv"]) < 4
     assert model[1].pool.out_channels == model[1].head_dim == 6  # the shared head dim stays whole
+
+
+class MixedHeadDim(PooledAttention):
+    """The values' head dim mixed by a Linear of its own, which could prune it."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__(dim, heads)
+        self.pool = nn.Linear(self.head_dim, self.head_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).transpose(1, 3).unbind(dim=2)
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        return self.proj((attn @ self.pool(v)).transpose(1, 2).reshape(B, N, self.heads * self.head_dim))
+
+
+def test_heads_merged_with_a_prunable_head_dim_stay_whole():
+    """Channel ``(h, d)`` would go when head ``h`` or dim ``d`` goes: no group says that."""
+    model = nn.Sequential(nn.Linear(8, 24), MixedHeadDim(24, 4), nn.GELU(), nn.Linear(24, 3))
+    groups = analyse(model, torch.randn(2, 6, 8))
+    for center in ("1.qkv", "1.pool"):
+        assert not groups[center].prunable
+        assert any(r.startswith("several channel dims merged by 'reshape'") for r in groups[center].reasons)
 
 
 def test_a_single_head_is_one_channel_not_split_along_q_k_v():
