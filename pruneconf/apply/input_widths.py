@@ -59,8 +59,9 @@ def input_width_changes(model: nn.Module, plan: PruningPlan) -> Iterator[tuple[n
         module = model.get_submodule(path)
         if not any(True for _ in module.children()):
             continue
+        held = vars(module)  # plain attributes only: timm's ``ConvNormAct.in_channels`` is a property
         for name in sorted(INPUT_WIDTHS):
-            if type(getattr(module, name, None)) is int and getattr(module, name) == len(keep):
+            if type(held.get(name)) is int and held[name] == len(keep):
                 yield module, name, int(keep.sum())
 
 
