@@ -17,7 +17,9 @@ import numpy as np
 from torch import nn
 
 from ..groups.rules.elementwise import UNIFORM_FACTORIES
+from ..groups.rules.sections import sizes_within
 from ..masks.plan import PruningPlan
+from .input_widths import input_width_changes
 from .layer_config import LayerConfig
 
 RESHAPES = ("view", "reshape")
@@ -76,6 +78,7 @@ def _resized_dims(graph: nx.DiGraph, plan: PruningPlan) -> Iterator[tuple[str, i
                     yield attrs["module"], size * pieces, int(keep.sum()) * pieces, True
         elif attrs["op"] in ("split", "split_with_sizes") and isinstance(_split_size(attrs), (list, tuple)):
             yield from _resized_sections(plan, node, attrs, list(_split_size(attrs)))
+            yield from held_pieces(graph, plan, node, attrs, list(_split_size(attrs)))
         elif attrs["op"] in CHANNEL_COUNTED:
             keep = plan.surviving(node).get(1)
             if keep is not None and not keep.all():
@@ -102,15 +105,37 @@ def _staying_sizes(graph: nx.DiGraph, plan: PruningPlan) -> set[tuple[str, int]]
 _ALL = np.ones(1, dtype=bool)
 
 
-def _resized_sections(plan: PruningPlan, node: str, attrs: dict, sizes: list[int]):
-    """The kept size of each piece of a split by a list of sizes (MixNet's ``self.splits``)."""
+def _kept_sections(plan: PruningPlan, node: str, attrs: dict, sizes: list[int]) -> list[int]:
+    """The kept size of each piece of a split by a list of sizes."""
     args = attrs["args"]
     dim = args[2] if len(args) > 2 else attrs["kwargs"].get("dim", 0)
     dim = dim + len(attrs["out_shapes"][0]) if dim < 0 else dim
-    new = [int(keep[dim].sum()) if dim in keep else n
-           for keep, n in zip((plan.surviving(node, i) for i in range(len(sizes))), sizes)]
+    return [int(keep[dim].sum()) if dim in keep else n
+            for keep, n in zip((plan.surviving(node, i) for i in range(len(sizes))), sizes)]
+
+
+def _resized_sections(plan: PruningPlan, node: str, attrs: dict, sizes: list[int]):
+    """The kept sizes of a split by a list of sizes (MixNet's ``self.splits``)."""
+    new = _kept_sections(plan, node, attrs, sizes)
     if new != sizes:
         yield attrs["module"], sizes, new, True
+
+
+def held_pieces(graph: nx.DiGraph, plan: PruningPlan, node: str, attrs: dict, sizes: list[int]):
+    """For a split whose sizes no attribute holds as a list, ``(holder, old, new)`` for each
+    piece that shrinks and the nearest modules (the caller or those inside it) holding its
+    size as an int: RAFT's ``self.update_block.hidden_state_size`` (see
+    :mod:`pruneconf.groups.rules.sections`)."""
+    module = attrs["module"]
+    if any(_resized(v, sizes, sizes) is not None for v in graph.graph.get("sizes", {}).get(module, {}).values()):
+        return
+    within = sizes_within(graph, module)
+    for old, new in zip(sizes, _kept_sections(plan, node, attrs, sizes)):
+        holders = [path for path, held in within.items() if any(type(v) is int and v == old for v in held.values())]
+        depth = min((path.count(".") + bool(path) for path in holders), default=0)
+        for path in holders:  # the nearest only: ``update_block``, not ``update_block.motion_encoder``
+            if old != new and path.count(".") + bool(path) == depth:
+                yield path, old, new, True
 
 
 def _moved_bounds(plan: PruningPlan, attrs: dict):
@@ -187,6 +212,8 @@ def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn
                 configs.setdefault(id(module), (module, {}))[1].setdefault(name, value)
     for module, sizes in configs.values():
         changes[(id(module), "config")] = (module, "config", LayerConfig(module.config, sizes))
+    for module, name, value in input_width_changes(model, plan):
+        changes.setdefault((id(module), name), (module, name, value))
     return list(changes.values())
 
 

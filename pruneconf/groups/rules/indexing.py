@@ -25,6 +25,7 @@ from .chunks import uneven_chunk
 from .common import anchored_slice, fresh_blocked, keep_dims, merge_dim, norm_dim, position_union
 from .shuffle import split_shuffled
 from .views import section_slice
+from .sections import held_piece_labels, pieces_held_within
 
 PARTIAL = "channels selected by constant indices in '{op}'"
 
@@ -300,7 +301,7 @@ def _held_sections(ctx: RuleContext) -> bool:
     can shrink on its own, and apply sets the attribute to the kept sizes."""
     sections = ctx.arg(1, "split_size_or_sections")
     return (ctx.op in ("split", "split_with_sizes") and isinstance(sections, (list, tuple))
-            and ctx.size_attribute(sections) is not None)
+            and (ctx.size_attribute(sections) is not None or pieces_held_within(ctx, sections)))
 
 
 @register("split", "split_with_sizes", "tensor_split", "chunk", "unbind", "hsplit", "vsplit")
@@ -319,8 +320,8 @@ def split(ctx: RuleContext) -> None:
     if lab is not None and lab.size > 1 and len(sizes) > 1:
         if _equal_pieces(ctx, sizes):
             pieces = split_shuffled(ctx, lab, len(sizes)) or [position_union(ctx, lab, len(sizes))] * len(sizes)
-        elif _held_sections(ctx):
-            pass  # each piece keeps its own channels; apply updates the sizes' attribute
+        elif _held_sections(ctx):  # each piece keeps its own channels; apply updates the sizes' attribute
+            pieces = held_piece_labels(ctx, lab, sizes, ctx.arg(1, "split_size_or_sections"))
         elif (pieces := uneven_chunk(ctx, lab, sizes)) is not None:
             pass  # pieces coupled so that the model's chunk still cuts them apart
         else:

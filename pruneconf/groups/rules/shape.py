@@ -19,6 +19,7 @@ from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
 from .shuffle import follow_shuffle_view
 from .read_sizes import couple_read_sizes
+from .merged_heads import whole_heads_merge
 
 
 def _size_args(args: Sequence[Any]) -> tuple:
@@ -68,8 +69,8 @@ def _carrier(grid: np.ndarray, dims: list[int], inferred: int | None, whole_bloc
     sized = [k for k, n in enumerate(grid.shape) if n > 1]
     if outer and sized:
         return sized[0]
-    if whole_blocks and len(sized) > 1:
-        return sized[-2]
+    if whole_blocks and len(sized) > 1:  # the heads, even a single one, never the 3 of (3, 1, head_dim)
+        return grid.ndim - 2 if sized[-1] == grid.ndim - 1 else sized[-2]
     if inferred is not None and inferred in dims:
         return dims.index(inferred)
     return sized[-1] if sized else len(dims) - 1
@@ -113,11 +114,14 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
             continue
         labelled = _carried(ctx, labels, labelled)
         if len(labelled) > 1:
-            for d in labelled:
-                ctx.block(labels[d], f"several channel dims merged by '{ctx.op}'")
-            for d in gj:
-                out[d] = fresh_blocked(ctx, dst[d], f"several channel dims merged by '{ctx.op}'")
-            continue
+            heads = whole_heads_merge(ctx, labels, labelled)
+            if heads is None:
+                for d in labelled:
+                    ctx.block(labels[d], f"several channel dims merged by '{ctx.op}'")
+                for d in gj:
+                    out[d] = fresh_blocked(ctx, dst[d], f"several channel dims merged by '{ctx.op}'")
+                continue
+            labelled = [heads]
         d = labelled[0]
         sizes = [src[k] for k in gi]
         view = [1] * len(gi)
