@@ -22,9 +22,9 @@ class CosineAttention(nn.Module):
     """Swin V2's attention over one window: cosine similarity scaled per head, a
     per-head bias from a small MLP, and a key bias kept at zero through a view."""
 
-    def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 6) -> None:
+    def __init__(self, dim: int = 16, heads: int = 4, tokens: int = 6, read_width: bool = True) -> None:
         super().__init__()
-        self.num_heads = heads
+        self.num_heads, self.read_width = heads, read_width
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
         self.logit_scale = nn.Parameter(torch.rand(heads, 1, 1))
         self.cpb_mlp = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, heads, bias=False))
@@ -41,7 +41,7 @@ class CosineAttention(nn.Module):
         attn = attn * torch.clamp(self.logit_scale, max=4.0).exp()
         table = self.cpb_mlp(self.coords).view(-1, self.num_heads)
         attn = attn + 16 * torch.sigmoid(table.view(N, N, -1).permute(2, 0, 1))
-        x = attn.softmax(-1).matmul(v).transpose(1, 2).reshape(B, N, C)
+        x = attn.softmax(-1).matmul(v).transpose(1, 2).reshape(B, N, C if self.read_width else -1)
         return self.proj(x)
 
 
@@ -53,9 +53,11 @@ def test_a_bias_written_through_a_view_keeps_its_heads_prunable():
     torch.manual_seed(0)
     model, x = windowed(CosineAttention()), torch.randn(2, 6, 5)
     groups = analyse(model, x)
-    heads = groups["2.qkv"]
+    [heads] = groups.groups_of_layer("2.qkv")
     assert heads.prunable and heads.channels == 4, heads.reasons
-    assert {"2.qkv", "2.logit_scale", "2.cpb_mlp.2", "2.proj"} <= set(heads.layers)
+    # the reshape back to the width read from the input (``reshape(B, N, C)``) ties the
+    # stream ("0") to the heads: it loses whole head-sized blocks with them
+    assert {"0", "2.qkv", "2.logit_scale", "2.cpb_mlp.2", "2.proj"} <= set(heads.layers)
     assert assert_no_influence(model, x, groups) > 0
     before = total_macs(trace(model, x))
     prune_exactly(model, x)
@@ -104,7 +106,7 @@ def test_heads_chunked_from_one_projection_prune_whole():
     torch.manual_seed(0)
     model, x = windowed(ChunkedAttention(), 24), torch.randn(2, 6, 5)
     groups = analyse(model, x)
-    heads = groups["2.to_qkv"]
+    [heads] = groups.groups_of_layer("2.to_qkv")
     assert heads.prunable and heads.channels == 6, heads.reasons
     assert assert_no_influence(model, x, groups) > 0
     before = total_macs(trace(model, x))
@@ -115,11 +117,12 @@ def test_heads_chunked_from_one_projection_prune_whole():
 
 
 def test_a_stream_and_heads_tied_by_a_ratio_prune_together():
-    """Three heads of 4 over a stream of 12, tied by ``C // num_heads``: halving the stream
-    (6) and keeping 2 heads (8) cannot run, so the dry run drops both, then tries them
+    """Three heads of 4 over a stream of 12, tied only by ``C // num_heads`` (the heads merge
+    back with ``-1``, so no size read from the stream ties them in analysis): halving the
+    stream (6) and keeping 2 heads (8) cannot run, so the dry run drops both, then tries them
     together at one share, two thirds: 8 stream channels over 2 heads of 4."""
     torch.manual_seed(0)
-    model, x = windowed(CosineAttention(dim=12, heads=3), 12), torch.randn(2, 6, 5)
+    model, x = windowed(CosineAttention(dim=12, heads=3, read_width=False), 12), torch.randn(2, 6, 5)
     pruned = prune_exactly(model, x)
     assert pruned.pruner.dropped == {}
     assert model[0].out_features == 8 and model[2].num_heads == 2 and model[2].qkv.out_features == 3 * 8

@@ -41,8 +41,8 @@ def note_read(reads: Reads, depth: int, op: str, args: tuple, lookup: Callable[[
 def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dict[int, list[tuple[Ref, int]]]:
     """For a reshape at ``depth``: ``{output dim: [(tensor, dim), ...]}`` for every size it
     was given (not ``-1``, not 1) that equals a non-leading dim of a shape this call read,
-    unless the calling function reads an attribute of ``module`` that holds that size
-    (``reshape(B, N, self.attn_dim)``, or ``size_out = x.size()[:-1] + (self.nf,)`` a line
+    unless the calling function reads an attribute of ``module`` that holds that size, or two
+    whose product it is (``reshape(B, N, self.attn_dim)``, or ``size_out = x.size()[:-1] + (self.nf,)`` a line
     before its ``view``): apply updates the attribute instead."""
     if op not in RESHAPES or len(args) < 2:
         return {}
@@ -63,8 +63,11 @@ def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dic
 
 
 def _named_sizes(module: Any, names: tuple[str, ...]) -> set[int]:
-    """The int attributes of ``module`` among the attribute ``names`` a function reads."""
-    return {value for name, value in vars(module).items() if type(value) is int and name in names}
+    """The int attributes of ``module`` among the attribute ``names`` a function reads, and
+    the products of two of them (``reshape(B, N, self.heads * self.head_dim)``): sizes the
+    code computes from what apply updates, not from a shape."""
+    values = [value for name, value in vars(module).items() if type(value) is int and name in names]
+    return set(values) | {a * b for i, a in enumerate(values) for b in values[i + 1:]}
 
 
 __all__ = ["new_call", "note_read", "sized_by"]
