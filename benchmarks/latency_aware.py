@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torchvision
@@ -149,13 +149,15 @@ def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Na
     return out
 
 
-def bench_model(name: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def bench_model(name: str, args: argparse.Namespace, work: Path,
+                save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Every batch of one model; ``save`` gets the row after each batch (a long run keeps what it finished)."""
     model = getattr(torchvision.models, name)().eval()
     row: dict[str, Any] = {"model": name, "threads": args.threads, "statistic": args.statistic}
     for batch in args.batches:
         row[f"batch{batch}"] = bench_batch(name, model, batch, args, work)
-        log.info("%s batch %d: %s", name, batch, json.dumps({k: v for k, v in row[f"batch{batch}"].items()
-                                                              if not isinstance(v, dict)}))
+        save(row)
+        log.info("\n".join(render([{"model": name, f"batch{batch}": row[f"batch{batch}"]}])))
     return row
 
 
@@ -244,15 +246,14 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
             log.info("%s ...", name)
+            def save(row: dict[str, Any]) -> None:
+                Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows + [row],
+                                                         "failed": failed}, indent=1))
             try:
-                rows.append(bench_model(name, args, Path(tmp)))
+                rows.append(bench_model(name, args, Path(tmp), save))
             except (SystemExit, pruneconf.PruneconfError) as exc:  # recorded; the other models still run
                 log.error("%s: %s", name, exc)
                 failed.append({"model": name, "error": str(exc)})
-                continue
-            Path(args.output).write_text(json.dumps({"machine": machine(), "rows": rows, "failed": failed},
-                                                          indent=1))
-            log.info("\n".join(render(rows[-1:])))
     print("\n".join(render(rows) + [""] + verdict(rows) + [f"{f['model']}: FAILED {f['error']}" for f in failed]))
 
 
