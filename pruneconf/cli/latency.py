@@ -160,7 +160,7 @@ def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores,
     shapes = recipe.input_shapes or []
     check_machine(table, shapes[0].shape[0] if shapes and shapes[0].shape else None)
     timer = WholeModelTimer(pruner.model, pruner.example_inputs, pruner.groups, table.setup,
-                            max(0.01, 30 * table.min_run_time), table.statistic)
+                            min(2.0, max(0.01, 30 * table.min_run_time)), table.statistic)
     refined = refine_plan(plan_for, timer, target, args.latency_tolerance, args.latency_refine,
                           args.latency_budget)
     log.info("latency target %.3f: planned for %.3f, table predicts %.3f, measured %.3f on %s (%d measurements)",
