@@ -19,15 +19,14 @@ from ..context import RuleContext, TensorLabels
 
 def couple_read_sizes(ctx: RuleContext, out: TensorLabels) -> None:
     """Tie each dim of the reshape's output ``out`` whose size was read from a shape to
-    the dim it was read from, one to one. A dim the model's input carries (a sequence's
-    tokens) is a size of the data: a width equal to it by chance is not tied to it."""
+    the dim it was read from, one to one."""
     for dim, sources in ctx.attrs.get("sized_by", {}).items():
         lab = out.get(dim)
         if lab is None or lab.size < 2:
             continue
         for ref, read_dim in sources:
             read = ctx.labels(ref).get(read_dim)
-            if read is not None and read.size == lab.size and not ctx.from_inputs(read):
+            if read is not None and read.size == lab.size:
                 ctx.union(_interleaved(lab), read)
 
 
