@@ -48,7 +48,7 @@ class PooledAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads, self.head_dim, self.output_dim = heads, dim // heads, dim
         self.qkv = nn.Linear(dim, 3 * dim)
         self.pool = nn.Conv1d(self.head_dim, self.head_dim, 3, padding=1, groups=self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -59,7 +59,7 @@ class PooledAttention(nn.Module):
         v = self.pool(v.reshape(B * self.heads, N, self.head_dim).transpose(1, 2))
         v = v.transpose(1, 2).reshape(B, self.heads, N, self.head_dim)
         attn = (q @ k.transpose(-2, -1)).softmax(-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, self.heads * self.head_dim))
+        return self.proj((attn @ v).transpose(1, 2).reshape(B, N, self.output_dim))  # MViT: mvit.py:318
 
 
 def pooled_attention(heads: int, head_dim: int = 6) -> nn.Module:
@@ -90,7 +90,7 @@ class MixedHeadDim(PooledAttention):
         B, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).transpose(1, 3).unbind(dim=2)
         attn = (q @ k.transpose(-2, -1)).softmax(-1)
-        return self.proj((attn @ self.pool(v)).transpose(1, 2).reshape(B, N, self.heads * self.head_dim))
+        return self.proj((attn @ self.pool(v)).transpose(1, 2).reshape(B, N, self.output_dim))
 
 
 def test_heads_merged_with_a_prunable_head_dim_stay_whole():

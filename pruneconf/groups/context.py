@@ -151,14 +151,6 @@ class RuleContext:
         self.tensors[key] = found
         return found
 
-    def from_inputs(self, labels: np.ndarray) -> bool:
-        """Whether ``labels`` are all labels of a model input's dims, which ops carry along
-        unchanged (the batch, a sequence's tokens): sizes of the data, never a width."""
-        if not hasattr(self, "_inputs"):
-            self._inputs = [n for n, a in self.graph.nodes(data=True) if a["kind"] == "input"]
-        given = [lab for n in self._inputs for lab in self.tensors.get((n, 0), {}).values()]
-        return bool(given) and bool(np.isin(labels, np.concatenate(given)).all())
-
     def param_dim(self, ref: Ref, dim: int) -> np.ndarray:
         """Labels of dimension ``dim`` of the parameter or buffer ``ref``."""
         key = (self.param_name(ref), dim)

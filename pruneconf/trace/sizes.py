@@ -5,9 +5,10 @@ PVT attention): the reshape's ``C`` is ``x``'s width at run time, so after pruni
 must have as many channels as ``x`` has then. The trace sees plain ints, not where they
 came from, so it matches by value, and only within one module call: a reshape's size that
 equals a dim of a tensor whose shape that same call read (``x.shape``, ``x.size(-1)``)
-names that tensor and dim. A read tensor's leading dim is left out: it is the batch in the
-models this serves, and a batch of 2 or 3 would otherwise match the literal ``2`` or ``3``
-that splits keys from values. The channel rule (:mod:`pruneconf.groups.rules.read_sizes`)
+names that tensor and dim. Only a read tensor's last dim counts, the width of the
+channels-last activations this serves: its batch and tokens would otherwise match by chance
+(a batch of 2 the literal ``2`` that splits keys from values, 16 tokens a head dim of 16).
+The channel rule (:mod:`pruneconf.groups.rules.read_sizes`)
 decides what the match means.
 """
 from __future__ import annotations
@@ -40,9 +41,9 @@ def note_read(reads: Reads, depth: int, op: str, args: tuple, lookup: Callable[[
 
 def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dict[int, list[tuple[Ref, int]]]:
     """For a reshape at ``depth``: ``{output dim: [(tensor, dim), ...]}`` for every size it
-    was given (not ``-1``, not 1) that equals a non-leading dim of a shape this call read,
-    unless the calling function reads an attribute of ``module`` that holds that size, or two
-    whose product it is (``reshape(B, N, self.attn_dim)``, or ``size_out = x.size()[:-1] + (self.nf,)`` a line
+    was given (not ``-1``, not 1) that equals the last dim of a shape this call read,
+    unless the calling function reads an attribute of ``module`` that holds that size
+    (``reshape(B, N, self.attn_dim)``, or ``size_out = x.size()[:-1] + (self.nf,)`` a line
     before its ``view``): apply updates the attribute instead."""
     if op not in RESHAPES or len(args) < 2:
         return {}
@@ -53,7 +54,7 @@ def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dic
     found: dict[int, list[tuple[Ref, int]]] = {}
     for j, n in enumerate(sizes):
         if type(n) is int and n > 1:
-            hits = [(ref, d) for ref, shape in seen for d, m in enumerate(shape) if d > 0 and m == n]
+            hits = [(ref, d) for ref, shape in seen for d, m in enumerate(shape) if 0 < d == len(shape) - 1 and m == n]
             if hits:
                 found[j] = hits
     if found and module is not None:
@@ -63,11 +64,8 @@ def sized_by(reads: Reads, depth: int, op: str, args: tuple, module: Any) -> dic
 
 
 def _named_sizes(module: Any, names: tuple[str, ...]) -> set[int]:
-    """The int attributes of ``module`` among the attribute ``names`` a function reads, and
-    the products of two of them (``reshape(B, N, self.heads * self.head_dim)``): sizes the
-    code computes from what apply updates, not from a shape."""
-    values = [value for name, value in vars(module).items() if type(value) is int and name in names]
-    return set(values) | {a * b for i, a in enumerate(values) for b in values[i + 1:]}
+    """The int attributes of ``module`` among the attribute ``names`` a function reads."""
+    return {value for name, value in vars(module).items() if type(value) is int and name in names}
 
 
 __all__ = ["new_call", "note_read", "sized_by"]

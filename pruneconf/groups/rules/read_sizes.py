@@ -19,16 +19,16 @@ from ..context import RuleContext, TensorLabels
 
 def couple_read_sizes(ctx: RuleContext, out: TensorLabels) -> None:
     """Tie each dim of the reshape's output ``out`` whose size was read from a shape to
-    the dim it was read from, one to one. A dim the model's input carries (a sequence's
-    tokens) is a size of the data: a width equal to it by chance is not tied to it."""
+    the dim it was read from, one to one. When the size matches the widths of several
+    tensors the call read with different channels (a cross-attention's own and its
+    context's), which one the code used is unknown, so none is tied."""
     for dim, sources in ctx.attrs.get("sized_by", {}).items():
         lab = out.get(dim)
         if lab is None or lab.size < 2:
             continue
-        for ref, read_dim in sources:
-            read = ctx.labels(ref).get(read_dim)
-            if read is not None and read.size == lab.size and not ctx.from_inputs(read):
-                ctx.union(_interleaved(lab), read)
+        reads = [lab2 for ref, d in sources if (lab2 := ctx.labels(ref).get(d)) is not None and lab2.size == lab.size]
+        if reads and all(np.array_equal(r, reads[0]) for r in reads[1:]):
+            ctx.union(_interleaved(lab), reads[0])
 
 
 def _interleaved(lab: np.ndarray) -> np.ndarray:
