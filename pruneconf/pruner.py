@@ -19,7 +19,7 @@ import numpy as np
 from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
-from .apply import shrink, unsupported_layer
+from .apply import shrink, unsupported_groups
 from .apply.dryrun import drop_breaking_groups, dry_run, evaluating, retry_together
 from .apply.verify import compare_shrunk, model_outputs, widened
 from .distributed import broadcast_model, copy_full_state, sharded
@@ -98,8 +98,7 @@ class Pruner:
     def skipped(self) -> dict[str, str]:
         """Prunable groups with layers pruneconf cannot resize, with the reason (computed once)."""
         if self._skipped is None:
-            self._skipped = {g.center: why for g in self.groups.prunable
-                             if (why := unsupported_layer(self.model, [m.param for m in g.members]))}
+            self._skipped = unsupported_groups(self.model, self.groups)
         return self._skipped
 
     def calibrate(self, batches: Iterable[Any] | Calibration, loss: Loss | None = None) -> Calibration | None:

@@ -30,7 +30,7 @@ def resizer_for(module: nn.Module) -> Resizer | None:
 
 def needs_resizer(module: nn.Module) -> bool:
     """Built-in layers keep shape attributes; custom modules' raw parameters do not."""
-    return type(module).__module__.startswith("torch.nn.") and any(True for _ in module.parameters(recurse=False))
+    return type(module).__module__.startswith("torch.nn.") and any(p is not None for p in module._parameters.values())
 
 
 def _resize_conv(module: nn.Module, old: dict, full: str, split: str) -> None:

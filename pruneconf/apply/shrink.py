@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..groups import ChannelGroups
 from ..masks.plan import PruningPlan
 from ..trace.caches import drop_derived
 from .attributes import describe, size_attribute_changes
@@ -33,13 +34,22 @@ def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return (model.get_submodule(path) if path else model), attr
 
 
-def unsupported_layer(model: nn.Module, params: list[str]) -> str | None:
-    """Why these parameters cannot be sliced consistently, or None."""
-    for name in params:
+def unsupported_groups(model: nn.Module, groups: ChannelGroups) -> dict[str, str]:
+    """Prunable groups with a parameter that cannot be sliced consistently, with the reason.
+
+    Each parameter is looked at once, however many groups it belongs to (a DenseNet layer
+    reads a concatenation of every earlier group in its block)."""
+    why: dict[str, str | None] = {}
+    for name in {m.param for g in groups.prunable for m in g.members}:
         module, _ = owner(model, name)
-        if needs_resizer(module) and resizer_for(module) is None:
-            return f"cannot resize {type(module).__name__} layers yet ('{name}')"
-    return None
+        unsupported = needs_resizer(module) and resizer_for(module) is None
+        why[name] = f"cannot resize {type(module).__name__} layers yet ('{name}')" if unsupported else None
+    out = {}
+    for g in groups.prunable:
+        reason = next((why[m.param] for m in g.members if why[m.param]), None)
+        if reason:
+            out[g.center] = reason
+    return out
 
 
 @dataclasses.dataclass

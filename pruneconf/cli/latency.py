@@ -83,7 +83,7 @@ def _cached(path: Path, force: bool) -> dict:
 
 
 def cmd_latency(args: argparse.Namespace) -> int:
-    from ..apply import unsupported_layer
+    from ..apply import unsupported_groups
     from ..explore.latency_measure import measure_table
     from ..explore.latency_table import dump_tables
     from ..groups import find_groups
@@ -103,7 +103,7 @@ def cmd_latency(args: argparse.Namespace) -> int:
         log.info("%s already holds the table for %s (%s); --force measures again", out, args.model, setup.key)
         return 0
     groups = find_groups(graph)
-    skip = {g.center: why for g in groups.prunable if (why := unsupported_layer(model, [m.param for m in g.members]))}
+    skip = unsupported_groups(model, groups)
     table = measure_table(model, inputs, groups, setup, model_name=args.model, fingerprint=fingerprint(graph),
                           input_shapes=shapes, skip=skip, min_run_time=args.min_run_time,
                           statistic=args.statistic)

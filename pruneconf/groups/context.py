@@ -53,6 +53,7 @@ class RuleContext:
                  outer_splits: frozenset[str] = frozenset(),
                  coupled: frozenset[str] = frozenset()) -> None:
         self.graph = graph
+        self.nodes = dict(graph.nodes(data=True))  # node -> attrs: rules look nodes up thousands of times
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
         self.coupled = coupled  # channel shuffles whose channels could not be routed: they couple them
         # first carrier label of a split reshape -> its nodes (several when pieces of one
@@ -82,7 +83,7 @@ class RuleContext:
     # -- the current op -------------------------------------------------------------
     def at(self, node: str) -> "RuleContext":
         self.node = node
-        self.attrs = self.graph.nodes[node]
+        self.attrs = self.nodes[node]
         return self
 
     @property
@@ -118,15 +119,15 @@ class RuleContext:
 
     # -- tensors ----------------------------------------------------------------------
     def shape(self, ref: Ref) -> tuple[int, ...]:
-        return tuple(self.graph.nodes[ref.node]["out_shapes"][ref.index])
+        return tuple(self.nodes[ref.node]["out_shapes"][ref.index])
 
     def is_param(self, ref: Any) -> bool:
-        return isinstance(ref, Ref) and self.graph.nodes[ref.node]["kind"] in ("param", "buffer")
+        return isinstance(ref, Ref) and self.nodes[ref.node]["kind"] in ("param", "buffer")
 
     def param_name(self, ref: Ref) -> str:
         """The parameter's name; ``name[e]`` for slice ``e`` of a stacked parameter, whose
         dims are labelled apart from the other slices' (each expert has its own channels)."""
-        attrs = self.graph.nodes[ref.node]
+        attrs = self.nodes[ref.node]
         if attrs.get("slice") is None:
             return attrs["target"]
         name = f"{attrs['target']}[{attrs['slice']}]"
@@ -139,7 +140,7 @@ class RuleContext:
         found = self.tensors.get(key)
         if found is not None:
             return found
-        attrs = self.graph.nodes[ref.node]
+        attrs = self.nodes[ref.node]
         shape = self.shape(ref)
         if attrs["kind"] in ("param", "buffer"):
             found = {d: self.param_dim(ref, d) for d, n in enumerate(shape) if n > 1}

@@ -32,7 +32,9 @@ class LabelSpace:
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         """Declare ``a[i]`` and ``b[i]`` the same channel (``b`` may broadcast)."""
-        a, b = np.broadcast_arrays(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64))
+        a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+        if a.shape != b.shape:  # broadcast_arrays costs more than the rest of a union
+            a, b = np.broadcast_arrays(a, b)
         if a.size:
             self._left.append(a.ravel())
             self._right.append(b.ravel())

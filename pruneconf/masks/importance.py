@@ -33,6 +33,8 @@ class RankInputs:
     tensors: Mapping[str, torch.Tensor]
     seed: int = 0
     calibration: Calibration | None = None
+    # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans
+    row_scores: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def statistic(self, name: str, group: Group) -> np.ndarray | None:
         """The group's per-channel ``name`` statistic; None where calibration saw none of its channels."""
@@ -64,27 +66,33 @@ def member_rows(m: Member, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
-def _per_channel(group: Group, tensors: Mapping[str, torch.Tensor], roles, fn) -> np.ndarray:
-    """Sum ``fn(slice)`` over member slices, each slice being one index along the member dim."""
+def _per_channel(group: Group, inputs: RankInputs, roles, key: str, fn) -> np.ndarray:
+    """Sum ``fn(slice)`` over member slices, each slice being one index along the member dim.
+
+    ``fn`` runs once per parameter dim and ranking (cached under ``key`` in ``inputs``): a
+    DenseNet layer reads a concatenation of many groups, and scoring its whole weight again
+    for each of them made ranking quadratic in the number of groups."""
     score = np.zeros(group.channels)
     for m in group.members:
-        tensor = tensors.get(m.param)
+        tensor = inputs.tensors.get(m.param)
         if m.role not in roles or tensor is None or not tensor.is_floating_point() or tensor.dim() == 0:
             continue
-        rows = member_rows(m, tensor).float()
-        values = fn(rows).cpu().double().numpy()
+        cached = (key, m.param, m.dim, m.slice)
+        values = inputs.row_scores.get(cached)
+        if values is None:
+            values = inputs.row_scores[cached] = fn(member_rows(m, tensor).float()).cpu().double().numpy()
         np.add.at(score, m.channels, values[m.index])
     return score
 
 
 @metric("l1_norm")
 def l1_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return _per_channel(group, inputs.tensors, (SOURCE, CONSUMER), lambda r: r.abs().sum(1))
+    return _per_channel(group, inputs, (SOURCE, CONSUMER), "l1", lambda r: r.abs().sum(1))
 
 
 @metric("l2_norm")
 def l2_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return np.sqrt(_per_channel(group, inputs.tensors, (SOURCE, CONSUMER), lambda r: r.pow(2).sum(1)))
+    return np.sqrt(_per_channel(group, inputs, (SOURCE, CONSUMER), "l2", lambda r: r.pow(2).sum(1)))
 
 
 @metric("bn_gamma")

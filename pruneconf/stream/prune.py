@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..analysis import total_macs, total_params
-from ..apply import shrink, unsupported_layer
+from ..apply import shrink, unsupported_groups
 from ..apply.attributes import size_attribute_changes
 from ..apply.resize import resizer_for
 from ..apply.shrink import owner
@@ -146,7 +146,7 @@ def plan_streamed(model: nn.Module, inputs: Any, recipe: Recipe, checkpoint: Che
     groups = find_groups(trace(model, inputs))
     check_against(recipe, groups)
     tensors = CheckpointTensors(model, checkpoint)
-    skip = {g.center: why for g in groups.prunable if (why := unsupported_layer(model, [m.param for m in g.members]))}
+    skip = unsupported_groups(model, groups)
     skip.update({g.center: "its layers would read channels a channel shuffle reorders; a streamed prune does not "
                  "reorder columns (prune it in memory)" for g in groups.prunable if g.routing is not None})
     plan = make_plan(model, groups, recipe, skip, tensors=tensors)

@@ -14,6 +14,7 @@ call (:meth:`pruneconf.groups.context.RuleContext.size_attribute`).
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -29,13 +30,20 @@ _LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) + os.sep
 _AT_NODE = re.compile(r" at '([^']*)'")
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_model_code(filename: str) -> bool:
+    """Cached per file name: the trace asks for every frame of every op (an ``abspath``
+    each time cost a third of the analysis on op-heavy models)."""
     return not filename.startswith("<") and not os.path.abspath(filename).startswith(_LIBRARIES)
 
 
+@functools.lru_cache(maxsize=4096)
+def _short_file(filename: str) -> str:
+    return os.sep.join(os.path.abspath(filename).split(os.sep)[-2:])
+
+
 def _short(code: types.CodeType, line: int | None) -> str:
-    parts = os.path.abspath(code.co_filename).split(os.sep)
-    return f"{os.sep.join(parts[-2:])}:{line}"
+    return f"{_short_file(code.co_filename)}:{line}"
 
 
 def caller_line(skip: int = 1) -> str | None:
@@ -79,11 +87,12 @@ def size_attributes(model: nn.Module, paths: set) -> dict[str, dict[str, Any]]:
     """The public int and int-sequence attributes of each module that made a call
     (``self.splits = [240, 240]``, ``self.num_1x1_c``): rules ask whether a constant size
     in a call is one of these, which apply can update (:mod:`pruneconf.apply.attributes`)."""
+    modules = dict(model.named_modules())  # one walk: get_submodule per path cost a tenth of a trace
     out = {}
     for path in paths:
         if path is None:
             continue
-        found = {name: value for name, value in vars(model.get_submodule(path)).items()
+        found = {name: value for name, value in vars(modules[path]).items()
                  if not name.startswith("_") and _is_size(value)}
         if found:
             out[path] = found
