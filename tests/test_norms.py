@@ -345,19 +345,26 @@ def test_per_channel_norms_are_exact():
     assert model.bn3.num_features == model.inorm.num_features == 4 and model.head.in_features == 16
 
 
+class _SplitQKV(nn.Module):
+    def forward(self, t, b, n, c):
+        return t.reshape(b, n, 3, c).unbind(2)
+
+
 class WidthTiedAttention(nn.Module):
-    """Attention-like code that reshapes qkv with the residual width read from a shape, as
-    Swin does: the trace sees plain ints, so shrinking the residual stream breaks it."""
+    """Attention-like code that reshapes qkv with the residual width read from a shape, but
+    in another module call than the one that read it: the trace ties a size to a shape read
+    only within one call (``pruneconf.trace.sizes``), so shrinking the residual stream
+    breaks the shrunk model, and only the dry run can tell."""
 
     def __init__(self, dim: int = 8) -> None:
         super().__init__()
         self.embed, self.norm, self.qkv = nn.Linear(6, dim), nn.LayerNorm(dim), nn.Linear(dim, 3 * dim)
-        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 2)
+        self.split, self.proj, self.head = _SplitQKV(), nn.Linear(dim, dim), nn.Linear(dim, 2)
 
     def forward(self, x):
         y = self.embed(x)
         b, n, c = y.shape
-        q, k, v = self.qkv(self.norm(y)).reshape(b, n, 3, c).unbind(2)
+        q, k, v = self.split(self.qkv(self.norm(y)), b, n, c)
         return self.head(y + self.proj(q * k + v))
 
 
