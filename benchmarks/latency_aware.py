@@ -196,6 +196,14 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _outcome(measured: list[str], missed: list[str], met: str = "met") -> str:
+    """A verdict that never claims a model it did not measure."""
+    if not measured:
+        return "not measured"
+    return f"{met} on all {len(measured)} measured ({', '.join(measured)})" if not missed \
+        else "missed on " + ", ".join(missed)
+
+
 def verdict(rows: list[dict[str, Any]]) -> list[str]:
     one = [r for r in rows if "batch1" in r]
     eight = [r for r in rows if "batch8" in r]
@@ -204,11 +212,11 @@ def verdict(rows: list[dict[str, Any]]) -> list[str]:
     b_fast = [r["model"] for r in one if aware_vs_uniform(r["batch1"]) >= 1.2]
     c = {key: [r["model"] for r in eight if over_mac(r["batch8"][key]) < 0.9]
          for key in ("latency", "latency_macs")}
-    return [f"(a) within +-10 % of {TARGET} at batch 1: {'all' if not a else 'missed on ' + ', '.join(a)}",
-            f"(b) aware >= uniform on every model at batch 1: {'yes' if not b_slower else 'no: ' + ', '.join(b_slower)}"
+    first, eighth = [r["model"] for r in one], [r["model"] for r in eight]
+    return [f"(a) within +-10 % of {TARGET} at batch 1: {_outcome(first, a)}",
+            f"(b) aware >= uniform at batch 1: {_outcome(first, b_slower)}"
             f"; >= 1.2x on {len(b_fast)} ({', '.join(b_fast) or 'none'})",
-            *(f"(c) measured >= 0.9 x MAC-predicted at batch 8, {label}: "
-              f"{'all' if not c[key] else 'missed on ' + ', '.join(c[key])}"
+            *(f"(c) measured >= 0.9 x MAC-predicted at batch 8, {label}: {_outcome(eighth, c[key])}"
               for key, label in (("latency", "plan A"), ("latency_macs", "aware at 0.5 MACs")))]
 
 
