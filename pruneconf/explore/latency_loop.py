@@ -19,7 +19,6 @@ machine's table with another machine's timings would be neither.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import statistics
@@ -32,7 +31,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..groups import ChannelGroups
 from ..masks import PruningPlan
-from .latency_measure import device_name, model_ms, place_inputs, place_model
+from .latency_measure import device_name, model_ms, place_inputs, place_model, placed_shrunk
 from .latency_plan import LatencyPlan
 from .latency_table import LatencyTable, Setup
 
@@ -78,15 +77,10 @@ class WholeModelTimer:
         self.inputs = place_inputs(inputs, setup)
 
     def __call__(self, kept: Mapping[str, int]) -> float:
-        from ..apply import shrink
-
         plan = PruningPlan(self.groups, {c: np.arange(k) for c, k in kept.items()
                                          if k < self.groups[c].channels}, {})
-        pruned = copy.deepcopy(self.model)
         try:
-            shrink(pruned, plan, log_changes=False)
-            placed = place_model(pruned, self.setup)
-            del pruned
+            placed = placed_shrunk(self.model, plan, self.setup)
             ratios = []
             for _ in range(self.rounds):
                 dense = model_ms(self.dense, self.inputs, self.setup, self.min_run_time, self.statistic)

@@ -112,8 +112,23 @@ def _place(x: torch.Tensor, setup: Setup) -> torch.Tensor:
 
 def place_model(model: nn.Module, setup: Setup) -> nn.Module:
     """An eval-mode copy of ``model`` on the setup's device, dtype and memory format."""
+    return _placed(copy.deepcopy(model), setup)
+
+
+def placed_shrunk(model: nn.Module, plan: PruningPlan, setup: Setup) -> nn.Module:
+    """A copy of ``model`` shrunk by ``plan`` and placed as :func:`place_model` places it, for
+    timing only (``Pruner.apply_masks`` is what verifies a prune): one copy, shrunk, then moved."""
+    from ..apply import shrink
+
+    pruned = copy.deepcopy(model)
+    shrink(pruned, plan, log_changes=False)
+    return _placed(pruned, setup)
+
+
+def _placed(model: nn.Module, setup: Setup) -> nn.Module:
+    """``model`` itself moved to the setup's device, dtype and memory format, in eval mode."""
     fmt = torch.channels_last if setup.layout == "channels_last" else torch.preserve_format
-    return copy.deepcopy(model).to(device=setup.device, dtype=DTYPES[setup.dtype], memory_format=fmt).eval()
+    return model.to(device=setup.device, dtype=DTYPES[setup.dtype], memory_format=fmt).eval()
 
 
 def place_inputs(inputs: Any, setup: Setup) -> Any:
@@ -249,11 +264,7 @@ def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,
                  min_run_time: float = 0.5, statistic: str = "median") -> tuple[float, float]:
     """Measured milliseconds of the dense model and of a copy shrunk by ``plan`` (timing only:
     ``Pruner.apply_masks`` is what verifies a prune), alternating three times, medians."""
-    from ..apply import shrink
-
-    pruned = copy.deepcopy(model)
-    shrink(pruned, plan, log_changes=False)
-    placed = [place_model(m, setup) for m in (model, pruned)]
+    placed = [place_model(model, setup), placed_shrunk(model, plan, setup)]
     args = place_inputs(inputs, setup)
     rounds = [[model_ms(m, args, setup, min_run_time / 3, statistic) for m in placed] for _ in range(3)]
     return tuple(float(np.median([r[i] for r in rounds])) for i in range(2))  # type: ignore[return-value]
