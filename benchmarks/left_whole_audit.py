@@ -8,7 +8,10 @@ calibrated on the example (only the norms in train mode for detectors, which wan
 in train mode), and pruned with ``Pruner(model, x, {"sparsity": 0.5}).apply_masks()``, which
 checks masked ≡ applied. MACs are ``pruneconf.analysis.total_macs`` of the traced model
 before and after. Groups left whole are ``helpers.left_whole``'s: not prunable (the first
-reason), skipped, dropped by the dry run, or too small. A model that fails is a row too,
+reason), skipped, dropped by the dry run, or too small, each with the line of the model's
+code it happened at when the trace knows it. Groups pruned by less than asked (more than 55 %
+of their channels kept: whole heads, a share the dry run settled on) are listed too, with the
+lines that fix their step (``helpers.pruned_less``). A model that fails is a row too,
 first in the table, and makes the exit status 1.
 
     PYTHONPATH=$PWD python benchmarks/left_whole_audit.py                       # everything (hours here)
@@ -33,7 +36,7 @@ import torchvision
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from helpers import calibrated, left_whole  # noqa: E402
+from helpers import calibrated, left_whole, pruned_less  # noqa: E402
 from pruneconf import Pruner, trace  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.recipe import write_atomic  # noqa: E402
@@ -75,6 +78,7 @@ class Row:
     macs: int = 0
     groups: int = 0
     whole: dict[str, str] = dataclasses.field(default_factory=dict)
+    less: dict[str, str] = dataclasses.field(default_factory=dict)  # pruned, but by less than asked
     error: str = ""
     seconds: float = 0.0
 
@@ -87,7 +91,8 @@ def audit(entry: Entry) -> Row:
     pruner = Pruner(model, x, {"sparsity": 0.5})
     pruner.apply_masks()  # raises VerificationError unless masked == applied
     after = total_macs(trace(model, x))
-    return Row(entry, 1 - after / before, before, len(pruner.groups), left_whole(pruner))
+    return Row(entry, 1 - after / before, before, len(pruner.groups), left_whole(pruner, lines=True),
+               pruned_less(pruner, 0.5))
 
 
 def reasons_cell(whole: dict[str, str]) -> str:
@@ -100,15 +105,22 @@ def reasons_cell(whole: dict[str, str]) -> str:
                      for reason, groups in ordered) or "-"
 
 
+def less_cell(less: dict[str, str]) -> str:
+    """Every group pruned by less than asked, with how many channels it keeps and why."""
+    return "; ".join(f"`{group}` {why}" for group, why in less.items()) or "-"
+
+
 def table(rows: list[Row]) -> str:
     rows = sorted(rows, key=lambda r: (r.cut is not None, r.cut or 0.0, r.entry.name))
     cells = [[r.entry.name, r.entry.source, f"{r.macs / 1e6:,.1f}M" if r.macs else "-",
               f"{100 * r.cut:.1f}%" if r.cut is not None else "FAILED",
               str(r.groups) if r.cut is not None else "-", str(len(r.whole)) if r.cut is not None else "-",
-              reasons_cell(r.whole) if r.cut is not None else r.error]
+              reasons_cell(r.whole) if r.cut is not None else r.error,
+              less_cell(r.less) if r.cut is not None else "-"]
              for r in rows]
-    headers = ["model", "source", "MACs", "MACs cut at 0.5", "groups", "left whole", "groups left whole, by reason"]
-    return format_table(headers, cells, numeric=[False, False, True, True, True, True, False])
+    headers = ["model", "source", "MACs", "MACs cut at 0.5", "groups", "left whole", "groups left whole, by reason",
+               "groups pruned less than asked"]
+    return format_table(headers, cells, numeric=[False, False, True, True, True, True, False, False])
 
 
 def chosen(args: argparse.Namespace) -> list[Entry]:

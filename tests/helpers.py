@@ -19,6 +19,7 @@ from pruneconf import Pruner, find_groups, trace
 from pruneconf.analysis import total_macs, total_params
 from pruneconf.groups import ChannelGroups
 from pruneconf.groups.context import CONSUMER
+from pruneconf.groups.explain import coarse_steps
 from pruneconf.masks.norms import attach_masked_norms, masked_norms
 from pruneconf.masks.plan import PruningPlan
 from pruneconf.masks.stats import attach_masked_statistics, masked_statistics
@@ -195,25 +196,48 @@ def short_reason(reason: str) -> str:
     return reason
 
 
-def left_whole(pruner: Pruner) -> dict[str, str]:
+def left_whole(pruner: Pruner, lines: bool = False) -> dict[str, str]:
     """Every group that kept all its channels, with why: its ``reasons`` when it is not
     prunable, ``Pruner.skipped()`` when pruneconf cannot shrink it yet, ``Pruner.dropped``
-    when the dry run saw shrinking it break the model's code, or too few channels."""
+    when the dry run saw shrinking it break the model's code, or too few channels. With
+    ``lines``, each reason ends with the line of the model's code it happened at, when known."""
     kept = pruner.plan().kept
     skipped = pruner.skipped()
+    graph = pruner.groups.graph
     why = {}
     for g in pruner.groups:
         if g.center in kept:
             continue
         if not g.prunable:
-            why[g.center] = short_reason(g.reasons[0])
+            why[g.center] = short_reason(g.reasons[0]) + (_model_line(g.reasons[0], graph) if lines else "")
         elif g.center in skipped:
             why[g.center] = short_reason(skipped[g.center]).split(":")[0]
         elif g.center in pruner.dropped:
-            why[g.center] = "shrinking it breaks the model's code"
+            failed = re.search(r"fails to run at (\S+\.py:\d+)", pruner.dropped[g.center])
+            why[g.center] = "shrinking it breaks the model's code" + (f" ({failed.group(1)})" if lines and failed else "")
         else:
             why[g.center] = "too few channels to drop one at this sparsity"
     return why
+
+
+def _model_line(reason: str, graph) -> str:
+    """`` (dir/file.py:line)``: the model line of the op a reason names (``at 'node'``), or ""."""
+    node = re.search(r" at '([^']*)'", reason)
+    where = graph.nodes[node.group(1)].get("where") if node and node.group(1) in graph else None
+    return f" ({where})" if where else ""
+
+
+def pruned_less(pruner: Pruner, sparsity: float, slack: float = 0.05) -> dict[str, str]:
+    """Groups pruned, but keeping more than ``1 - sparsity`` of their channels by more than
+    ``slack`` (whole heads, a share the dry run settled on): ``"keeps 2 of 3; 3 channels of
+    64 columns: whole heads, split at ..."``, with the lines of the model's code that fix the step."""
+    out = {}
+    for center, idx in pruner.plan().kept.items():
+        group = pruner.groups[center]
+        if len(idx) / group.channels > 1 - sparsity + slack:
+            steps = coarse_steps(group, pruner.groups.graph)
+            out[center] = f"keeps {len(idx)} of {group.channels}" + (f"; {steps}" if steps else "")
+    return out
 
 
 def check_pruning(model: nn.Module, x, pin: str, groups: ChannelGroups | None = None,

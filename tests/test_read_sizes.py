@@ -85,3 +85,33 @@ def test_a_width_passed_from_an_attribute_is_left_to_apply():
     assert groups["embed"].channels == 32
     prune_exactly(model, x)
     assert model.embed.out_features == 16 and model.attn[0].attn_dim == model.attn[0].qkv.out_features // 3
+
+
+def test_a_group_of_whole_heads_names_the_lines_that_fix_its_step():
+    """At 0.5 a stream tied to 3 heads keeps 2 of 3: pruned by less than asked, and
+    ``coarse_steps`` says why, with this file's lines (the heads' split, the width read)."""
+    from pruneconf.groups.explain import channel_width, coarse_steps
+
+    torch.manual_seed(0)
+    model, x = Encoder(attribute=False, dim=24, heads=3), example()
+    groups = analyse(model, x)
+    stream = groups["embed"]
+    assert (stream.channels, channel_width(stream)) == (3, 8)
+    text = coarse_steps(stream, groups.graph)
+    assert text.startswith("3 channels of 8 columns: whole heads, split at tests/test_read_sizes.py:")
+    assert "a width read from a shape and reshaped to at tests/test_read_sizes.py:" in text
+    assert coarse_steps(groups["mlp.0.0"], groups.graph) == ""  # one column per channel, nothing noted
+
+
+def test_show_lists_the_groups_that_lose_whole_blocks(tmp_path, capsys):
+    from pruneconf.cli import main
+
+    net = tmp_path / "net.py"
+    net.write_text("from test_read_sizes import Encoder\n\n\ndef build():\n"
+                   "    return Encoder(attribute=False, dim=24, heads=3)\n")
+    recipe = tmp_path / "recipe.yaml"
+    assert main(["init", f"{net}:build", "--input-shape", "2,6,8", "-o", str(recipe)]) == 0
+    assert main(["show", "--check", str(recipe), "--model", f"{net}:build"]) == 0
+    text = capsys.readouterr().out
+    assert "Groups that lose whole blocks" in text
+    assert "  embed: 3 channels of 8 columns: whole heads, split at tests/test_read_sizes.py:" in text

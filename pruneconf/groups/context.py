@@ -27,6 +27,8 @@ FOLLOWER = "follower"  # per-channel parameters that follow a channel (norms, bi
 
 # Note kinds.
 CHANNEL_STATS = "channel_stats"  # normalised by statistics across channels (LayerNorm/RMSNorm)
+WHOLE_HEADS = "whole_heads"  # each channel is a whole head a split reshape cut (q·k contracts it)
+SIZE_READ = "size_read"  # a width the model's code read from this tensor's shape and reshaped to
 
 
 @dataclasses.dataclass(frozen=True)

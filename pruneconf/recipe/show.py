@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Sequence
 
+from ..groups.explain import channel_width, coarse_steps
 from ..table import format_table
 from ..trace.where import located
 from .generate import SUMMARY_MARK
@@ -84,6 +85,11 @@ def show_traced(recipe: Recipe, groups) -> str:
              f"{macs:,} MACs, {params:,} params")
     text = _table(recipe, rows, [f"{g.center} ({g.channels} ch): {'; '.join(located(r, graph) for r in g.reasons[:3])}"
                                  for g in groups if not g.prunable], title)
+    coarse = [f"  {g.center}: {steps}" for g in groups.prunable
+              if channel_width(g) > 1 and (steps := coarse_steps(g, graph))]
+    if coarse:
+        text += ("\n\nGroups that lose whole blocks (a sparsity rounds to whole blocks; the lines fix the "
+                 "block):\n" + "\n".join(coarse))
     unknown = [k for k in recipe.sparsity if k not in groups.by_center or not groups[k].prunable]
     if unknown:
         text += "\n\nRecipe groups the model does not have as prunable groups: " + ", ".join(unknown)

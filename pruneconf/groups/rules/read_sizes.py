@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..context import RuleContext, TensorLabels
+from ..context import SIZE_READ, RuleContext, TensorLabels
 
 
 def couple_read_sizes(ctx: RuleContext, out: TensorLabels) -> None:
@@ -29,6 +29,7 @@ def couple_read_sizes(ctx: RuleContext, out: TensorLabels) -> None:
         reads = [lab2 for ref, d in sources if (lab2 := ctx.labels(ref).get(d)) is not None and lab2.size == lab.size]
         if reads and all(np.array_equal(r, reads[0]) for r in reads[1:]):
             ctx.union(_interleaved(lab), reads[0])
+            ctx.note(reads[0], SIZE_READ)
 
 
 def _interleaved(lab: np.ndarray) -> np.ndarray:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..context import RuleContext, TensorLabels
+from ..context import WHOLE_HEADS, RuleContext, TensorLabels
 from ..registry import register, unsupported
 from .common import as_dims, block_dims, block_union, fresh_blocked, keep_dims, norm_dim, position_union
 from .shuffle import follow_shuffle_view
@@ -133,6 +133,8 @@ def relabel_reshape(ctx: RuleContext, labels: TensorLabels, src: Sequence[int],
             moved = np.moveaxis(grid, axis, -1).reshape(-1, grid.shape[axis])
             out[gj[axis]] = position_union(ctx, moved.ravel(), moved.shape[0])
             ctx.splits.setdefault(int(out[gj[axis]][0]), []).append(ctx.node)
+            if ctx.node in ctx.whole_blocks:
+                ctx.note(out[gj[axis]], WHOLE_HEADS)
         else:
             out[gj[axis]] = grid[tuple(slice(None) if a == axis else 0 for a in range(grid.ndim))].copy()
     return out
