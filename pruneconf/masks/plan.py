@@ -74,11 +74,20 @@ class PruningPlan:
                 out[(m.param, m.dim)] = order
         return out
 
+    def _kept_bits(self, group: Group) -> np.ndarray | None:
+        """Which of ``group``'s channels the plan keeps, as a lookup table (``np.isin`` sorted
+        every time), or None when the plan does not prune it."""
+        kept = self.kept.get(group.center)
+        if kept is None:
+            return None
+        bits = np.zeros(group.channels, dtype=bool)
+        bits[kept] = True
+        return bits
+
     def _keeps_of(self, group: Group) -> list:
         """``(member, kept bits of its channels)`` for a group the plan prunes, computed once."""
         if group.center not in self._member_keeps:
-            bits = np.zeros(group.channels, dtype=bool)
-            bits[self.kept[group.center]] = True  # a lookup table: np.isin per member sorted each time
+            bits = self._kept_bits(group)
             self._member_keeps[group.center] = [(m, bits[m.channels]) for m in group.members]
         return self._member_keeps[group.center]
 
@@ -89,10 +98,10 @@ class PruningPlan:
         for dim, (group_index, channel) in self.groups.channel_map(node, index).items():
             keep = np.ones(len(group_index), dtype=bool)
             for gi in np.unique(group_index[group_index >= 0]).tolist():
-                kept = self.kept.get(self.groups.groups[gi].center)
-                if kept is not None:
+                bits = self._kept_bits(self.groups.groups[gi])
+                if bits is not None:
                     at = group_index == gi
-                    keep[at] = np.isin(channel[at], kept)
+                    keep[at] = bits[channel[at]]
             out[dim] = keep
         return out
 
