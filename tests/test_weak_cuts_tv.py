@@ -7,13 +7,16 @@ each mechanism on a small hand-written module, pruned exactly (masked ≡ applie
   both left whole when that head dim could prune on its own;
 * a single head kept whole as one channel, not split along q/k/v (MViT's first block);
 * split sizes held one by one in the attributes of the module or its parts (RAFT's
-  hidden state and context).
+  hidden state and context), each piece keeping its own share.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pruneconf.recipe.load import Recipe, Settings
 
 from helpers import analyse, assert_no_influence, prune_exactly
 
@@ -150,8 +153,64 @@ def test_split_sizes_held_by_a_part_of_the_module_follow_the_channels():
     pruned = prune_exactly(model, x)
     assert not pruned.pruner.dropped
     kept = pruned.pruner.plan().kept["context_encoder"]
-    assert model.update_block.hidden_state_size == int((kept < 12).sum()) < 12
-    assert 0 < model.context_encoder.out_channels - model.update_block.hidden_state_size  # pinned: never empty
+    assert model.update_block.hidden_state_size == int((kept < 12).sum()) == 6  # each piece its half
+    assert model.context_encoder.out_channels - model.update_block.hidden_state_size == 4
+
+
+def quiet_context(hidden: int, context: int) -> SplitContext:
+    """A split whose context channels all score below every hidden one: ranked as one group,
+    the context would lose every channel."""
+    model = SplitContext(hidden, context)
+    with torch.no_grad():
+        model.context_encoder.weight[hidden:] *= 1e-3
+        model.update_block.gru.weight[:, hidden:] *= 1e-3
+    return model
+
+
+@pytest.mark.parametrize("mode", ["uniform", "global"])
+def test_each_held_piece_keeps_its_own_share(mode):
+    torch.manual_seed(0)
+    model, x = quiet_context(12, 8), torch.randn(2, 3, 8, 8)
+    pieces = analyse(model, x)["context_encoder"].pieces
+    assert pieces.tolist() == [0] * 12 + [1] * 8
+    pruned = prune_exactly(model, x, Recipe(path="<test>", settings=Settings(default_sparsity=0.5, mode=mode),
+                                            sparsity={}))
+    assert not pruned.pruner.dropped
+    hidden = model.update_block.hidden_state_size
+    assert (hidden, model.context_encoder.out_channels - hidden) == (6, 4)
+
+
+def test_a_held_piece_is_never_emptied():
+    torch.manual_seed(0)
+    model, x = quiet_context(12, 8), torch.randn(2, 3, 8, 8)
+    pruned = prune_exactly(model, x, {"sparsity": 0.95})
+    assert not pruned.pruner.dropped
+    assert (model.update_block.hidden_state_size, model.context_encoder.out_channels) == (1, 2)
+
+
+class TwoSplits(nn.Module):
+    """One conv's output split twice, at two held sizes: three cells, 6, 6 and 8 channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.head = 12, 6
+        self.conv = nn.Conv2d(3, 20, 3, padding=1)
+        self.a, self.b = nn.Conv2d(20, 4, 1), nn.Conv2d(20, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        p, q = torch.split(y, [self.first, y.shape[1] - self.first], 1)
+        r, s = torch.split(y, [self.head, y.shape[1] - self.head], 1)
+        return self.a(torch.cat([torch.tanh(p), F.relu(q)], 1)) + self.b(torch.cat([F.relu(r), torch.sigmoid(s)], 1))
+
+
+def test_two_splits_of_one_group_keep_the_share_of_every_cell_they_agree_on():
+    torch.manual_seed(0)
+    model, x = TwoSplits(), torch.randn(2, 3, 8, 8)
+    assert analyse(model, x)["conv"].pieces.tolist() == [0] * 6 + [1] * 6 + [2] * 8
+    pruned = prune_exactly(model, x)
+    assert not pruned.pruner.dropped
+    assert (model.head, model.first, model.conv.out_channels) == (3, 6, 10)
 
 
 def test_equal_held_pieces_shrink_alike():

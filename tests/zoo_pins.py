@@ -106,6 +106,8 @@ PINS = {
         'aux_classifier.4': 'reaches the model output',
     }),
     'segmentation:lraspp_mobilenet_v3_large': (0.72, {'classifier.low_classifier': 'reaches the model output'}),
+    'optical_flow:raft_large': (0.73, {'feature_encoder.conv': "contracted by 'matmul' between two activations", 'update_block.flow_head.conv2': 'channels of unknown origin', 'mask_predictor.conv': 'reaches the model output'}),
+    'optical_flow:raft_small': (0.71, {'feature_encoder.conv': "contracted by 'matmul' between two activations", 'update_block.flow_head.conv2': 'channels of unknown origin'}),
     'timm:convnext_atto': (0.73, {'head.fc': 'reaches the model output'}),
     'timm:cspresnet50': (0.74, {'head.fc': 'reaches the model output'}),
     'timm:deit_tiny_patch16_224': (0.71, {'head': 'reaches the model output'}),

@@ -73,6 +73,7 @@ class RuleContext:
         self.roles: dict[tuple[str, int, str], Role] = {}
         self.notes: list[Note] = []
         self.pins: list[tuple[np.ndarray, str]] = []  # channels that must be kept, with why
+        self.shares: list[list[np.ndarray]] = []  # pieces that each keep their own share (``share``)
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
         # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
         self.deferred: list[Callable[[np.ndarray], None]] = []
@@ -200,6 +201,12 @@ class RuleContext:
         labels = np.asarray(labels, dtype=np.int64).ravel()
         if labels.size:
             self.pins.append((labels, f"{reason} at '{self.node}'"))
+
+    def share(self, pieces: list[np.ndarray]) -> None:
+        """Have each of ``pieces`` (labels) keep its own share of its group's kept channels,
+        at least one, ranked within itself: sections of a split that the model sizes one by
+        one, where ranking them as one could empty a piece (see :mod:`.pieces`)."""
+        self.shares.append([np.asarray(p, dtype=np.int64).ravel() for p in pieces])
 
     def block_tensor(self, labels: TensorLabels, reason: str, dims: Iterable[int] | None = None) -> None:
         for d in (labels if dims is None else dims):

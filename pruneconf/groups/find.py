@@ -19,6 +19,7 @@ from .._gc import paused_gc
 from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
 from .labels import connected_roots
+from .pieces import piece_cells
 from .registry import rule_for, unsupported
 from .routes import SHUFFLE, Routing, Step, build_routing
 from .stacks import check_coverage, expert_blocks, stack_links
@@ -72,6 +73,8 @@ class Group:
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op
     routing: Routing | None = None  # channels moved by a channel shuffle: which to keep, in
     #                                 which order each member sees them (see :mod:`.routes`)
+    pieces: np.ndarray | None = None  # sections of a split sized one by one: the cell of each
+    #                                   channel; each cell keeps its own share (see :mod:`.pieces`)
 
     @property
     def experts(self) -> int:
@@ -334,6 +337,9 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> tuple[C
         if r.param in ctx.slices:
             slice_sources.setdefault(c, []).append((ctx.slices[r.param][1], channel_of_root[rl]))
     _pin_channels(ctx.pins, comp, roots, channel_of_root, by_comp)
+    widths = {c: g.channels for c, g in by_comp.items()}
+    for c, cells in piece_cells(ctx.shares, comp, roots, channel_of_root, widths).items():
+        by_comp[c].pieces = cells
     for c, group in by_comp.items():
         group.blocks, why = expert_blocks(group.channels, slice_sources.get(c, []))
         if why:

@@ -14,16 +14,34 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
     first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
     its own best (see :mod:`pruneconf.groups.stacks`). Channels a shuffle moves keep as many
     of each path through the shrunk model as it sends down it (:mod:`pruneconf.groups.routes`).
+    Pieces of a split sized one by one keep their own share each (:func:`share_of_each_piece`).
     """
     importance = np.asarray(importance, dtype=np.float64).copy()
     if group.routing is not None:
         return group.routing.choose(importance, keep)
     importance[group.pinned] = np.inf
+    if group.pieces is not None and group.blocks is None:
+        return share_of_each_piece(group, importance, keep)
     if group.blocks is None:
         return np.sort(np.argsort(-importance, kind="stable")[:keep])
     per = max(1, round(keep / group.experts))
     chosen = [np.flatnonzero(group.blocks == e)[np.argsort(-importance[group.blocks == e], kind="stable")[:per]]
               for e in range(group.experts)]
+    return np.sort(np.concatenate(chosen))
+
+
+def share_of_each_piece(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+    """The best channels of every cell of ``group.pieces``, sorted: ``keep / channels`` of
+    each cell, rounded half up, at least one (model code may refuse an empty piece) and at
+    least its pinned channels. The total may differ from ``keep`` by the rounding, and a
+    cell's count is not rounded to ``round_to``: each piece is its own size in the model."""
+    share = keep / group.channels
+    chosen = []
+    for cell in range(int(group.pieces.max()) + 1):
+        members = np.flatnonzero(group.pieces == cell)
+        pinned = int(np.isin(members, group.pinned).sum())
+        count = max(1, pinned, int(np.floor(share * len(members) + 0.5)))
+        chosen.append(members[np.argsort(-importance[members], kind="stable")[:count]])
     return np.sort(np.concatenate(chosen))
 
 
@@ -36,4 +54,4 @@ def group_keep(group: Group, sparsity: float, round_to: int) -> int:
     return per * group.experts + pinned
 
 
-__all__ = ["group_keep", "top_channels"]
+__all__ = ["group_keep", "share_of_each_piece", "top_channels"]

@@ -53,16 +53,17 @@ def held_piece_labels(ctx: RuleContext, lab: np.ndarray, sizes: Sequence[int],
     """The pieces' labels of a split whose sizes are held one by one, or None when each piece
     keeps its own channels (always so for a list held by one attribute).
 
-    Its pieces are ranked as one group, so one could lose all its channels, and model code
-    that computes a size as what is left checks it is not empty (RAFT: "The context encoder
-    outputs ... channels, but it should have at strictly more than hidden_state"): the first
-    channel of every piece is kept. Equal sizes (raft_large's 128 and 128) cannot tell apply
-    which piece an attribute holds, so the pieces are coupled position by position and
-    shrink alike, as ``chunk``'s do.
+    The pieces of one conv's output are one group, and ranked as one, one piece could keep
+    most of the channels and another none, while model code that computes a size as what is
+    left checks it is not empty (RAFT: "The context encoder outputs ... channels, but it
+    should have at strictly more than hidden_state"): each piece keeps its own share, at
+    least one channel (:mod:`pruneconf.groups.pieces`). Equal sizes (raft_large's 128 and
+    128) cannot tell apply which piece an attribute holds, so the pieces are coupled
+    position by position and shrink alike, as ``chunk``'s do.
     """
     if ctx.size_attribute(sections) is not None:
         return None
     if len(set(sizes)) == 1:
         return [position_union(ctx, lab, len(sizes))] * len(sizes)
-    ctx.pin(lab[np.cumsum([0, *sizes[:-1]])], "the first channel of each piece of a split")
+    ctx.share(np.split(lab, np.cumsum(sizes[:-1])))
     return None
