@@ -14,7 +14,10 @@ default 1 and 8), through the CLI users run:
 2. three recipes with ``pruneconf init --input-shape B,3,224,224``: ``--target-latency 0.5
    --latency-table`` (plan A; the closed loop measures and corrects it on this machine, at
    this batch, ``--refine`` corrections at most), ``--target-macs 0.5`` (the uniform MAC
-   plan) and ``--target-macs 0.5 --latency-table`` (the latency-aware plan at the same MACs);
+   plan) and ``--target-macs 0.5 --latency-table`` (the latency-aware plan at the same MACs;
+   the tool times it against the uniform plan and keeps the faster: the row says which);
+   both tool runs time whole models the way step 4 does (``--latency-run-time`` is
+   ``--min-run-time``; the loop's rounds are ``--rounds``' default);
 3. each recipe prunes a copy with ``Pruner.apply_masks()``, which verifies masked == applied;
 4. dense and pruned copies are timed alternately (``--rounds``, medians of
    ``torch.utils.benchmark`` blocks and of the per-round ratios; ``--statistic min`` takes
@@ -52,7 +55,9 @@ from analysis_speed import others_cpu_s  # noqa: E402  (the sibling benchmark)
 import pruneconf  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
 from pruneconf.cli import main as cli  # noqa: E402
-from pruneconf.explore.latency_measure import model_ms, place_inputs, place_model  # noqa: E402
+from pruneconf.explore.latency_loop import ROUNDS, RUN_TIME  # noqa: E402
+from pruneconf.explore.latency_measure import alternate, median_ratio as round_median, model_ms  # noqa: E402
+from pruneconf.explore.latency_measure import place_inputs, place_model  # noqa: E402
 from pruneconf.explore.latency_table import Setup, read_tables  # noqa: E402
 from pruneconf.recipe.load import load_recipe  # noqa: E402
 
@@ -85,31 +90,36 @@ def pick_layout(model: torch.nn.Module, batch: int, args: argparse.Namespace, ta
     return min(times, key=times.get)
 
 
-def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> torch.nn.Module:
+def pruned_copy(model: torch.nn.Module, x: torch.Tensor, recipe: str) -> tuple[torch.nn.Module, dict[str, int]]:
     """Traced in train mode, as `pruneconf init` traced it (stochastic depth adds ops there, and
-    the recipe's fingerprint must match); ``apply_masks`` verifies masked == applied in eval mode."""
+    the recipe's fingerprint must match); ``apply_masks`` verifies masked == applied in eval mode.
+    Also the kept channel counts per group (two recipes with the same counts are one model)."""
     pruned = copy.deepcopy(model).train()
-    pruneconf.Pruner(pruned, x, load_recipe(recipe)).apply_masks()  # raises unless masked == applied
-    return pruned.eval()
+    pruner = pruneconf.Pruner(pruned, x, load_recipe(recipe))
+    counts = {center: len(kept) for center, kept in pruner.plan().kept.items()}
+    pruner.apply_masks()  # raises unless masked == applied
+    return pruned.eval(), counts
 
 
 def time_pair(dense: torch.nn.Module, pruned: torch.nn.Module, batch: int, layout: str,
               args: argparse.Namespace) -> dict[str, float]:
     """Dense ms, pruned ms and their ratio, timed alternately over ``--rounds`` (medians of the
     per-round ratios, or with ``--statistic min`` the minimum of each over all rounds), and
-    the cores other processes used meanwhile."""
+    the cores other processes used meanwhile. The rounds are the closed loop's own routine
+    (``alternate``), with its rounds and seconds per timing unless ``--rounds`` or
+    ``--min-run-time`` say otherwise (``--min-run-time`` is passed to the loop too)."""
     setup = Setup("cpu", "float32", batch, args.threads, layout)
     x = place_inputs(torch.randn(batch, 3, 224, 224), setup)
     placed = [place_model(m, setup) for m in (dense, pruned)]
     wall, others = time.perf_counter(), others_cpu_s()
-    rounds = [[model_ms(m, x, setup, args.min_run_time, args.statistic) for m in placed] for _ in range(args.rounds)]
+    rounds = alternate(placed, x, setup, args.rounds, args.min_run_time, args.statistic)
     contention = max(0.0, (others_cpu_s() - others) / (time.perf_counter() - wall))
     if args.statistic == "min":  # the least disturbed of all rounds, for each model
         dense_ms, pruned_ms = min(r[0] for r in rounds), min(r[1] for r in rounds)
         ratio = pruned_ms / dense_ms
     else:
         dense_ms, pruned_ms = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
-        ratio = statistics.median(r[1] / r[0] for r in rounds)
+        ratio = round_median(rounds, 1)
     return {"dense_ms": dense_ms, "pruned_ms": pruned_ms, "ratio": ratio, "others_cores": contention,
             "rounds": rounds}
 
@@ -127,24 +137,25 @@ def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Na
             + (["--channels-last"] if layout == "channels_last" else []))
     out: dict[str, Any] = {"layout": layout, "table_s": time.perf_counter() - started,
                            "load_before": os.getloadavg()}
-    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table),
-                           "--latency-refine", str(args.refine)],
+    loop = ["--latency-refine", str(args.refine), "--latency-run-time", str(args.min_run_time)]
+    recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table), *loop],
                "uniform_macs": ["--target-macs", str(TARGET)],
-               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table)]}
+               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table), *loop]}
     macs_dense = total_macs(pruneconf.trace(model, x))
     for key, extra in recipes.items():
         path = work / f"{name}-{batch}-{key}.yaml"
         started = time.perf_counter()
         run_cli(["-q", "init", spec, "--input-shape", shape, "-o", str(path), *extra])
         planned = time.perf_counter() - started
-        pruned = pruned_copy(model, x, str(path))
+        pruned, counts = pruned_copy(model, x, str(path))
         recorded = load_recipe(path).settings.latency_table or {}
         macs = total_macs(pruneconf.trace(pruned, x)) / macs_dense
         timing = time_pair(model, pruned, batch, layout, args)
         timing["mac_speedup"] = 1 / macs
         timing["measured_over_mac"] = (1 / timing["ratio"]) / timing["mac_speedup"]
         out[key] = {"macs": macs, "predicted": recorded.get("predicted"), "loop_measured": recorded.get("measured"),
-                    "loop_history": recorded.get("history"), "plan_s": planned, **timing}
+                    "loop_history": recorded.get("history"), "kept_plan": recorded.get("kept_plan"),
+                    "counts": counts, "plan_s": planned, **timing}
     out["load_after"] = os.getloadavg()
     return out
 
@@ -163,13 +174,27 @@ def bench_model(name: str, args: argparse.Namespace, work: Path,
 
 def median_ratio(timing: dict[str, Any]) -> float:
     """The median of the per-round pruned / dense ratios (each round timed both back to back)."""
-    return statistics.median(p / d for d, p in timing["rounds"])
+    return round_median(timing["rounds"], 1)
 
 
 def aware_vs_uniform(part: dict[str, Any]) -> float:
     """Speed of the latency-aware plan over the uniform one at the same MACs: each pruned model's
-    time over the dense model's in its own session, so a load change between sessions cancels."""
-    return median_ratio(part["uniform_macs"]) / median_ratio(part["latency_macs"])
+    time over the dense model's in its own session, so a load change between sessions cancels.
+    Where the tool kept the uniform plan (same counts: the same model) it is 1 by construction."""
+    aware, uniform = part["latency_macs"], part["uniform_macs"]
+    if aware.get("counts") is not None and aware.get("counts") == uniform.get("counts"):
+        return 1.0
+    return median_ratio(uniform) / median_ratio(aware)
+
+
+def kept_plan(part: dict[str, Any]) -> str:
+    """Which plan ``--target-macs --latency-table`` kept, with what its own timing measured."""
+    recorded = part["latency_macs"]
+    plan = recorded.get("kept_plan")
+    if plan is None:
+        return ""
+    measured = recorded.get("loop_measured")
+    return f" ({plan})" if measured is None else f" ({plan}, tool measured {measured:.3f})"
 
 
 def over_mac(timing: dict[str, Any]) -> float:
@@ -180,7 +205,8 @@ def over_mac(timing: dict[str, Any]) -> float:
 def render(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | batch | layout | (a) plan A measured / dense, target 0.50: median of rounds (minima) "
              "| loop measured "
-             "| table predicted | MACs left | (b) aware vs uniform at 0.5 MACs | (c) measured / MAC-predicted "
+             "| table predicted | MACs left | (b) aware vs uniform at 0.5 MACs (plan the tool kept) "
+             "| (c) measured / MAC-predicted "
              "speedup: plan A | aware at 0.5 MACs | uniform at 0.5 MACs | others' cores | load |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -189,7 +215,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             a = b["latency"]
             loop = "" if not isinstance(a.get("loop_measured"), (int, float)) else f"{a['loop_measured']:.3f}"
             lines.append(f"| {r['model']} | {key[5:]} | {b['layout']} | {median_ratio(a):.3f} ({a['ratio']:.3f}) | "
-                         f"{loop} | {a['predicted']:.3f} | {a['macs']:.2f} | {aware_vs_uniform(b):.2f}x | "
+                         f"{loop} | {a['predicted']:.3f} | {a['macs']:.2f} | "
+                         f"{aware_vs_uniform(b):.2f}x{kept_plan(b)} | "
                          f"{over_mac(a):.2f} | {over_mac(b['latency_macs']):.2f} | "
                          f"{over_mac(b['uniform_macs']):.2f} | {a['others_cores']:.2f} | "
                          f"{b['load_before'][0]:.1f} |")
@@ -227,8 +254,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
     p.add_argument("--batches", default="1,8", help="batches to measure a table for, plan at and time")
     p.add_argument("--refine", type=int, default=4, help="--latency-refine of plan A (0: the table alone)")
-    p.add_argument("--rounds", type=int, default=3, help="alternating dense/pruned rounds per timing")
-    p.add_argument("--min-run-time", type=float, default=0.5, help="seconds per model timing")
+    p.add_argument("--rounds", type=int, default=ROUNDS,
+                   help=f"alternating dense/pruned rounds per timing (default {ROUNDS}, as the closed loop)")
+    p.add_argument("--min-run-time", type=float, default=RUN_TIME,
+                   help=f"seconds per model timing, here and in the tool's loop (--latency-run-time; "
+                        f"default {RUN_TIME})")
     p.add_argument("--table-run-time", type=float, default=0.02, help="--min-run-time of `pruneconf latency`")
     p.add_argument("--statistic", choices=("median", "min"), default="median",
                    help="of timed blocks (tables and models): min resists busy neighbours on a shared machine")

@@ -240,10 +240,11 @@ def test_init_target_latency(base, table, data):
     also = data.draw(st.sampled_from([[], ["--target-macs", "0.5"], ["--set", "default_sparsity=0.3"],
                                       ["--set", "mode=global"], ["--round-to", "2"]]))
     use_target = data.draw(st.booleans())
+    refine = data.draw(st.sampled_from(["0", "1"]))  # the loop and the MAC comparison time: keep them short
 
     def argv(folder):
         args = ["init", f"{folder / 'net.py'}:build", "--input-shape", SHAPE, "-o", str(folder / "new.yaml"),
-                "--latency-table", str(folder / "t.json"), *also]
+                "--latency-table", str(folder / "t.json"), "--latency-run-time", "0.01", "--latency-refine", refine, *also]
         return args + (["--target-latency", target] if use_target else [])
 
     check(argv, {"t.json": table_file}, may_change={"new.yaml"})

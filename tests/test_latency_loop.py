@@ -1,13 +1,17 @@
-"""The closed loop of `--target-latency`: it converges on a fake, deterministic timer, stops on
-its bounds, refuses to measure on a machine or batch the table was not measured for, and the
-recipe records what it measured. No test asserts a real timing."""
+"""The closed loop of `--target-latency`: it converges on a fake, deterministic timer, confirms a
+plan within the tolerance before trusting it, stops on its bounds, refuses to measure on a
+machine or batch the table was not measured for, and the recipe records what it measured; at a
+MAC budget the faster of the latency-aware and the uniform plan is kept. No test asserts a real
+timing."""
+import logging
+
 import pytest
 import torch
 
 from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.errors import ConfigError
-from pruneconf.explore.latency_loop import Step, _next_target, refine_plan
+from pruneconf.explore.latency_loop import Step, _next_target, choose_faster, refine_plan
 from pruneconf.explore.latency_plan import plan_latency, write_latency_plan
 from pruneconf.explore.latency_table import Predictor
 from pruneconf.recipe import build_recipe
@@ -47,7 +51,9 @@ def test_loop_converges_on_an_over_promising_model(planned):
     assert measure(alone.kept) > 0.6  # the table's plan alone misses by > 20 %
     refined = refine_plan(plan_for, measure, 0.5, tolerance=0.05, max_steps=4)
     assert abs(refined.measured / 0.5 - 1) <= 0.05
-    assert refined.planned_for < 0.4 and len(refined.steps) <= 5 and len(calls) == 1 + len(refined.steps)
+    # one call above, one per step, one confirming the last step
+    assert refined.planned_for < 0.4 and len(refined.steps) <= 5 and len(calls) == 2 + len(refined.steps)
+    assert refined.steps[-1].confirmed == pytest.approx(refined.steps[-1].measured)
     assert refined.measured == pytest.approx(measure(refined.plan.kept))
     assert refined.steps[0].planned_for == 0.5 and refined.steps[0].predicted == pytest.approx(alone.fraction)
     again = refine_plan(plan_for, over_promising(table)[0], 0.5)
@@ -113,3 +119,98 @@ def test_loop_refuses_to_measure_elsewhere(tmp_path, capsys, machine, shape, mes
     if machine is not None:  # from the table alone it still plans, and says so in the recipe
         assert main(argv + ["--latency-refine", "0"]) == 0
         assert "off" in load_recipe(tmp_path / "r.yaml").settings.latency_table["loop"]
+
+
+def test_a_confirmation_inside_the_tolerance_stops_the_loop(planned):
+    _, table, plan_for = planned
+    confirms = []
+
+    def confirm(kept):
+        confirms.append(dict(kept))
+        return 0.51
+    refined = refine_plan(plan_for, lambda kept: 0.49, 0.5, confirm=confirm)
+    assert len(refined.steps) == 1 and len(confirms) == 1 and confirms[0] == refined.plan.kept
+    assert refined.steps[0].confirmed == 0.51 and refined.measured == pytest.approx(0.5)  # the mean of both
+    assert refined.record()["history"].endswith("/ 0.490, confirmed 0.510")
+
+
+def test_a_confirmation_outside_the_tolerance_corrects_from_the_mean(planned):
+    """The first timing says 0.49 (within 5 %), the confirmation 0.57: the loop does not trust
+    the plan, steps on from the mean 0.53 and stops once a later plan is confirmed."""
+    _, table, plan_for = planned
+    first = iter([0.49, 0.5])
+    second = iter([0.57, 0.505])
+    refined = refine_plan(plan_for, lambda kept: next(first), 0.5, confirm=lambda kept: next(second))
+    one, two = refined.steps
+    assert one.confirmed == 0.57 and one.fraction == pytest.approx(0.53)
+    assert two.planned_for == pytest.approx(_next_target([Step(0.5, one.predicted, 0.53)], 0.5))
+    assert two.confirmed == 0.505 and refined.plan.kept == plan_for(two.planned_for).kept
+    assert refined.measured == pytest.approx(0.5025)
+
+
+def test_a_missed_confirmation_counts_as_a_step_and_the_budget_holds(planned):
+    _, table, plan_for = planned
+    missed = refine_plan(plan_for, lambda kept: 0.49, 0.5, max_steps=1, confirm=lambda kept: 0.6)
+    assert len(missed.steps) == 1 and missed.measured == pytest.approx(0.545)  # 1 measurement + 1 missed confirmation
+    ticks = iter(range(100))
+    calls = []
+    late = refine_plan(plan_for, lambda kept: 0.49, 0.5, budget_s=0.5, clock=lambda: next(ticks),
+                       confirm=lambda kept: calls.append(kept) or 0.5)
+    assert not calls and late.steps[0].confirmed is None and late.measured == 0.49  # no timing after the budget
+
+
+def test_identical_mac_plans_are_not_timed():
+    def compare(*_):
+        raise AssertionError("identical plans must not be timed")
+    chosen = choose_faster({"a": 4, "b": 8}, {"a": 4}, {"a": 8, "b": 8}, compare)  # b whole either way
+    assert chosen.plan == "latency-aware" and chosen.kept == {"a": 4, "b": 8} and chosen.speedup is None
+    assert "not timed" in chosen.record()["kept_plan"]
+
+
+@pytest.mark.parametrize("ratio, kept_plan", [(1.25, "uniform"), (0.8, "latency-aware"), (1.0, "latency-aware")])
+def test_the_faster_mac_plan_is_kept(ratio, kept_plan):
+    """``compare(uniform, aware)`` -> (uniform's fraction, aware's fraction, aware over uniform)."""
+    aware, uniform = {"a": 2, "b": 8}, {"a": 4, "b": 6}
+    seen = []
+
+    def compare(first, second):
+        seen.append((first, second))
+        return 0.5, 0.5 * ratio, ratio
+    chosen = choose_faster(aware, uniform, {"a": 8, "b": 8}, compare)
+    assert seen == [(uniform, aware)] and chosen.plan == kept_plan
+    assert chosen.kept == (uniform if kept_plan == "uniform" else aware)
+    record = chosen.record()
+    assert record["kept_plan"] == kept_plan and record["measured_uniform"] == 0.5
+    assert record["measured_aware"] == round(0.5 * ratio, 4) and record["aware_speedup"] == round(1 / ratio, 4)
+    assert record["measured"] == min(0.5, round(0.5 * ratio, 4))
+
+
+@pytest.mark.parametrize("ratio, kept_plan", [(1.25, "uniform"), (0.8, "latency-aware")])
+def test_init_at_a_mac_budget_keeps_the_faster_plan_in_the_recipe(tmp_path, monkeypatch, caplog, ratio, kept_plan):
+    """Through the CLI, with the whole-model timer's comparison faked: the recipe holds the counts
+    of the plan kept and records both measured fractions; the pruned model is exact."""
+    from pruneconf.explore.latency_loop import WholeModelTimer
+    from test_latency_plan import NET, SHAPE, build
+    net = tmp_path / "net.py"
+    net.write_text(NET)
+    table = _table_file(tmp_path, None)
+    monkeypatch.setattr(WholeModelTimer, "compare", lambda self, first, second: (0.6, 0.6 * ratio, ratio))
+    common = ["init", f"{net}:build", "--input-shape", "1,3,8,8", "--target-macs", "0.5"]
+    paths = {name: tmp_path / f"{name}.yaml" for name in ("uniform", "table", "chosen")}
+    assert main(common + ["-o", str(paths["uniform"])]) == 0
+    assert main(common + ["-o", str(paths["table"]), "--latency-table", table, "--latency-refine", "0"]) == 0
+    caplog.set_level(logging.INFO)
+    assert main(common + ["-o", str(paths["chosen"]), "--latency-table", table]) == 0
+    assert f"keeping the {kept_plan} plan" in caplog.text
+    recipes = {name: load_recipe(path) for name, path in paths.items()}
+    assert recipes["uniform"].sparsity != recipes["table"].sparsity  # the table's plan differs: it is timed
+    expected = recipes["uniform" if kept_plan == "uniform" else "table"]
+    model = build()
+    pruner = Pruner(model, torch.randn(SHAPE), recipes["chosen"])
+    assert {g: len(i) for g, i in pruner.plan().kept.items()} == \
+        {g: len(i) for g, i in Pruner(build(), torch.randn(SHAPE), expected).plan().kept.items()}
+    recorded = recipes["chosen"].settings.latency_table
+    assert recorded["kept_plan"] == kept_plan and recorded["measured_uniform"] == 0.6
+    assert recorded["measured_aware"] == round(0.6 * ratio, 4)
+    assert "off" in recipes["table"].settings.latency_table["loop"]
+    pruner.apply_masks()  # raises unless masked == applied

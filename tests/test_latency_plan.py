@@ -172,7 +172,7 @@ def test_init_and_prune_with_target_latency_are_exact(tmp_path, net):
     table = _table_file(tmp_path, net)
     recipe = tmp_path / "r.yaml"
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(recipe), "--target-latency", "0.5",
-                 "--latency-table", table, "--latency-refine", "1"]) == 0
+                 "--latency-table", table, "--latency-refine", "1", "--latency-run-time", "0.01"]) == 0
     loaded = load_recipe(recipe)
     assert loaded.settings.target_latency == 0.5
     assert "a multiple of 8, the step the table measured as fast" in recipe.read_text()
@@ -191,7 +191,7 @@ def test_init_and_prune_with_target_latency_are_exact(tmp_path, net):
     with torch.no_grad():
         assert torch.allclose(model(x), masked, atol=1e-5)
     assert main(["prune", str(recipe), "--model", net, "-o", str(tmp_path / "p.pt"), "--target-macs", "0.6",
-                 "--latency-table", table]) == 0
+                 "--latency-table", table, "--latency-run-time", "0.01"]) == 0
 
 
 def test_full_latency_target_keeps_the_model_whole(tmp_path, net):

@@ -44,12 +44,15 @@ def add_refine_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latency-refine", type=int, default=4, metavar="N",
                    help="--target-latency: time the planned model against the dense one here (on the table's "
                         "device, dtype, batch, threads and layout) and correct the plan up to N times until the "
-                        "measured fraction is within --latency-tolerance of the target; 0 plans from the table "
-                        "alone (default 4)")
+                        "measured fraction is within --latency-tolerance of the target (and a second timing "
+                        "confirms it); --target-macs: time the table's plan against the uniform plan and keep "
+                        "the faster; 0 plans from the table alone, timing nothing (default 4)")
     p.add_argument("--latency-tolerance", type=float, default=0.05, metavar="FRACTION",
                    help="relative tolerance of the measured latency against the target (default 0.05)")
     p.add_argument("--latency-budget", type=float, default=300.0, metavar="SECONDS",
-                   help="no further correction once the loop has run this long (default 300)")
+                   help="no further measurement once the loop has run this long (default 300)")
+    p.add_argument("--latency-run-time", type=float, default=0.5, metavar="SECONDS",
+                   help="per model and round of each whole-model timing (five alternating rounds; default 0.5)")
 
 
 def _setup(args: argparse.Namespace, batch: int):
@@ -123,7 +126,7 @@ def load_table(args: argparse.Namespace, graph, batch: int | None):
 
 def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None:
     """``--latency-table`` with ``--target-latency`` or ``--target-macs``: plan on the table, in place."""
-    from ..explore.latency_plan import plan_latency, write_latency_plan
+    from ..explore.latency_plan import write_latency_plan
 
     if any(p.is_meta for p in pruner.model.parameters()):
         raise ConfigError("a latency plan weighs channel importance, which needs the weights: plan it in memory "
@@ -137,8 +140,7 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
     parts = [g.center for g in pruner.groups.prunable if g.center in table.groups]
     scores = pruner.channel_scores(parts)
     if args.target_latency is None:
-        plan, measured = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs,
-                                      skip=pruner.skipped()), None
+        plan, measured = mac_target_plan(args, pruner, recipe, table, scores)
     else:
         plan, measured = latency_target_plan(args, pruner, recipe, table, scores, args.target_latency)
     write_latency_plan(doc, pruner.groups, plan, table, recipe.settings.round_to, args.target_latency,
@@ -149,7 +151,7 @@ def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores,
     """The table's plan for ``target`` and, unless ``--latency-refine 0``, the closed loop that
     measures it here and corrects it (:mod:`~pruneconf.explore.latency_loop`); returns the plan
     and what the recipe records of the measurements (or that the loop was off)."""
-    from ..explore.latency_loop import WholeModelTimer, check_machine, refine_plan
+    from ..explore.latency_loop import refine_plan
     from ..explore.latency_plan import plan_latency
 
     def plan_for(fraction: float):
@@ -157,16 +159,45 @@ def latency_target_plan(args: argparse.Namespace, pruner, recipe, table, scores,
 
     if args.latency_refine == 0:
         return plan_for(target), {"loop": "off (--latency-refine 0): planned from the table alone"}
-    shapes = recipe.input_shapes or []
-    check_machine(table, shapes[0].shape[0] if shapes and shapes[0].shape else None)
-    timer = WholeModelTimer(pruner.model, pruner.example_inputs, pruner.groups, table.setup,
-                            min(2.0, max(0.01, 30 * table.min_run_time)), table.statistic)
+    timer = _timer(args, pruner, recipe, table)
     refined = refine_plan(plan_for, timer, target, args.latency_tolerance, args.latency_refine,
-                          args.latency_budget)
+                          args.latency_budget, confirm=timer.confirm)
     log.info("latency target %.3f: planned for %.3f, table predicts %.3f, measured %.3f on %s (%d measurements)",
              target, refined.planned_for, refined.plan.fraction, refined.measured, table.setup.key,
-             len(refined.steps))
+             len(refined.steps) + sum(s.confirmed is not None for s in refined.steps))
     return refined.plan, refined.record()
+
+
+def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
+    """``--target-macs`` with a table: the table's plan and, unless ``--latency-refine 0``, the
+    uniform plan at the same MACs timed against it here; the faster is returned with what the
+    recipe records of the timing (:func:`~pruneconf.explore.latency_loop.choose_faster`)."""
+    from ..explore.latency_loop import choose_faster
+    from ..explore.latency_plan import LatencyPlan, plan_latency
+    from ..explore.latency_table import Predictor
+    from ..recipe.budget import plan_budget
+
+    aware = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs, skip=pruner.skipped())
+    if args.latency_refine == 0:
+        return aware, {"loop": "off (--latency-refine 0): the table's plan, not timed against the uniform plan"}
+    timer = _timer(args, pruner, recipe, table)
+    uniform = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
+    channels = {g.center: g.channels for g in pruner.groups.groups}
+    chosen = choose_faster(aware.kept, uniform, channels, timer.compare)
+    if chosen.plan == "uniform":
+        aware = LatencyPlan(chosen.kept, Predictor(table).ms(chosen.kept), table.dense_ms, {})
+    return aware, chosen.record()
+
+
+def _timer(args: argparse.Namespace, pruner, recipe, table):
+    """The whole-model timer, once :func:`~pruneconf.explore.latency_loop.check_machine` agrees
+    this machine and the recipe's batch are what the table was measured for."""
+    from ..explore.latency_loop import WholeModelTimer, check_machine
+
+    shapes = recipe.input_shapes or []
+    check_machine(table, shapes[0].shape[0] if shapes and shapes[0].shape else None)
+    return WholeModelTimer(pruner.model, pruner.example_inputs, pruner.groups, table.setup,
+                           args.latency_run_time, table.statistic)
 
 
 def check_refine_options(args: argparse.Namespace) -> None:
@@ -177,6 +208,8 @@ def check_refine_options(args: argparse.Namespace) -> None:
                           key="--latency-tolerance")
     if not (math.isfinite(args.latency_budget) and args.latency_budget > 0):
         raise ConfigError(f"expected seconds above 0, got {args.latency_budget}", key="--latency-budget")
+    if not (math.isfinite(args.latency_run_time) and 0 < args.latency_run_time <= 10):
+        raise ConfigError(f"expected seconds in (0, 10], got {args.latency_run_time}", key="--latency-run-time")
 
 
 def check_latency_options(args: argparse.Namespace) -> bool:

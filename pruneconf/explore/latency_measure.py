@@ -19,7 +19,8 @@ import copy
 import dataclasses
 import logging
 import platform
-from typing import Any, Iterable
+import statistics
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -146,6 +147,19 @@ def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, s
     return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup.threads, min_run_time, statistic)
 
 
+def alternate(placed: Sequence[nn.Module], inputs: Any, setup: Setup, rounds: int, min_run_time: float,
+              statistic: str = "median") -> list[list[float]]:
+    """Milliseconds of each placed model, timed back to back, ``rounds`` times: one row per round.
+    On a shared machine each timing moves with the load; models timed in the same round see
+    about the same load, so ratios within a round (:func:`median_ratio`) move less."""
+    return [[model_ms(m, inputs, setup, min_run_time, statistic) for m in placed] for _ in range(rounds)]
+
+
+def median_ratio(rows: Sequence[Sequence[float]], over: int, under: int = 0) -> float:
+    """The median over rounds of model ``over``'s time divided by model ``under``'s."""
+    return float(statistics.median(r[over] / r[under] for r in rows))
+
+
 def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
     """A copy of a leaf module with the plan's positions removed from its own tensors."""
     out = copy.deepcopy(module)
@@ -265,6 +279,5 @@ def measure_plan(model: nn.Module, inputs: Any, plan: PruningPlan, setup: Setup,
     """Measured milliseconds of the dense model and of a copy shrunk by ``plan`` (timing only:
     ``Pruner.apply_masks`` is what verifies a prune), alternating three times, medians."""
     placed = [place_model(model, setup), placed_shrunk(model, plan, setup)]
-    args = place_inputs(inputs, setup)
-    rounds = [[model_ms(m, args, setup, min_run_time / 3, statistic) for m in placed] for _ in range(3)]
+    rounds = alternate(placed, place_inputs(inputs, setup), setup, 3, min_run_time / 3, statistic)
     return tuple(float(np.median([r[i] for r in rounds])) for i in range(2))  # type: ignore[return-value]
