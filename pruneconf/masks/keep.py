@@ -12,7 +12,8 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
 
     Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
     first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
-    its own best (see :mod:`pruneconf.groups.stacks`). Channels a shuffle moves keep as many
+    its own best (see :mod:`pruneconf.groups.stacks`); so do the groups of a grouped conv
+    (:mod:`pruneconf.groups.conv_groups`). Channels a shuffle moves keep as many
     of each path through the shrunk model as it sends down it (:mod:`pruneconf.groups.routes`).
     """
     importance = np.asarray(importance, dtype=np.float64).copy()
