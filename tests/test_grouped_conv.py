@@ -138,3 +138,13 @@ def test_conv_groups_that_cannot_keep_equal_counts_go_whole():
     assert groups.grouped == {} and assert_no_influence(model, x, groups) > 0
     prune_exactly(model, x)
     assert (model.g.groups, model.g.in_channels, model.g.weight.shape[1]) == (2, 16, 8)
+
+
+def test_round_to_rounds_the_total_of_a_grouped_conv():
+    """``round_to: 8`` on 4 conv groups of 8: each keeps 4 (a total of 16), where rounding
+    each group's count to 8 would keep everything."""
+    torch.manual_seed(0)
+    model, x = Grouped(), example()
+    pruned = prune_exactly(model, x, {"sparsity": 0.5, "round_to": 8})
+    assert len(pruned.pruner.plan().kept["a.2"]) == 16
+    assert (model.b[2].groups, model.b[2].out_channels) == (4, 16)

@@ -6,7 +6,8 @@ channel ``i`` (:mod:`.rules.conv`); the shrunk conv keeps its ``groups``, so eac
 must keep the same number of channels, and each row keeps the columns of its group's kept
 inputs (:meth:`pruneconf.masks.plan.PruningPlan.members`). The equal counts are
 ``Group.blocks``, the mechanism that gives stacked experts equal widths (:mod:`.stacks`):
-here a block is a conv group.
+here a block is a conv group. ``round_to`` rounds the group's total, not each conv group's
+count (``Group.rounds_total``): the activation between the layers is one tensor.
 
 A channel group the conv groups cannot split into equal blocks (their channels spread over
 several groups, part of a group outside the conv, a second grouped conv or stacked experts
@@ -44,6 +45,7 @@ def conv_group_blocks(grouped: Mapping[str, tuple[str, int, np.ndarray]], by_com
         if blocks is None:
             refused.update(node for node, _, _ in convs)
         else:
+            by_comp[c].rounds_total = by_comp[c].blocks is None  # with stacked experts: per expert
             by_comp[c].blocks = blocks
     return frozenset(refused)
 

@@ -68,6 +68,8 @@ class Group:
     noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
     blocks: np.ndarray | None = None  # the block of each channel (an expert stacked in one tensor,
     #                                   a grouped conv's group): every block keeps the same count
+    rounds_total: bool = False  # ``round_to`` rounds the total, not each block (a grouped conv's
+    #                             groups: one tensor; each expert is a matrix product of its own)
     pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
     #                                   always kept (constants the model adds: padding channels)
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op

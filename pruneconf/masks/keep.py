@@ -1,6 +1,8 @@
 """How many and which channels a group keeps: shared by per-group and global ranking."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..groups import Group
@@ -31,8 +33,11 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
 def group_keep(group: Group, sparsity: float, round_to: int) -> int:
     """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
     every expert keeps the same count; the sparsity applies to the channels not pinned,
-    which are all kept."""
+    which are all kept. A grouped conv's groups also keep the same count, but ``round_to``
+    rounds their total (``Group.rounds_total``): each keeps a multiple of what makes it so."""
     pinned = len(group.pinned)
+    if group.rounds_total:
+        round_to //= math.gcd(round_to, group.experts)
     per = kept_channels((group.channels - pinned) // group.experts, sparsity, round_to)
     return per * group.experts + pinned
 
