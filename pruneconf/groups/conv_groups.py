@@ -17,12 +17,18 @@ them in ``coupled``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .find import Group
+
+class Group(Protocol):
+    """What this module reads and sets of a :class:`~pruneconf.groups.find.Group`."""
+
+    channels: int
+    blocks: np.ndarray | None
+    pinned: np.ndarray
+    rounds_total: bool
 
 
 def conv_group_blocks(grouped: Mapping[str, tuple[str, int, np.ndarray]], by_comp: Mapping[int, Group],
