@@ -118,12 +118,17 @@ def assert_no_influence(model: nn.Module, example, groups: ChannelGroups, fracti
                     if idx.size and params[m.param].is_floating_point():
                         yield m, params[m.param], torch.as_tensor(idx)
 
+    kept = {c: np.setdiff1d(np.arange(groups[c].channels), drop) for c, drop in picks.items()}
+    plan = PruningPlan(groups, kept, {})
+    # a grouped conv pruned inside its groups reads each picked input in the other rows of its group
+    grouped = [(params[name], torch.as_tensor(plan.members[(name, 1)])) for name in groups.grouped
+               if (name, 1) in plan.members]
+
     def cut_consumers() -> None:
         for m, p, idx in members(True):
             p.index_fill_(m.dim, idx, 0.0)
-
-    kept = {c: np.setdiff1d(np.arange(groups[c].channels), drop) for c, drop in picks.items()}
-    plan = PruningPlan(groups, kept, {})
+        for p, keep in grouped:
+            p.mul_(keep.reshape(*keep.shape, *[1] * (p.dim() - keep.dim())).to(p.dtype))
     handles = attach_masked_norms(model, masked_norms(plan)) + attach_masked_statistics(model, masked_statistics(plan))
     with torch.no_grad():
         cut_consumers()

@@ -246,7 +246,9 @@ def test_transposed_and_grouped_convolutions_shrink_exactly():
     pruner = Pruner(model, x, {"sparsity": 0.5})
     pruner.apply_masks()  # raises unless the shrunk model matches the masked one
     assert outputs(model, x).shape == reference.shape
-    assert (model.enc.out_channels, model.mix.groups, model.mix.out_channels) == (4, 2, 4)
+    # mix (groups=4, 2 in and 2 out per group) loses one channel inside each of its groups
+    assert (model.enc.out_channels, model.mix.groups, model.mix.out_channels) == (4, 4, 4)
+    assert model.mix.weight.shape[:2] == (4, 1)
     # up2 (groups=3) couples each of its groups of 4 inputs with its 4 outputs: 3 units, 2 kept
     assert (model.up.in_channels, model.up.out_channels, model.up2.groups) == (4, 8, 2)
     assert model.up2.in_channels == 8 and model.up2.out_channels == 8 and model.out.in_channels == 8

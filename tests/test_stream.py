@@ -251,3 +251,33 @@ def test_streaming_memory_follows_a_tensor_not_the_checkpoint(tmp_path):
     print(f"peak RSS growth: streamed {streamed:.0f} MB, in memory {in_memory:.0f} MB, checkpoint {total:.0f} MB")
     assert streamed < 0.3 * total, (streamed, total)
     assert in_memory > total, (in_memory, total)
+
+
+GROUPED = '''
+import torch.nn as nn
+
+class Net(nn.Module):
+    """A ResNeXt-style bottleneck: its grouped conv loses channels inside every group, a
+    column set per row, which the stream must slice as apply does."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 32, 1)
+        self.b = nn.Conv2d(32, 32, 3, padding=1, groups=4)
+        self.c = nn.Conv2d(32, 3, 1)
+
+    def forward(self, x):
+        return self.c(self.b(self.a(x).relu()).relu())
+'''
+
+
+def test_a_grouped_conv_streamed_equals_in_memory(tmp_path):
+    (tmp_path / "net.py").write_text(GROUPED)
+    spec = f"{tmp_path / 'net.py'}:Net"
+    recipe = _init(tmp_path, spec, "2,3,8,8")
+    torch.manual_seed(0)
+    state = build_model(spec).state_dict()
+    save_file(dict(state), str(tmp_path / "net.safetensors"))
+    _, _, streamed = _stream(tmp_path, recipe, tmp_path / "net.safetensors", "--model", spec, slash="/")
+    _assert_same(streamed, _in_memory(spec, recipe, state), state)
+    assert streamed["b.weight"].shape == (16, 4, 3, 3)

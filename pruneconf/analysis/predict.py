@@ -80,6 +80,9 @@ class CostModel:
             for m in g.members:
                 key = (m.param, m.dim)
                 lengths[key] = lengths.get(key, float(m.length)) - m.size * removed / _experts(m, self.shapes)
+        for param in self.groups.grouped:  # pruned inside its groups: columns go with their rows
+            if (param, 0) in lengths:
+                lengths[(param, 1)] = self.shapes[param][1] * lengths[(param, 0)] / self.shapes[param][0]
         return lengths
 
     def _ratio(self, param: str, lengths: Mapping[tuple[str, int], float]) -> float:

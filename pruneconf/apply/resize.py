@@ -36,10 +36,12 @@ def needs_resizer(module: nn.Module) -> bool:
 def _resize_conv(module: nn.Module, old: dict, full: str, split: str) -> None:
     """Weight dim 0 holds all ``full`` channels, dim 1 one group's share of ``split``.
 
-    Grouped convs lose whole groups: the width of each remaining group is unchanged.
+    A grouped conv either lost whole groups (dim 1, the width of each group, is unchanged,
+    the number of groups smaller) or channels inside every group (dim 1 smaller, ``groups``
+    unchanged; see :mod:`pruneconf.groups.conv_groups`).
     """
     setattr(module, full, module.weight.shape[0])
-    if old["groups"] > 1:
+    if old["groups"] > 1 and module.weight.shape[1] == old[split] // old["groups"]:
         module.groups = module.weight.shape[0] // (old[full] // old["groups"])
     setattr(module, split, module.weight.shape[1] * module.groups)
 

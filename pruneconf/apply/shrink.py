@@ -81,9 +81,10 @@ def _tag(module: nn.Module) -> str:
     return type(module).__name__.upper()
 
 
-def _kept(tensor: torch.Tensor, dim: int, keep) -> torch.Tensor:
+def kept_positions(tensor: torch.Tensor, dim: int, keep) -> torch.Tensor:
     """``tensor`` without the positions ``keep`` drops along ``dim``; a 2-D ``keep`` has a row
-    per expert of a stacked tensor, each keeping the same number of its own positions."""
+    per index of dim 0 (an expert of a stacked tensor, an output row of a grouped conv), each
+    keeping the same number of its own positions."""
     if keep.ndim == 1:
         return tensor.index_select(dim, torch.as_tensor(keep.nonzero()[0], device=tensor.device))
     rows = [row.nonzero()[0] for row in keep]
@@ -120,7 +121,7 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     # Per-expert rows first: they index the experts as they were before any is dropped.
     for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[0][0], kv[1].ndim == 1, kv[0][1])):
         tensor = slots[name][2]
-        sliced[id(tensor)] = _kept(sliced.get(id(tensor), tensor.detach()), dim, keep)
+        sliced[id(tensor)] = kept_positions(sliced.get(id(tensor), tensor.detach()), dim, keep)
         order = plan.orders.get((name, dim))  # the order a channel shuffle leaves its channels in
         if order is not None:
             sliced[id(tensor)] = sliced[id(tensor)].index_select(dim, torch.as_tensor(order, device=tensor.device))

@@ -213,7 +213,9 @@ def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> 
 
 
 def measurable(groups: ChannelGroups, skip: dict[str, str]) -> list[Group]:
-    """Prunable groups a table can cover (experts stacked in one tensor are not timed)."""
+    """Prunable groups a table can cover: not those whose blocks keep equal counts (experts
+    stacked in one tensor, a grouped conv's groups), whose probe counts would need to be
+    multiples of their blocks."""
     return [g for g in groups.prunable if g.center not in skip and g.blocks is None]
 
 

@@ -57,7 +57,8 @@ class RuleContext:
         self.graph = graph
         self.nodes = dict(graph.nodes(data=True))  # node -> attrs: rules look nodes up thousands of times
         self.whole_blocks = whole_blocks  # split reshapes that keep blocks (heads) whole
-        self.coupled = coupled  # channel shuffles whose channels could not be routed: they couple them
+        self.coupled = coupled  # channel shuffles whose channels could not be routed: they couple them;
+        #                        grouped convs whose groups cannot keep equal counts: whole groups go
         # first carrier label of a split reshape -> its nodes (several when pieces of one
         # projection, coupled by ``chunk``, are each reshaped into heads: MaxViT's q, k, v)
         self.splits: dict[int, list[str]] = {}
@@ -75,6 +76,8 @@ class RuleContext:
         self.pins: list[tuple[np.ndarray, str]] = []  # channels that must be kept, with why
         self.shares: list[list[np.ndarray]] = []  # pieces that each keep their own share (``share``)
         self.slices: dict[str, tuple[str, int]] = {}  # ``name[e]`` -> (stacked parameter, e)
+        # grouped convs pruned inside each conv group: node -> (weight, conv groups, channel labels)
+        self.grouped: dict[str, tuple[str, int, np.ndarray]] = {}
         # Checks that need the solved unions, run once by ``find_groups``: each gets the roots.
         self.deferred: list[Callable[[np.ndarray], None]] = []
         self.steps: list = []  # shuffles and splits of shuffled channels (``routes.Step``), in order

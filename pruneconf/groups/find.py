@@ -18,6 +18,7 @@ import numpy as np
 from .._gc import paused_gc
 from . import rules  # noqa: F401  (registers the rules)
 from .context import SOURCE, RuleContext, TensorLabels
+from .conv_groups import conv_group_blocks
 from .labels import connected_roots
 from .pieces import piece_cells
 from .registry import rule_for, unsupported
@@ -66,8 +67,10 @@ class Group:
     notes: list[str]   # kinds of the notes on the group's channels, e.g. ``channel_stats``
     order: int
     noted_at: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # note kind -> op nodes
-    blocks: np.ndarray | None = None  # experts stacked in one tensor: the expert of each channel;
-    #                                   every expert keeps the same number of its own channels
+    blocks: np.ndarray | None = None  # the block of each channel (an expert stacked in one tensor,
+    #                                   a grouped conv's group): every block keeps the same count
+    rounds_total: bool = False  # ``round_to`` rounds the total, not each block (a grouped conv's
+    #                             groups: one tensor; each expert is a matrix product of its own)
     pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
     #                                   always kept (constants the model adds: padding channels)
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op
@@ -96,8 +99,10 @@ class ChannelGroups:
 
     def __init__(self, graph: nx.DiGraph, groups: list[Group], roots: np.ndarray,
                  group_of_root: np.ndarray, channel_of_root: np.ndarray,
-                 tensors: dict[tuple[str, int], TensorLabels]) -> None:
+                 tensors: dict[tuple[str, int], TensorLabels], grouped: dict[str, int] | None = None) -> None:
         self.graph = graph
+        # weights of grouped convs pruned inside their groups -> conv groups (see .conv_groups)
+        self.grouped = grouped or {}
         self.groups = groups
         self.by_center = {g.center: g for g in groups}
         self._roots = roots
@@ -152,7 +157,8 @@ def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
     """Run the rules; where a split reshape's carrier dim gets contracted (attention heads
     split off a projection), run them again with those splits keeping whole blocks, and
     where a rule found that a split's outer dim holds the channels, with that dim carrying;
-    where the channels of a shuffle cannot be routed, again with that shuffle coupling them."""
+    where the channels of a shuffle cannot be routed, again with that shuffle coupling them,
+    and where a grouped conv's groups cannot keep equal counts, with it losing whole groups."""
     nodes = _live_nodes(graph)
     coupled: frozenset[str] = frozenset()
     while True:
@@ -166,7 +172,7 @@ def _find_groups(graph: nx.DiGraph) -> ChannelGroups:
         result, unroutable = _assemble(graph, ctx, roots)
         if not unroutable:
             return result
-        log.debug("shuffles coupling their channels instead: %s", sorted(unroutable))
+        log.debug("shuffles coupling their channels, grouped convs their groups, instead: %s", sorted(unroutable))
         coupled |= unroutable
 
 
@@ -344,6 +350,7 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> tuple[C
         group.blocks, why = expert_blocks(group.channels, slice_sources.get(c, []))
         if why:
             group.reasons.append(why)
+    refused = conv_group_blocks(ctx.grouped, by_comp, comp, roots, channel_of_root)
     for group in by_comp.values():
         if group.channels <= 1 and not group.reasons:
             group.reasons.append("a single channel once its couplings are resolved")
@@ -361,9 +368,10 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> tuple[C
                 groups[index_of_comp[c]].members.append(Member(
                     stacked, layer_name(r.param), dim, r.role, index, channel_of_root[labels[index]], len(labels), at))
     unroutable = _route_groups(ctx.steps, groups, index_by_comp[comp[roots]], channel_of_root[roots])
-    result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors)
+    grouped = {param: groups for node, (param, groups, _) in ctx.grouped.items() if node not in refused}
+    result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors, grouped)
     log.debug("found %d groups (%d prunable)", len(groups), len(result.prunable))
-    return result, unroutable
+    return result, unroutable | refused
 
 
 __all__ = ["ChannelGroups", "Group", "Member", "find_groups"]

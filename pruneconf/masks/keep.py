@@ -1,6 +1,8 @@
 """How many and which channels a group keeps: shared by per-group and global ranking."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..groups import Group
@@ -12,7 +14,8 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
 
     Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
     first. Experts stacked in one tensor keep ``keep / experts`` channels each, each expert
-    its own best (see :mod:`pruneconf.groups.stacks`). Channels a shuffle moves keep as many
+    its own best (see :mod:`pruneconf.groups.stacks`); so do the groups of a grouped conv
+    (:mod:`pruneconf.groups.conv_groups`). Channels a shuffle moves keep as many
     of each path through the shrunk model as it sends down it (:mod:`pruneconf.groups.routes`).
     Pieces of a split sized one by one keep their own share each (:func:`share_of_each_piece`).
     """
@@ -48,8 +51,11 @@ def share_of_each_piece(group: Group, importance: np.ndarray, keep: int) -> np.n
 def group_keep(group: Group, sparsity: float, round_to: int) -> int:
     """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
     every expert keeps the same count; the sparsity applies to the channels not pinned,
-    which are all kept."""
+    which are all kept. A grouped conv's groups also keep the same count, but ``round_to``
+    rounds their total (``Group.rounds_total``): each keeps a multiple of what makes it so."""
     pinned = len(group.pinned)
+    if group.rounds_total:
+        round_to //= math.gcd(round_to, group.experts)
     per = kept_channels((group.channels - pinned) // group.experts, sparsity, round_to)
     return per * group.experts + pinned
 

@@ -57,6 +57,7 @@ class PruningPlan:
         for drop in self.experts.values():  # whole experts: their slices and router rows
             for name in drop.params:
                 out[(name, 0)] = drop.keep.copy()
+        _grouped_columns(out, self.groups.grouped)
         return {k: _same_rows(v) for k, v in out.items() if not v.all()}
 
     @functools.cached_property
@@ -110,6 +111,18 @@ class PruningPlan:
         keep = set(centers)
         return PruningPlan(self.groups, {c: k for c, k in self.kept.items() if c in keep}, self.requested,
                            self.experts, self._member_keeps)
+
+
+def _grouped_columns(out: dict[tuple[str, int], np.ndarray], grouped: Mapping[str, int]) -> None:
+    """The columns of a grouped conv pruned inside its groups (:mod:`pruneconf.groups.conv_groups`):
+    input ``i`` of a conv group goes with its output row ``i``, so every row keeps, of its own
+    group's inputs, the positions its group's rows keep; a row per output channel, each keeping
+    the same number (every conv group keeps the same count)."""
+    for name, groups in grouped.items():
+        rows = out.get((name, 0))
+        if rows is not None:
+            per_group = rows.reshape(groups, -1)
+            out[(name, 1)] = np.repeat(per_group, per_group.shape[1], axis=0)
 
 
 def _same_rows(keep: np.ndarray) -> np.ndarray:

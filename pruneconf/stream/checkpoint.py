@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..apply.shrink import kept_positions
 from ..errors import ConfigError
 from ..jsonfile import read_json
 
@@ -102,19 +103,22 @@ class Checkpoint:
         """Tensor ``name``, or only the positions ``keep[dim]`` marks along each pruned dim.
 
         Only the dim that keeps the smallest fraction is read through safetensors' lazy
-        slicing; the others are selected from that (already smaller) copy.
+        slicing; the others are selected from that (already smaller) copy. A tensor with a
+        2-D mask (a row per index of dim 0: stacked experts, a grouped conv's columns) is read
+        whole and its per-row positions taken first, as apply takes them.
         """
         keep = {dim: mask for dim, mask in (keep or {}).items() if not mask.all()}
-        first = min(keep, key=lambda d: keep[d].mean()) if keep else None
+        lazy = keep and all(mask.ndim == 1 for mask in keep.values())  # a row per index of dim 0: whole
+        first = min(keep, key=lambda d: keep[d].mean()) if lazy else None
         with self._open(self.files[name]) as f:
             if first is None:
                 tensor = f.get_tensor(name)
             else:
                 index = (slice(None),) * first + (keep[first].nonzero()[0].tolist(),)
                 tensor = f.get_slice(name)[index]
-        for dim, mask in sorted(keep.items()):
+        for dim, mask in sorted(keep.items(), key=lambda kv: (kv[1].ndim == 1, kv[0])):  # rows, as apply
             if dim != first:
-                tensor = tensor.index_select(dim, torch.as_tensor(mask.nonzero()[0]))
+                tensor = kept_positions(tensor, dim, mask)
         self.bytes_read += tensor.numel() * tensor.element_size()
         return tensor
 

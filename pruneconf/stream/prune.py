@@ -177,7 +177,7 @@ class PrunedTensors:
     def shape(self, stored: str) -> list[int]:
         shape = list(self.tensors.checkpoint.shape(stored))
         for dim, mask in self.keep.get(self.tensors.canonical[stored], {}).items():
-            shape[dim] = int(mask.sum())
+            shape[dim] = int(mask.reshape(-1, mask.shape[-1])[0].sum())  # a 2-D mask: each row keeps as many
         return shape
 
     def __call__(self, stored: str) -> torch.Tensor:

@@ -1,9 +1,15 @@
 """Convolutions: the weight's output rows are new channels, its input columns consume them.
 
-Grouped and depthwise convolutions prune whole convolution groups: input block ``a``, the
-matching output rows and the channels feeding them become one channel, so ``groups``
-shrinks and every remaining group keeps its full width (a depthwise conv "follows its
-producer", with a channel multiplier repeating each input channel).
+A grouped convolution with as many outputs as inputs per group (ResNeXt, RegNet, DPN) is
+pruned inside its groups, as Torch-Pruning does: output channel ``i`` follows input channel
+``i``, every conv group keeps the same number of them (``Group.blocks``, see
+:mod:`pruneconf.groups.conv_groups`), ``groups`` stays and each row keeps the columns of
+its own group's kept inputs. Keeping half of each group quarters the conv's MACs, where
+dropping half the groups only halves them. A depthwise conv "follows its producer" the same
+way. Other grouped convs (a channel multiplier, a weight computed in forward, groups that
+cannot keep equal counts) prune whole convolution groups: input block ``a``, the matching
+output rows and the channels feeding them become one channel, so ``groups`` shrinks and
+every remaining group keeps its full width.
 """
 from __future__ import annotations
 
@@ -43,6 +49,13 @@ def _not_a_parameter(ctx: RuleContext, weight: Ref, in_labels: np.ndarray, c_out
     return fresh_blocked(ctx, c_out, reason)
 
 
+def _inside_groups(ctx: RuleContext, in_labels: np.ndarray, c_out: int, groups: int) -> bool:
+    """Whether a grouped conv can lose channels inside its groups: as many outputs as inputs
+    per group, more than one (a depthwise conv already follows its producer channel by
+    channel), and not refused on an earlier run (``ctx.coupled``)."""
+    return len(in_labels) == c_out and c_out > groups and ctx.node not in ctx.coupled
+
+
 @register("conv1d", "conv2d", "conv3d")
 def conv(ctx: RuleContext) -> None:
     """A weight computed in forward from a parameter, row by row (timm ``StdConv2d``,
@@ -56,6 +69,10 @@ def conv(ctx: RuleContext) -> None:
     elif groups == 1:
         ctx.union(in_labels, ctx.role(weight, 1, CONSUMER))
         out[ocd] = ctx.role(weight, 0, SOURCE)
+    elif computed is None and _inside_groups(ctx, in_labels, ctx.out_shapes[0][ocd], groups):
+        out[ocd] = ctx.role(weight, 0, FOLLOWER)
+        ctx.union(in_labels, out[ocd])
+        ctx.grouped[ctx.node] = (ctx.param_name(weight), groups, out[ocd])
     else:  # whole conv groups go: each row keeps its columns, and so its statistics
         out[ocd] = ctx.role(weight, 0, FOLLOWER)
         roots = block_union(ctx, in_labels, groups)
