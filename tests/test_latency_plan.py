@@ -12,7 +12,8 @@ from torch import nn
 from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.errors import ConfigError
-from pruneconf.explore.latency_measure import device_name, find_units, learn_round_to, measure_table, probe_counts
+from pruneconf.explore.latency_measure import (device_name, find_units, group_probe_counts, learn_round_to,
+                                              measure_table, probe_counts)
 from pruneconf.explore.latency_plan import plan_latency
 from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, read_tables,
                                              select_table)
@@ -52,7 +53,7 @@ def linear_table(pruner: Pruner, fixed: float = 0.05, per: float = 0.01, round_t
     dense = {u.name: fixed + per * 64 for u in units}
     curves = {}
     for g in parts:
-        counts, _ = probe_counts(g.channels)
+        counts, _ = group_probe_counts(g)
         touched = [u.name for u in units if g.center in u.touching]
         ms = {u: [dense[u] * (fixed + per * k) / (fixed + per * g.channels) for k in counts] for u in touched}
         curves[g.center] = Curve(g.channels, round_to, counts, ms)
@@ -284,3 +285,36 @@ def test_predictor_is_calibrated_on_two_whole_model_timings():
     predictor = Predictor(table)
     assert predictor.ms({}) == pytest.approx(table.dense_ms)
     assert predictor.ms(half) == pytest.approx(0.5 * table.dense_ms)
+
+
+def grouped_net() -> nn.Module:
+    """A ResNeXt-like bottleneck: 1x1, grouped 3x3 (4 groups of 8), 1x1; the grouped conv's
+    group keeps equal counts in each conv group (``Group.blocks``)."""
+    return nn.Sequential(nn.Conv2d(3, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 32, 3, padding=1, groups=4), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 16, 1), nn.Flatten(), nn.Linear(16 * 64, 10)).eval()
+
+
+def test_a_grouped_conv_is_timed_at_counts_every_conv_group_keeps():
+    """The group of a grouped conv's channels is in the table, probed at multiples of its 4
+    conv groups, with a learned step that is one too; a plan (on a synthetic table: these
+    timings are noise) keeps such a multiple and prunes exactly."""
+    model, x = grouped_net(), torch.randn(SHAPE)
+    pruner = Pruner(model, x, {"sparsity": 0})
+    grouped = pruner.groups["0"]
+    assert grouped.rounds_total and grouped.experts == 4
+    table = measure_table(model, x, pruner.groups, SETUP, model_name="net", fingerprint=fingerprint(pruner.graph),
+                          input_shapes=["1,3,8,8"], skip={}, min_run_time=0.001)
+    curve = table.groups["0"]
+    assert curve.counts[-1] == 32 and all(k % 4 == 0 for k in curve.counts) and len(curve.counts) > 3
+    assert curve.round_to % 4 == 0 and "3" in curve.ms  # the grouped conv itself is timed
+    scores = pruner.channel_scores([g.center for g in pruner.groups.prunable])
+    plan = plan_latency(pruner.groups, pruner.recipe, linear_table(pruner), scores, target_latency=0.5)
+    assert plan.kept["0"] % 4 == 0 and plan.kept["0"] < 32
+    with torch.no_grad():
+        dense = model(x)
+    pruned = Pruner(model, x, {"sparsity": 1 - plan.kept["0"] / 32})
+    pruned.apply_masks()  # raises unless masked == applied
+    assert model[3].groups == 4 and model[3].out_channels == plan.kept["0"]
+    with torch.no_grad():
+        assert model(x).shape == dense.shape

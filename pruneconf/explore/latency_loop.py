@@ -31,13 +31,12 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
-import numpy as np
 from torch import nn
 
 from ..errors import ConfigError
 from ..groups import ChannelGroups
-from ..masks import PruningPlan
-from .latency_measure import alternate, device_name, median_ratio, place_inputs, place_model, placed_shrunk
+from .latency_measure import (alternate, device_name, median_ratio, place_inputs, place_model, placed_shrunk,
+                              timing_plan)
 from .latency_plan import LatencyPlan
 from .latency_table import LatencyTable, Setup
 
@@ -107,15 +106,12 @@ class WholeModelTimer:
 
     def _rows(self, kepts: list[Mapping[str, int]], rounds: int) -> list[list[float]]:
         try:
-            placed = [self.dense] + [placed_shrunk(self.model, self._plan(kept), self.setup) for kept in kepts]
+            placed = [self.dense] + [placed_shrunk(self.model, timing_plan(self.groups, dict(kept)), self.setup)
+                                     for kept in kepts]
             return alternate(placed, self.inputs, self.setup, rounds, self.min_run_time, self.statistic)
         except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size the table's plan changes
             raise ConfigError(f"cannot time the planned model ({type(exc).__name__}: {exc}); plan from the table "
                               "alone with --latency-refine 0", key="--latency-refine") from exc
-
-    def _plan(self, kept: Mapping[str, int]) -> PruningPlan:
-        return PruningPlan(self.groups, {c: np.arange(k) for c, k in kept.items()
-                                         if k < self.groups[c].channels}, {})
 
 
 def check_machine(table: LatencyTable, batch: int | None) -> None:

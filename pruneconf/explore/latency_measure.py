@@ -28,8 +28,10 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..apply.resize import resizer_for
+from ..apply.shrink import kept_positions
 from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
+from ..masks.keep import top_channels
 from .latency import time_ms
 from .latency_table import Curve, LatencyTable, Setup
 
@@ -63,6 +65,32 @@ def probe_counts(channels: int) -> tuple[list[int], int]:
     counts.update(max(base, int(channels * f) // base * base) for f in FRACTIONS)
     counts.update(probe - s for s in STEPS if s < probe)
     return sorted(c for c in counts if 1 <= c <= channels), probe
+
+
+def _blocks(group: Group) -> int:
+    """How many blocks must keep equal counts (a grouped conv's groups), 1 for most groups."""
+    return group.experts if group.rounds_total else 1
+
+
+def group_probe_counts(group: Group) -> tuple[list[int], int]:
+    """:func:`probe_counts` for a group: counts of one block times the blocks, so that every
+    block (a grouped conv's group) keeps the same count at every probe."""
+    blocks = _blocks(group)
+    counts, probe = probe_counts(group.channels // blocks)
+    return [c * blocks for c in counts], probe * blocks
+
+
+def group_round_to(group: Group, totals: dict[int, float]) -> int:
+    """:func:`learn_round_to` for a group, learned per block and scaled back to the group."""
+    blocks = _blocks(group)
+    return blocks * learn_round_to(group.channels // blocks, {k // blocks: ms for k, ms in totals.items()})
+
+
+def timing_plan(groups: ChannelGroups, kept: dict[str, int]) -> PruningPlan:
+    """A plan keeping ``kept[center]`` channels of each group, whichever (timing does not care
+    which): the first of each block, so that blocks keep equal counts as a prune would."""
+    return PruningPlan(groups, {c: top_channels(groups[c], np.zeros(groups[c].channels), k)
+                                for c, k in kept.items() if k < groups[c].channels}, {})
 
 
 def learn_round_to(channels: int, totals: dict[int, float]) -> int:
@@ -165,13 +193,12 @@ def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
     out = copy.deepcopy(module)
     old = dict(out.__dict__)
     changed = False
-    with torch.no_grad():
-        for (name, dim), keep in plan.members.items():
+    with torch.no_grad():  # per-row keeps (a grouped conv's columns) first: they index the rows as they were
+        for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[1].ndim == 1, kv[0][1])):
             owner, _, attr = name.rpartition(".")
-            if owner != path or keep.ndim != 1:
+            if owner != path:
                 continue
-            index = torch.as_tensor(np.flatnonzero(keep), device=getattr(out, attr).device)
-            value = getattr(out, attr).index_select(dim, index)
+            value = kept_positions(getattr(out, attr), dim, keep)
             if attr in out._parameters:
                 out._parameters[attr] = nn.Parameter(value, requires_grad=False)
             else:
@@ -213,10 +240,9 @@ def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> 
 
 
 def measurable(groups: ChannelGroups, skip: dict[str, str]) -> list[Group]:
-    """Prunable groups a table can cover: not those whose blocks keep equal counts (experts
-    stacked in one tensor, a grouped conv's groups), whose probe counts would need to be
-    multiples of their blocks."""
-    return [g for g in groups.prunable if g.center not in skip and g.blocks is None]
+    """Prunable groups a table can cover: not experts stacked in one tensor (a grouped conv's
+    groups are covered, probed at counts every conv group can keep: :func:`group_probe_counts`)."""
+    return [g for g in groups.prunable if g.center not in skip and (g.blocks is None or g.rounds_total)]
 
 
 def device_name(device: str) -> str:
@@ -233,7 +259,7 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     parts = measurable(groups, skip)
     units = [u for u in find_units(placed, groups, [g.center for g in parts]) if _runs(placed, u, groups, setup)]
     by_group = {g.center: [u for u in units if g.center in u.touching] for g in parts}
-    counts = {g.center: probe_counts(g.channels)[0] for g in parts}
+    counts = {g.center: group_probe_counts(g)[0] for g in parts}
     timings = len(units) + sum((len(counts[c]) - 1) * len(us) for c, us in by_group.items())
     log.info("timing %d units, %d shrunk variants of %d groups: about %.0f s", len(units), timings - len(units),
              len(parts), timings * (min_run_time + 0.05))
@@ -248,15 +274,15 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
             continue
         ms = {u.name: [] for u in by_group[g.center]}
         for k in counts[g.center]:
-            plan = PruningPlan(groups, {g.center: np.arange(k)}, {}) if k < g.channels else None
+            plan = timing_plan(groups, {g.center: k}) if k < g.channels else None
             for u in by_group[g.center]:
                 ms[u.name].append(dense_units[u.name] if plan is None else
                                   time_unit(placed, u, groups, setup, min_run_time, plan, statistic))
                 bar.update(plan is not None)
         totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
-        curves[g.center] = Curve(g.channels, learn_round_to(g.channels, totals), counts[g.center], ms)
+        curves[g.center] = Curve(g.channels, group_round_to(g, totals), counts[g.center], ms)
     bar.close()
-    half = {c: probe_counts(curve.channels)[1] for c, curve in curves.items()}
+    half = {c: group_probe_counts(groups[c])[1] for c in curves}
     dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)
     return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
                         dense_units, curves, torch.__version__, min_run_time, statistic, calibration)
@@ -266,7 +292,7 @@ def _whole_model(model: nn.Module, inputs: Any, groups: ChannelGroups, half: dic
                  min_run_time: float, statistic: str) -> tuple[float, dict[str, Any] | None]:
     """The dense model's time and, to calibrate the predictor, the time with every group at
     ``half`` (timed alternately); without a calibration if that model cannot be built or run."""
-    plan = PruningPlan(groups, {c: np.arange(k) for c, k in half.items() if k < groups[c].channels}, {})
+    plan = timing_plan(groups, half)
     try:
         dense_ms, half_ms = measure_plan(model, inputs, plan, setup, 3 * min_run_time, statistic)
     except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size: no calibration point
