@@ -77,11 +77,16 @@ def test_correction_is_a_secant_bisecting_inside_a_bracket():
     assert _next_target([Step(0.5, 0.5, 0.6)], 0.5) == pytest.approx(0.5 * 0.5 / 0.6)  # proportional
     secant = _next_target([Step(0.5, 0.5, 0.7), Step(0.4, 0.4, 0.6)], 0.5)
     assert secant == pytest.approx(0.3)
-    # a flat last pair sends the secant to 1.05, outside the bracket [0.45, 0.5]: it bisects
-    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.3, 0.3, 0.45), Step(0.45, 0.45, 0.46)], 0.5) \
+    # a steep secant that leaves the bracket [0.45, 0.5] (it asks for 0.55): it bisects
+    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.3, 0.3, 0.4), Step(0.45, 0.45, 0.46)], 0.5) \
         == pytest.approx(0.475)
+    # a near-flat last pair (slope 0.07) is noise: a proportional step, inside the bracket
+    assert _next_target([Step(0.5, 0.5, 0.6), Step(0.3, 0.3, 0.45), Step(0.45, 0.45, 0.46)], 0.5) \
+        == pytest.approx(0.45 * 0.5 / 0.46)
     # noise: the smaller plan measured slower; step on from the latest point, not back to the first
     assert _next_target([Step(0.5, 0.5, 0.6), Step(0.4, 0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)
+    # noise: two plans apart measure alike (slope 0.05), and a secant would ask for -0.35
+    assert _next_target([Step(0.488, 0.488, 0.542), Step(0.45, 0.45, 0.540)], 0.5) == pytest.approx(0.45 * 0.5 / 0.54)
 
 
 def test_unreachable_first_plan_is_a_config_error(planned):
@@ -130,28 +135,37 @@ def test_a_confirmation_inside_the_tolerance_stops_the_loop(planned):
         return 0.51
     refined = refine_plan(plan_for, lambda kept: 0.49, 0.5, confirm=confirm)
     assert len(refined.steps) == 1 and len(confirms) == 1 and confirms[0] == refined.plan.kept
-    assert refined.steps[0].confirmed == 0.51 and refined.measured == pytest.approx(0.5)  # the mean of both
+    # both timings, weighted by their rounds (the confirmation ran twice as many)
+    assert refined.steps[0].confirmed == 0.51 and refined.measured == pytest.approx((0.49 + 2 * 0.51) / 3)
     assert refined.record()["history"].endswith("/ 0.490, confirmed 0.510")
 
 
 def test_a_confirmation_outside_the_tolerance_corrects_from_the_mean(planned):
-    """The first timing says 0.49 (within 5 %), the confirmation 0.57: the loop does not trust
-    the plan, steps on from the mean 0.53 and stops once a later plan is confirmed."""
+    """The first timing says 0.49 (within 5 %), the confirmation 0.57: together 0.543, so the
+    loop does not trust the plan, steps on from there and stops once a later plan is confirmed."""
     _, table, plan_for = planned
     first = iter([0.49, 0.5])
     second = iter([0.57, 0.505])
     refined = refine_plan(plan_for, lambda kept: next(first), 0.5, confirm=lambda kept: next(second))
     one, two = refined.steps
-    assert one.confirmed == 0.57 and one.fraction == pytest.approx(0.53)
-    assert two.planned_for == pytest.approx(_next_target([Step(0.5, one.predicted, 0.53)], 0.5))
+    assert one.confirmed == 0.57 and one.fraction == pytest.approx((0.49 + 2 * 0.57) / 3)
+    assert two.planned_for == pytest.approx(_next_target([Step(0.5, one.predicted, one.fraction)], 0.5))
     assert two.confirmed == 0.505 and refined.plan.kept == plan_for(two.planned_for).kept
-    assert refined.measured == pytest.approx(0.5025)
+    assert refined.measured == pytest.approx((0.5 + 2 * 0.505) / 3)
+
+
+def test_two_timings_together_decide_not_the_confirmation_alone(planned):
+    """Two timings of one plan on this VM, quiet, differed by 14 % (0.479, 0.546): their
+    weighted mean, 0.524, is within 5 % of 0.5, so the plan is kept instead of chasing noise."""
+    _, table, plan_for = planned
+    refined = refine_plan(plan_for, lambda kept: 0.479, 0.5, confirm=lambda kept: 0.546)
+    assert len(refined.steps) == 1 and refined.measured == pytest.approx((0.479 + 2 * 0.546) / 3)
 
 
 def test_a_missed_confirmation_counts_as_a_step_and_the_budget_holds(planned):
     _, table, plan_for = planned
     missed = refine_plan(plan_for, lambda kept: 0.49, 0.5, max_steps=1, confirm=lambda kept: 0.6)
-    assert len(missed.steps) == 1 and missed.measured == pytest.approx(0.545)  # 1 measurement + 1 missed confirmation
+    assert len(missed.steps) == 1 and missed.measured == pytest.approx((0.49 + 2 * 0.6) / 3)  # + 1 missed confirmation
     ticks = iter(range(100))
     calls = []
     late = refine_plan(plan_for, lambda kept: 0.49, 0.5, budget_s=0.5, clock=lambda: next(ticks),

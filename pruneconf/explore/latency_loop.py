@@ -45,6 +45,7 @@ LOWEST = 0.01  # the smallest planning target a correction may ask for
 ROUNDS = 5       # alternating rounds of one whole-model timing (benchmarks/latency_aware.py's default too)
 RUN_TIME = 0.5   # seconds per model per round: --latency-run-time's default
 CONFIRM = 2      # a confirmation times CONFIRM x ROUNDS rounds
+MIN_SLOPE = 0.25  # a secant flatter than this (measured per planned) is noise: step proportionally instead
 
 
 @dataclasses.dataclass
@@ -56,8 +57,11 @@ class Step:
 
     @property
     def fraction(self) -> float:
-        """What the loop believes the plan measures: the mean of both measurements when confirmed."""
-        return self.measured if self.confirmed is None else (self.measured + self.confirmed) / 2
+        """What the loop believes the plan measures: both measurements weighted by their rounds
+        when confirmed (the confirmation ran :data:`CONFIRM` times as many)."""
+        if self.confirmed is None:
+            return self.measured
+        return (self.measured + CONFIRM * self.confirmed) / (1 + CONFIRM)
 
 
 @dataclasses.dataclass
@@ -135,8 +139,9 @@ def check_machine(table: LatencyTable, batch: int | None) -> None:
 def _next_target(steps: list[Step], target: float) -> float:
     """The planning target that should measure ``target``: a secant through the two latest
     points, bisection when it leaves the tightest bracket around the target, a proportional
-    step from the latest point when there is one point or the two slope the wrong way (noise;
-    stepping from the latest, not the best, point keeps the loop from planning it again)."""
+    step from the latest point when there is one point or the two slope the wrong way or
+    barely at all (noise: a near-flat secant sends the target far off; stepping from the
+    latest, not the best, point keeps the loop from planning it again)."""
     below = [s for s in steps if s.fraction < target]
     above = [s for s in steps if s.fraction > target]
     lo = max(below, key=lambda s: s.fraction) if below else None
@@ -145,7 +150,7 @@ def _next_target(steps: list[Step], target: float) -> float:
     guess = None
     if a is not None and b.fraction != a.fraction:
         slope = (b.fraction - a.fraction) / (b.planned_for - a.planned_for) if b.planned_for != a.planned_for else 0
-        if slope > 0:
+        if slope > MIN_SLOPE:
             guess = b.planned_for + (target - b.fraction) / slope
     if guess is None:  # the latest point alone: the model the loop stands at
         guess = b.planned_for * target / b.fraction
@@ -162,8 +167,10 @@ def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Map
                 confirm: Callable[[Mapping[str, int]], float] | None = None) -> Refined:
     """Plan for ``target`` with the table, then correct the planning target on measured fractions.
 
-    A plan measured within ``tolerance`` is measured again with ``confirm`` (default ``measure``);
-    a confirmation that misses counts as a step and the loop corrects on from the mean of both.
+    A plan measured within ``tolerance`` is measured again with ``confirm`` (default ``measure``)
+    and judged by both measurements together (:attr:`Step.fraction`: on this VM two timings of one
+    plan, quiet, differ by up to 14 %); if they miss, that counts as a step and the loop corrects
+    on from them.
     No measurement starts once ``budget_s`` is spent."""
     started, confirm = clock(), confirm or measure
     planned, steps, plans, missed = target, [], [], 0
@@ -201,7 +208,7 @@ def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Map
             step.confirmed = confirm(plan.kept)
             log.info("latency loop step %d confirmed: measured %.3f again, %.3f on average", len(steps) - 1,
                      step.confirmed, step.fraction)
-            if within(step.confirmed):
+            if within(step.fraction):
                 break
             missed += 1
         if len(steps) + missed > max_steps:
