@@ -85,6 +85,8 @@ def test_correction_is_a_secant_bisecting_inside_a_bracket():
         == pytest.approx(0.45 * 0.5 / 0.46)
     # noise: the smaller plan measured slower; step on from the latest point, not back to the first
     assert _next_target([Step(0.5, 0.5, 0.6), Step(0.4, 0.4, 0.7)], 0.5) == pytest.approx(0.4 * 0.5 / 0.7)
+    # a table that over-promises by 2x: at most half way to 1, not the dense model itself
+    assert _next_target([Step(0.5, 0.5, 0.238)], 0.5) == pytest.approx(0.75)
     # noise: two plans apart measure alike (slope 0.05), and a secant would ask for -0.35
     assert _next_target([Step(0.488, 0.488, 0.542), Step(0.45, 0.45, 0.540)], 0.5) == pytest.approx(0.45 * 0.5 / 0.54)
 
