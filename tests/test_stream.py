@@ -136,17 +136,23 @@ def test_llama_streamed_equals_in_memory(tmp_path, tied):
                            reference.eval().generate(ids, max_new_tokens=4, do_sample=False))
 
 
-def test_a_resizer_that_changes_weights_is_applied_when_streaming(tmp_path):
-    (tmp_path / "block.py").write_text(ATTENTION)
-    spec = f"{tmp_path / 'block.py'}:Block"
-    recipe = _init(tmp_path, spec, "2,7,12")
+def _stream_local_model(tmp_path, source: str, name: str, shape: str) -> dict:
+    """A model class defined in ``source``: recipe, seeded weights in one safetensors file,
+    streamed into a directory (the trailing "/" says so) and checked equal to the in-memory
+    prune of the same weights; returns the streamed tensors."""
+    (tmp_path / "net.py").write_text(source)
+    spec = f"{tmp_path / 'net.py'}:{name}"
+    recipe = _init(tmp_path, spec, shape)
     torch.manual_seed(0)
     state = build_model(spec).state_dict()
-    save_file(dict(state), str(tmp_path / "block.safetensors"))
-    # one file in, a directory out: the trailing "/" says the output is a directory
-    out, _, streamed = _stream(tmp_path, recipe, tmp_path / "block.safetensors", "--model", spec, slash="/")
-    reference = _in_memory(spec, recipe, state)
-    _assert_same(streamed, reference, state)
+    save_file(dict(state), str(tmp_path / "net.safetensors"))
+    _, _, streamed = _stream(tmp_path, recipe, tmp_path / "net.safetensors", "--model", spec, slash="/")
+    _assert_same(streamed, _in_memory(spec, recipe, state), state)
+    return streamed
+
+
+def test_a_resizer_that_changes_weights_is_applied_when_streaming(tmp_path):
+    streamed = _stream_local_model(tmp_path, ATTENTION, "Block", "2,7,12")
     assert streamed["attn.in_proj_weight"].shape == (48, 16)  # head dim 8 -> 4: queries rescaled by sqrt(1/2)
 
 
@@ -272,12 +278,5 @@ class Net(nn.Module):
 
 
 def test_a_grouped_conv_streamed_equals_in_memory(tmp_path):
-    (tmp_path / "net.py").write_text(GROUPED)
-    spec = f"{tmp_path / 'net.py'}:Net"
-    recipe = _init(tmp_path, spec, "2,3,8,8")
-    torch.manual_seed(0)
-    state = build_model(spec).state_dict()
-    save_file(dict(state), str(tmp_path / "net.safetensors"))
-    _, _, streamed = _stream(tmp_path, recipe, tmp_path / "net.safetensors", "--model", spec, slash="/")
-    _assert_same(streamed, _in_memory(spec, recipe, state), state)
+    streamed = _stream_local_model(tmp_path, GROUPED, "Net", "2,3,8,8")
     assert streamed["b.weight"].shape == (16, 4, 3, 3)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .experts import expert_count_changes
 from .parametrized import parametrized_layers, weight_readable
 from .resize import needs_resizer, resizer_for
 
+K = TypeVar("K")
 log = logging.getLogger("pruneconf")
 
 TAGS = {nn.modules.conv._ConvNd: "CONV", nn.Linear: "FC", nn.modules.batchnorm._NormBase: "BN",
@@ -81,6 +82,13 @@ def _tag(module: nn.Module) -> str:
     return type(module).__name__.upper()
 
 
+def slicing_order(keeps: Mapping[K, np.ndarray]) -> list[tuple[K, np.ndarray]]:
+    """``keeps`` (per key, the positions a dim keeps) in the order to slice them: per-row (2-D)
+    keeps first, since they index the rows (experts, a grouped conv's output rows) as they were
+    before any is dropped; then by key. Apply, timing copies and streamed reads all slice so."""
+    return sorted(keeps.items(), key=lambda kv: (kv[1].ndim == 1, kv[0]))
+
+
 def kept_positions(tensor: torch.Tensor, dim: int, keep) -> torch.Tensor:
     """``tensor`` without the positions ``keep`` drops along ``dim``; a 2-D ``keep`` has a row
     per index of dim 0 (an expert of a stacked tensor, an output row of a grouped conv), each
@@ -118,8 +126,7 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     puts the model back bit for bit."""
     slots = _slots(model)
     sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
-    # Per-expert rows first: they index the experts as they were before any is dropped.
-    for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[0][0], kv[1].ndim == 1, kv[0][1])):
+    for (name, dim), keep in slicing_order(plan.members):
         tensor = slots[name][2]
         sliced[id(tensor)] = kept_positions(sliced.get(id(tensor), tensor.detach()), dim, keep)
         order = plan.orders.get((name, dim))  # the order a channel shuffle leaves its channels in

@@ -28,7 +28,7 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..apply.resize import resizer_for
-from ..apply.shrink import kept_positions
+from ..apply.shrink import kept_positions, slicing_order
 from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
 from ..masks.keep import top_channels
@@ -193,8 +193,8 @@ def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
     out = copy.deepcopy(module)
     old = dict(out.__dict__)
     changed = False
-    with torch.no_grad():  # per-row keeps (a grouped conv's columns) first: they index the rows as they were
-        for (name, dim), keep in sorted(plan.members.items(), key=lambda kv: (kv[1].ndim == 1, kv[0][1])):
+    with torch.no_grad():
+        for (name, dim), keep in slicing_order(plan.members):
             owner, _, attr = name.rpartition(".")
             if owner != path:
                 continue

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..apply.shrink import kept_positions
+from ..apply.shrink import kept_positions, slicing_order
 from ..errors import ConfigError
 from ..jsonfile import read_json
 
@@ -116,7 +116,7 @@ class Checkpoint:
             else:
                 index = (slice(None),) * first + (keep[first].nonzero()[0].tolist(),)
                 tensor = f.get_slice(name)[index]
-        for dim, mask in sorted(keep.items(), key=lambda kv: (kv[1].ndim == 1, kv[0])):  # rows, as apply
+        for dim, mask in slicing_order(keep):
             if dim != first:
                 tensor = kept_positions(tensor, dim, mask)
         self.bytes_read += tensor.numel() * tensor.element_size()
