@@ -7,9 +7,10 @@ Per torchvision model (``weights=None``, ``eval()``, input 1x3x224x224, sparsity
 run in a fresh process (this script with the hidden ``--_worker`` flag), the tools
 alternating run by run, the figure the median of ``--runs``:
 
-- ``pruneconf``: ``Pruner(model, x, {"sparsity": 0.5})``, ``register_masks()``,
-  ``apply_masks()`` -- trace, groups, ranking, the dry run, masks, shrinking and the check
-  that the shrunk model computes what the masked one did;
+- ``pruneconf``: ``Pruner(model, x, {"sparsity": 0.5}).prune()``, the one-shot route --
+  trace, groups, ranking, and the dry run that shrinks the model and checks that it
+  computes what the masked model does (kept when exact; otherwise the groups that break it
+  are found, left whole, and apply shrinks and checks again);
 - ``Torch-Pruning``: ``MagnitudePruner`` (L2 magnitude, ``pruning_ratio=0.5``, the 1000-class
   classifier ignored) from construction to the end of ``step()``; nothing is checked;
 - ``forward``: one ``torch.no_grad()`` forward (median of 3 after a warm-up), the unit for
@@ -52,9 +53,7 @@ def prune_call(tool: str, model: Any, x: Any):
         import pruneconf
 
         def prune() -> Any:
-            pruner = pruneconf.Pruner(model, x, {"sparsity": 0.5})
-            pruner.register_masks()
-            return pruner.apply_masks()
+            return pruneconf.Pruner(model, x, {"sparsity": 0.5}).prune()
         return prune
     if tool == "torch_pruning":
         import torch_pruning as tp

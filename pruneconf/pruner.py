@@ -20,9 +20,10 @@ from torch import nn
 
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_groups
+from .apply.shrink import Shrunk
 from .apply.dryrun import drop_breaking_groups, dry_run, evaluating, retry_together
 from .apply.verify import compare_shrunk, model_outputs, widened
-from .distributed import broadcast_model, copy_full_state, sharded
+from .distributed import broadcast_model, copy_full_state, distributed, sharded
 from .errors import PruneconfError
 from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
@@ -133,17 +134,25 @@ class Pruner:
         run and put back) shows to break it are left whole (see :attr:`dropped`), before any
         mask exists."""
         if self._plan is None:
-            _refuse_sharded(self.model)
-            if self._batches is not None:
-                self.calibrate(self._batches)
-            plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(),
-                             calibration=self.calibration)
-            with dry_run(self.model, self.example_inputs) as run:
-                self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
-                self._plan, self.dropped = retry_together(self._plan, plan, self.dropped, run, self._best_channels)
-            if run.proven == frozenset(self._plan.kept):
-                self._proof = fingerprint(self.model)
+            self._make_plan(keep_shrunk=False)
         return self._plan
+
+    def _make_plan(self, keep_shrunk: bool) -> Shrunk | None:
+        """Rank, then dry-run the plan. With ``keep_shrunk``, a plan whose first trial is exact
+        leaves the model shrunk and its :class:`Shrunk` is returned (:meth:`prune` needs
+        nothing more); otherwise the model is as before and the proof is noted for apply."""
+        _refuse_sharded(self.model)
+        if self._batches is not None:
+            self.calibrate(self._batches)
+        plan = make_plan(self.model, self.groups, self.recipe, skip=self.skipped(), calibration=self.calibration)
+        with dry_run(self.model, self.example_inputs, keep=keep_shrunk) as run:
+            self._plan, self.dropped = drop_breaking_groups(self.model, self.example_inputs, plan, run=run)
+            self._plan, self.dropped = retry_together(self._plan, plan, self.dropped, run, self._best_channels)
+        if run.kept is not None:
+            return run.kept
+        if run.proven == frozenset(self._plan.kept):
+            self._proof = fingerprint(self.model)
+        return None
 
     def register_masks(self) -> Masks:
         """Zero the pruned channels and keep them at zero through training."""
@@ -239,7 +248,15 @@ class Pruner:
         write_atomic(output, dump_document(doc))
 
     def prune(self) -> nn.Module:
-        """Masks then apply in one go: the pruned model, shrunk in place."""
+        """Masks then apply in one go: the pruned model, shrunk in place. Before any plan or
+        mask, outside distributed runs, the dry run's own shrunk model is kept when it is
+        exact: one shrink, no masks, the same check."""
+        if self._plan is None and self.masks is None and not distributed():
+            shrunk = self._make_plan(keep_shrunk=True)
+            if shrunk is not None:
+                shrunk.log()
+                self.applied = self._plan
+                return self.model
         self.apply_masks()
         return self.model
 

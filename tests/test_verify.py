@@ -220,3 +220,49 @@ def test_apply_trusts_the_dry_run_only_while_the_model_is_unchanged(monkeypatch)
     optimizer.step()
     pruner.apply_masks()
     assert calls == [1] and model[0].out_channels == 4
+
+
+@pytest.mark.parametrize("make", [small, ReadsItsWidth], ids=["exact-first-trial", "a-group-breaks"])
+def test_one_shot_prune_gives_the_model_masks_then_apply_give(make):
+    """``prune()`` keeps the dry run's shrunk model when its first trial is exact instead of
+    shrinking twice; the model, its modes and the groups left whole are those of
+    ``register_masks()`` + ``apply_masks()``, and it computes what the masked model does."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = calibrated(make(), x).train()
+    twin = copy.deepcopy(model)
+    masked = copy.deepcopy(model)
+    Pruner(masked, x, {"sparsity": 0.5}).register_masks()
+    one_shot = Pruner(model, x, {"sparsity": 0.5})
+    one_shot.prune()
+    stepwise = Pruner(twin, x, {"sparsity": 0.5})
+    stepwise.register_masks()
+    stepwise.apply_masks()
+    assert one_shot.dropped == stepwise.dropped and one_shot.applied.kept.keys() == stepwise.applied.kept.keys()
+    assert model.training and not any(isinstance(v, torch.Tensor) for v in vars(model).values())
+    ours, theirs = model.state_dict(), twin.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in masked.parameters())
+    torch.testing.assert_close(outputs(model, x), outputs(masked, x), atol=1e-5, rtol=0)
+
+
+def test_one_shot_prune_puts_the_model_back_when_its_first_trial_differs(monkeypatch):
+    """A first trial that runs but differs is undone like any other: the search then finds
+    the culprit on the original model and ``prune()`` finishes by the checked apply."""
+    import pruneconf.apply.dryrun as dryrun
+    real, calls = dryrun.outputs_problem, []
+
+    def first_differs(expected, got, atol):
+        calls.append(1)
+        return "differs (injected)" if len(calls) == 1 else real(expected, got, atol)
+
+    monkeypatch.setattr(dryrun, "outputs_problem", first_differs)
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = calibrated(small(), x)
+    masked = copy.deepcopy(model)
+    Pruner(masked, x, {"sparsity": 0.5}).register_masks()
+    pruner = Pruner(model, x, {"sparsity": 0.5})
+    pruner.prune()
+    assert len(calls) > 1 and pruner.applied is not None
+    torch.testing.assert_close(outputs(model, x), outputs(masked, x), atol=1e-5, rtol=0)

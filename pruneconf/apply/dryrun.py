@@ -24,7 +24,7 @@ from torch import nn
 from ..masks.plan import PruningPlan
 from ..masks.transient import masked_forward
 from ..trace.where import failing_line
-from .shrink import shrink
+from .shrink import Shrunk, shrink
 from .verify import kept_outputs, model_outputs, outputs_problem, widened
 
 log = logging.getLogger("pruneconf")
@@ -62,13 +62,16 @@ class DryRun:
 
     :attr:`proven` names the groups of the last plan found exact (apply need not check that
     plan again on unchanged weights); :attr:`failed_at` the graph order where the last
-    failing run stopped.
+    failing run stopped; :attr:`kept` what undoes the shrinking a ``keep`` run's first
+    trial left in place.
     """
 
-    def __init__(self, model: nn.Module, example: Any, atol: float) -> None:
+    def __init__(self, model: nn.Module, example: Any, atol: float, keep: bool = False) -> None:
         self.model, self.example, self.atol = model, example, atol
         self.proven: frozenset | None = None
         self.failed_at: int | None = None
+        self.keep = keep  # the first trial only: see :attr:`kept`
+        self.kept: Shrunk | None = None
         self._ends: dict[str, int] | None = None
         self._ran: tuple[frozenset, list[torch.Tensor]] | None = None  # the last shrunk run's outputs
 
@@ -83,7 +86,9 @@ class DryRun:
                     self._ends[key] = max(self._ends.get(key, -1), attrs.get("order", -1))
         return self._ends.get(path)
 
-    def _shrunk_outputs(self, plan: PruningPlan) -> tuple[list[torch.Tensor] | None, str | None]:
+    def _shrunk_outputs(self, plan: PruningPlan, keep: bool = False) -> tuple[list[torch.Tensor] | None, str | None]:
+        """The shrunk model's outputs, or why it does not run; the model is put back unless
+        ``keep`` and it ran (then :attr:`kept` holds what undoes it)."""
         self.failed_at = None
         key = frozenset(plan.kept)
         if self._ran is not None and self._ran[0] == key:  # ``breaks`` then ``problem`` of one plan
@@ -91,37 +96,55 @@ class DryRun:
         done = shrink(self.model, plan, log_changes=False)
         try:
             self._ran = (key, model_outputs(self.model, self.example))
-            return self._ran[1], None
         except Exception as exc:  # noqa: BLE001 - a shrunk model that does not run is the finding
+            done.undo()
             path = _failing_module(self.model, exc)
             self.failed_at = None if path is None else self._end_of(plan, path)
             where = failing_line(exc)
             return None, f"fails to run{f' at {where}' if where else ''}: {type(exc).__name__}: {exc}"
-        finally:
+        if keep:
+            self.kept = done
+        else:
             done.undo()
+        return self._ran[1], None
 
     def breaks(self, plan: PruningPlan) -> str | None:
         """Why the model shrunk by ``plan`` does not run, or None (its outputs are not checked)."""
         return self._shrunk_outputs(plan)[1]
 
     def problem(self, plan: PruningPlan) -> str | None:
-        """Why shrinking by ``plan`` would not reproduce the masked model, or None."""
-        got, problem = self._shrunk_outputs(plan)
+        """Why shrinking by ``plan`` would not reproduce the masked model, or None.
+
+        The masked outputs come first, from the model as it is; then the shrunk run. On the
+        first trial of a run made with ``keep``, an exact shrunk model stays shrunk (one
+        shrink, no masks: :meth:`~pruneconf.pruner.Pruner.prune`); any other trial, or a
+        failed one, puts the model back."""
+        keep, self.keep = self.keep, False
+        ran = self._ran is not None and self._ran[0] == frozenset(plan.kept)  # by ``breaks``: it runs
+        expected = None if ran else self._masked_outputs(plan)
+        got, problem = self._shrunk_outputs(plan, keep)
         if problem is not None:
             return problem
-        with masked_forward(self.model, plan):
-            expected = model_outputs(self.model, self.example)
+        expected = self._masked_outputs(plan) if expected is None else expected
         problem = outputs_problem(kept_outputs(expected, plan), got, self.atol)
         if problem is None:
             self.proven = frozenset(plan.kept)
+        elif self.kept is not None:
+            self.kept.undo()
+            self.kept = None
         return problem
+
+    def _masked_outputs(self, plan: PruningPlan) -> list[torch.Tensor]:
+        with masked_forward(self.model, plan):
+            return model_outputs(self.model, self.example)
 
 
 @contextlib.contextmanager
-def dry_run(model: nn.Module, example: Any, atol: float = 1e-5) -> Iterator[DryRun]:
-    """A :class:`DryRun` of ``model`` in eval mode, half precision widened (see :func:`widened`)."""
+def dry_run(model: nn.Module, example: Any, atol: float = 1e-5, keep: bool = False) -> Iterator[DryRun]:
+    """A :class:`DryRun` of ``model`` in eval mode, half precision widened (see :func:`widened`);
+    with ``keep``, a first trial found exact leaves the model shrunk (:attr:`DryRun.kept`)."""
     with widened(model, example) as widened_example, evaluating(model):
-        yield DryRun(model, widened_example, atol)
+        yield DryRun(model, widened_example, atol, keep)
 
 
 def _first_failing_prefix(fails: Callable[[int], bool], lo: int, hi: int) -> int:

@@ -60,6 +60,16 @@ class Shrunk:
     model: nn.Module
     replaced: list[tuple[nn.Module, str, Any, bool]]  # module, attr, old value, is_param
     attrs: list[tuple[nn.Module, dict]]
+    set_attrs: list[tuple[nn.Module, str]]  # size attributes set: module, ``name: old -> new``
+
+    def log(self) -> None:
+        """Log every layer's change, ``[CONV] layer1.0.conv1: output 64 -> 32``: done after
+        the fact, so a dry run that keeps its shrunk model reports like apply."""
+        path = {id(m): n for n, m in self.model.named_modules()}
+        for module, change in self.set_attrs:
+            log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), change)
+        for module, old in self.attrs:
+            _log_change(path.get(id(module), "?"), module, old)
 
     def undo(self) -> None:
         for module, attr, value, is_param in reversed(self.replaced):
@@ -149,21 +159,20 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
                 module._buffers[attr] = new
     for layer in parametrized_layers(model, touched):  # its weight lives in its parametrizations
         touched.setdefault(id(layer), (layer, dict(layer.__dict__)))
-    path = {id(m): n for n, m in model.named_modules()} if log_changes else {}
+    set_attrs = []
     for module, name, value in size_attribute_changes(model, plan) + expert_count_changes(model, plan):
         touched.setdefault(id(module), (module, dict(module.__dict__)))
-        if log_changes:
-            log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), describe(module, name, value))
+        set_attrs.append((module, describe(module, name, value)))
         setattr(module, name, value)
-    shrunk = Shrunk(model, replaced, list(touched.values()))
+    shrunk = Shrunk(model, replaced, list(touched.values()), set_attrs)
     for module, old in touched.values():
         resize = resizer_for(module)
         if resize is not None:
             with weight_readable(module):
                 resize(module, old)
-        if log_changes:
-            _log_change(path.get(id(module), "?"), module, old)
     drop_derived(model)  # what the model kept from its old parameters (timm's attention bias cache)
+    if log_changes:
+        shrunk.log()
     return shrunk
 
 

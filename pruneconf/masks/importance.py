@@ -33,7 +33,8 @@ class RankInputs:
     tensors: Mapping[str, torch.Tensor]
     seed: int = 0
     calibration: Calibration | None = None
-    # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans
+    # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans;
+    # per (metric, parameter, slice): a weight's [dim 0, dim 1] plane (see _row_totals)
     row_scores: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def statistic(self, name: str, group: Group) -> np.ndarray | None:
@@ -66,10 +67,30 @@ def member_rows(m: Member, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
-def _per_channel(group: Group, inputs: RankInputs, roles, key: str, fn) -> np.ndarray:
-    """Sum ``fn(slice)`` over member slices, each slice being one index along the member dim.
+def _row_totals(m: Member, tensor: torch.Tensor, total, planes: dict, key: str) -> np.ndarray:
+    """``total(values, dims)`` over every position but the member's dim, one value per index.
 
-    ``fn`` runs once per parameter dim and ranking (cached under ``key`` in ``inputs``): a
+    A weight of three or more dims is reduced once to its ``[dim 0, dim 1]`` plane, which
+    its rows and its columns then share: one pass over a conv weight scores both the group
+    it produces and the group it reads (moving a dim to the front copied the weight each time)."""
+    dim = m.dim
+    if m.slice is not None:
+        tensor, dim = tensor[m.slice], dim - 1
+    values = tensor.detach().float()
+    if values.dim() >= 3 and dim < 2:
+        plane = planes.get((key, m.param, m.slice))
+        if plane is None:
+            plane = planes[key, m.param, m.slice] = total(values, tuple(range(2, values.dim())))
+        totals = plane.sum(1 - dim)
+    else:
+        totals = total(values, tuple(d for d in range(values.dim()) if d != dim))
+    return totals.cpu().double().numpy()
+
+
+def _per_channel(group: Group, inputs: RankInputs, roles, key: str, total) -> np.ndarray:
+    """Sum ``total(values, dims)`` (a sum over ``dims``) over member slices, each slice being one index along the member dim.
+
+    Each parameter dim is scored once per ranking (cached under ``key`` in ``inputs``): a
     DenseNet layer reads a concatenation of many groups, and scoring its whole weight again
     for each of them made ranking quadratic in the number of groups."""
     score = np.zeros(group.channels)
@@ -80,19 +101,24 @@ def _per_channel(group: Group, inputs: RankInputs, roles, key: str, fn) -> np.nd
         cached = (key, m.param, m.dim, m.slice)
         values = inputs.row_scores.get(cached)
         if values is None:
-            values = inputs.row_scores[cached] = fn(member_rows(m, tensor).float()).cpu().double().numpy()
+            values = inputs.row_scores[cached] = _row_totals(m, tensor, total, inputs.row_scores, key)
         np.add.at(score, m.channels, values[m.index])
     return score
 
 
+def _sum_of_squares(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Σ x² over ``dims`` as a norm squared: a reduction that allocates no weight-sized square."""
+    return torch.linalg.vector_norm(values, 2, dims).square()
+
+
 @metric("l1_norm")
 def l1_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return _per_channel(group, inputs, (SOURCE, CONSUMER), "l1", lambda r: r.abs().sum(1))
+    return _per_channel(group, inputs, (SOURCE, CONSUMER), "l1", lambda values, dims: values.abs().sum(dims))
 
 
 @metric("l2_norm")
 def l2_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return np.sqrt(_per_channel(group, inputs, (SOURCE, CONSUMER), "l2", lambda r: r.pow(2).sum(1)))
+    return np.sqrt(_per_channel(group, inputs, (SOURCE, CONSUMER), "l2", _sum_of_squares))
 
 
 @metric("bn_gamma")

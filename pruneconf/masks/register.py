@@ -33,10 +33,15 @@ from .stats import MaskedStatistic, attach_masked_statistics, masked_statistics
 
 
 def times_factors(factors: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """``x`` times every factor (a new tensor)."""
+    """``x`` times every factor, as a new tensor (``x`` is left alone). Only the first product
+    allocates; the others multiply it in place where the shape allows (a masked forward
+    multiplies every pruned weight, and each new weight-sized tensor costs a pass of page faults)."""
+    out = x
     for factor in factors:
-        x = x * factor.to(device=x.device, dtype=x.dtype)
-    return x
+        factor = factor.to(device=x.device, dtype=x.dtype)
+        in_place = out is not x and torch.broadcast_shapes(out.shape, factor.shape) == out.shape
+        out = out.mul_(factor) if in_place else out * factor
+    return out
 
 
 class Masks:
