@@ -106,7 +106,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     recipe = plan_document(doc, args, None, pruner_for)
     pruner = pruner_for(recipe)
     before = pruner.report()
-    plan = pruner.apply_masks()
+    pruner.prune()
+    plan = pruner.applied
     save_weights(pruner.model, output)
     pruner.write_applied(doc, applied_path)
     report = build_report(pruner.groups, plan, recipe)

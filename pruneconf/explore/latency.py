@@ -2,11 +2,25 @@
 whole-model figures and for the latency tables' per-layer probes."""
 from __future__ import annotations
 
+import importlib
+import logging
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils import benchmark
+
+
+def _benchmark() -> Any:
+    """``torch.utils.benchmark``, imported when first timed: it imports ``cpp_extension``,
+    which warns about a CUDA toolkit without a GPU, noise on every command that times
+    nothing (and on those that do: the toolkit plays no part in timing)."""
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        return importlib.import_module("torch.utils.benchmark")
+    finally:
+        quiet.setLevel(level)
 
 
 def time_ms(call: Callable[..., Any], args: tuple, threads: int, min_run_time: float,
@@ -18,7 +32,7 @@ def time_ms(call: Callable[..., Any], args: tuple, threads: int, min_run_time: f
         with torch.inference_mode():
             call(*args)
     forward()
-    timer = benchmark.Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
+    timer = _benchmark().Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
     blocks = timer.blocked_autorange(min_run_time=min_run_time)
     return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
 

@@ -136,7 +136,7 @@ def _point(model: nn.Module, inputs: Any, sparsity: float, doc: CommentedMap, pa
         record_calibration(doc, pruner.calibration.batches)
     text = dump_document(doc)
     with _without_layer_logs():
-        pruner.apply_masks()
+        pruner.prune()
     point = SweepPoint(sparsity, path.name, *_measure(pruned, inputs, with_latency))
     log.info("%s %.2f: %s MACs, %s params", label, sparsity, f"{point.macs:,}", f"{point.params:,}")
     return point, text, calibration

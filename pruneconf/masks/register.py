@@ -122,10 +122,10 @@ def mask_factors(plan: PruningPlan, model: nn.Module) -> dict[str, list[torch.Te
     """Per pruned parameter, one broadcastable 0/1 tensor per pruned dim (buffers are left
     alone: their channel is cut off); for a sharded (DTensor) parameter, this rank's shard
     of its whole mask."""
-    params = dict(model.named_parameters(remove_duplicate=False))
+    params = model_tensors(model)
     factors: dict[str, list[torch.Tensor]] = {}
     for (name, dim), keep in plan.members.items():
-        if name not in params:
+        if not isinstance(params.get(name), nn.Parameter):
             continue
         shape = [1] * params[name].dim()
         shape[dim] = keep.shape[-1]

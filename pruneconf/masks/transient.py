@@ -20,7 +20,7 @@ from torch import nn
 from ..trace.caches import drop_derived
 from .experts import attach_router_masks
 from .norms import attach_masked_norms, masked_norms
-from .plan import PruningPlan
+from .plan import PruningPlan, model_tensors
 from .register import mask_factors, times_factors
 from .stats import attach_masked_statistics, masked_statistics
 
@@ -73,16 +73,16 @@ def masked_forward(model: nn.Module, plan: PruningPlan) -> Iterator[None]:
     its parameters keep their values (and identities) throughout."""
     factors = mask_factors(plan, model)
     scopes = read_scopes(plan, list(factors))
-    params = dict(model.named_parameters(remove_duplicate=False))
+    params = model_tensors(model)
     by_scope: dict[str, dict[int, tuple[nn.Parameter, list[torch.Tensor]]]] = {}
     for name, mine in factors.items():
         param = params[name]
         entry = by_scope.setdefault(scopes[name], {})
         previous = entry.get(id(param), (param, []))[1]
         entry[id(param)] = (param, previous + mine)  # a tied parameter, masked under each of its names
-    handles = []
+    handles, modules = [], dict(model.named_modules(remove_duplicate=False))
     for path, entries in by_scope.items():
-        module = model.get_submodule(path)
+        module = modules[path]
         swap = _Swap(list(entries.values()))
         handles.append(module.register_forward_pre_hook(swap.enter, prepend=True))
         handles.append(module.register_forward_hook(swap.leave, always_call=True))

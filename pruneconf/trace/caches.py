@@ -17,8 +17,13 @@ from torch import nn
 
 def drop_derived(model: nn.Module) -> None:
     """Call every overridden ``train()`` in ``model`` with its module's current mode, then
-    put every module's mode back (an override may set its children's modes its own way)."""
-    modes = [(module, module.training) for module in model.modules()]
+    put every module's mode back (an override may set its children's modes its own way).
+    A model with no such override is left alone: this runs around every shrink and masked
+    forward, and setting each module's mode again cost more than the forward's hooks."""
+    modules = list(model.modules())
+    if all(type(module).train is nn.Module.train for module in modules):
+        return
+    modes = [(module, module.training) for module in modules]
     try:
         for module, training in modes:
             if type(module).train is not nn.Module.train:
@@ -26,4 +31,3 @@ def drop_derived(model: nn.Module) -> None:
     finally:
         for module, training in modes:
             module.training = training
-
