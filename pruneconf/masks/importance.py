@@ -33,8 +33,7 @@ class RankInputs:
     tensors: Mapping[str, torch.Tensor]
     seed: int = 0
     calibration: Calibration | None = None
-    # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans;
-    # per (metric, parameter, slice): a weight's [dim 0, dim 1] plane (see _row_totals)
+    # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans
     row_scores: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def statistic(self, name: str, group: Group) -> np.ndarray | None:
@@ -67,23 +66,29 @@ def member_rows(m: Member, tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().movedim(dim, 0).reshape(tensor.shape[dim], -1)
 
 
-def _row_totals(m: Member, tensor: torch.Tensor, total, planes: dict, key: str) -> np.ndarray:
-    """``total(values, dims)`` over every position but the member's dim, one value per index.
-
-    A weight of three or more dims is reduced once to its ``[dim 0, dim 1]`` plane, which
-    its rows and its columns then share: one pass over a conv weight scores both the group
-    it produces and the group it reads (moving a dim to the front copied the weight each time)."""
-    dim = m.dim
+def _row_totals(m: Member, tensor: torch.Tensor, total) -> dict[int, np.ndarray]:
+    """``total(values, dims)`` over every position but a dim, one value per index, keyed by
+    the parameter dim: the member's, and for a weight of three or more dims read along dim 0
+    or 1, both of them. Such a weight is reduced once to its ``[dim 0, dim 1]`` plane, whose
+    sums score both the group it produces and the group it reads (moving a dim to the front
+    copied the weight each time). Only the totals are kept: a 1x1 conv's plane is as large as
+    its weight, and caching planes held a copy of most of a ResNet until ranking ended."""
+    dim, offset = m.dim, 0
     if m.slice is not None:
-        tensor, dim = tensor[m.slice], dim - 1
+        tensor, dim, offset = tensor[m.slice], dim - 1, 1
     values = tensor.detach().float()
     if values.dim() >= 3 and dim < 2:
-        plane = planes.get((key, m.param, m.slice))
-        if plane is None:
-            plane = planes[key, m.param, m.slice] = total(values, tuple(range(2, values.dim())))
-        totals = plane.sum(1 - dim)
-    else:
-        totals = total(values, tuple(d for d in range(values.dim()) if d != dim))
+        if values.shape[2:].numel() == 1:  # a 1x1 conv is its own plane: reduce it, allocate nothing
+            plane = values.reshape(values.shape[:2])
+            rows, columns = total(plane, (1,)), total(plane, (0,))
+        else:
+            plane = total(values, tuple(range(2, values.dim())))
+            rows, columns = plane.sum(1), plane.sum(0)
+        return {offset: _numpy(rows), offset + 1: _numpy(columns)}
+    return {m.dim: _numpy(total(values, tuple(d for d in range(values.dim()) if d != dim)))}
+
+
+def _numpy(totals: torch.Tensor) -> np.ndarray:
     return totals.cpu().double().numpy()
 
 
@@ -99,16 +104,16 @@ def _per_channel(group: Group, inputs: RankInputs, roles, key: str, total) -> np
         if m.role not in roles or tensor is None or not tensor.is_floating_point() or tensor.dim() == 0:
             continue
         cached = (key, m.param, m.dim, m.slice)
-        values = inputs.row_scores.get(cached)
-        if values is None:
-            values = inputs.row_scores[cached] = _row_totals(m, tensor, total, inputs.row_scores, key)
-        np.add.at(score, m.channels, values[m.index])
+        if cached not in inputs.row_scores:
+            for dim, totals in _row_totals(m, tensor, total).items():
+                inputs.row_scores[key, m.param, dim, m.slice] = totals
+        np.add.at(score, m.channels, inputs.row_scores[cached][m.index])
     return score
 
 
 def _sum_of_squares(values: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Σ x² over ``dims`` as a norm squared: a reduction that allocates no weight-sized square."""
-    return torch.linalg.vector_norm(values, 2, dims).square()
+    return torch.linalg.vector_norm(values, 2, dims).square_()
 
 
 @metric("l1_norm")

@@ -1,0 +1,45 @@
+"""Weight metrics score a channel by its sources' rows plus its consumers' columns, and
+ranking keeps per-dim totals only (a weight-sized plane per 1x1 conv made ranking the peak
+of a whole ResNet-50 prune)."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pruneconf import Pruner
+from pruneconf.masks import METRICS
+from pruneconf.masks.plan import rank_inputs
+
+
+class Convs(nn.Module):
+    """A 3x3 conv, a 1x1 conv and a linear in a chain: planes of both kinds, and a 2-D weight."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.Conv2d(8, 6, 1, bias=False)
+        self.fc = nn.Linear(6, 4, bias=False)
+
+    def forward(self, x):
+        return self.fc(self.b(self.a(x).relu()).relu().mean((2, 3)))
+
+
+def naive(weight: torch.Tensor, dim: int, power: int) -> np.ndarray:
+    """Per index along ``dim``: Σ|w|^power over every other position, the slow way."""
+    rows = weight.detach().movedim(dim, 0).reshape(weight.shape[dim], -1).double()
+    return rows.abs().pow(power).sum(1).numpy()
+
+
+@pytest.mark.parametrize("metric, power", [("l1_norm", 1), ("l2_norm", 2)])
+def test_scores_are_source_rows_plus_consumer_columns_and_only_totals_are_kept(metric, power):
+    model = Convs().eval()
+    pruner = Pruner(model, torch.randn(1, 3, 8, 8), {"sparsity": 0.5, "metric": metric})
+    inputs = rank_inputs(model, pruner.recipe, None)
+    score = METRICS[metric]
+    for center, producer, consumer in [("a", model.a, model.b), ("b", model.b, model.fc)]:
+        expected = naive(producer.weight, 0, power) + naive(consumer.weight, 1, power)
+        got = score(pruner.groups[center], inputs)
+        expected = np.sqrt(expected) if power == 2 else expected
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert inputs.row_scores, "ranking caches its per-dim totals"
+    assert all(isinstance(v, np.ndarray) and v.ndim == 1 for v in inputs.row_scores.values())
