@@ -118,11 +118,10 @@ def _sharded_like(factors: list[torch.Tensor], param: torch.Tensor) -> list[torc
     return [distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None)]
 
 
-def mask_factors(plan: PruningPlan, model: nn.Module) -> dict[str, list[torch.Tensor]]:
-    """Per pruned parameter, one broadcastable 0/1 tensor per pruned dim (buffers are left
-    alone: their channel is cut off); for a sharded (DTensor) parameter, this rank's shard
-    of its whole mask."""
-    params = model_tensors(model)
+def mask_factors(plan: PruningPlan, params: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Per pruned parameter of ``params`` (a model's :func:`~.plan.model_tensors`), one
+    broadcastable 0/1 tensor per pruned dim (buffers are left alone: their channel is cut
+    off); for a sharded (DTensor) parameter, this rank's shard of its whole mask."""
     factors: dict[str, list[torch.Tensor]] = {}
     for (name, dim), keep in plan.members.items():
         if not isinstance(params.get(name), nn.Parameter):
@@ -137,6 +136,6 @@ def mask_factors(plan: PruningPlan, model: nn.Module) -> dict[str, list[torch.Te
 
 def register_masks(model: nn.Module, plan: PruningPlan) -> Masks:
     """Hold the channels ``plan`` prunes at zero while the model trains."""
-    masks = Masks(model, mask_factors(plan, model), masked_norms(plan), masked_statistics(plan), plan.experts)
+    masks = Masks(model, mask_factors(plan, model_tensors(model)), masked_norms(plan), masked_statistics(plan), plan.experts)
     masks._attach()
     return masks

@@ -71,9 +71,9 @@ class _Swap:
 def masked_forward(model: nn.Module, plan: PruningPlan) -> Iterator[None]:
     """Within the block, ``model`` computes what it would with ``plan``'s masks registered;
     its parameters keep their values (and identities) throughout."""
-    factors = mask_factors(plan, model)
-    scopes = read_scopes(plan, list(factors))
     params = model_tensors(model)
+    factors = mask_factors(plan, params)
+    scopes = read_scopes(plan, list(factors))
     by_scope: dict[str, dict[int, tuple[nn.Parameter, list[torch.Tensor]]]] = {}
     for name, mine in factors.items():
         param = params[name]
