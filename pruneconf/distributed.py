@@ -13,6 +13,7 @@ share (:func:`gather_shares`), and rank 0 writes the files.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 from typing import Callable, Iterator, TypeVar
@@ -20,6 +21,7 @@ from typing import Callable, Iterator, TypeVar
 import torch
 from torch import nn
 
+from ._walk import walk
 from .errors import PruneconfError
 
 
@@ -85,21 +87,30 @@ def broadcast_model(model: nn.Module, src: int = 0) -> None:
             torch.distributed.broadcast(tensor.data, src)
 
 
-def is_dtensor(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor: one shard per rank, as FSDP2 (``fully_shard``) keeps
-    parameters (False on PyTorch builds without ``torch.distributed.tensor``)."""
+@functools.lru_cache(maxsize=None)
+def _dtensor_type() -> type | None:
+    """DTensor's class, looked up once: a prune asks about every parameter several times."""
     if not torch.distributed.is_available():
-        return False
+        return None
     try:
         from torch.distributed.tensor import DTensor
     except ImportError:  # before PyTorch 2.5 there is no public DTensor, hence no FSDP2
-        return False
-    return isinstance(tensor, DTensor)
+        return None
+    return DTensor
+
+
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor: one shard per rank, as FSDP2 (``fully_shard``) keeps
+    parameters (False on PyTorch builds without ``torch.distributed.tensor``)."""
+    dtensor = _dtensor_type()
+    return dtensor is not None and isinstance(tensor, dtensor)
 
 
 def sharded(model: nn.Module) -> bool:
     """Whether any of ``model``'s parameters is sharded (FSDP2 or another DTensor API)."""
-    return any(is_dtensor(p) for p in model.parameters())
+    dtensor = _dtensor_type()
+    return dtensor is not None and any(isinstance(p, dtensor) for _, m in walk(model).items
+                                       for p in m._parameters.values())
 
 
 def copy_full_state(source: nn.Module, target: nn.Module) -> None:

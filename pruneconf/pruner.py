@@ -11,13 +11,15 @@ Under FSDP2, plan before ``fully_shard`` and apply on an unsharded twin (:meth:`
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 from torch import nn
 
+from ._walk import walked_once
 from .analysis import total_macs, total_params, tutorial_flops
 from .apply import shrink, unsupported_groups
 from .apply.shrink import Shrunk
@@ -68,6 +70,18 @@ def _refuse_sharded(model: nn.Module) -> None:
                              "(pruner.plan()) before fully_shard, on the whole model")
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def _walking_once(method: Method) -> Method:
+    """Run a :class:`Pruner` step with one walk of the model's modules (see :mod:`._walk`)."""
+    @functools.wraps(method)
+    def step(self: "Pruner", *args: Any, **kwargs: Any) -> Any:
+        with walked_once(self.model):
+            return method(self, *args, **kwargs)
+    return step  # type: ignore[return-value]
+
+
 class Pruner:
     """Trace ``model`` once, read the recipe, and prune it in place.
 
@@ -81,9 +95,10 @@ class Pruner:
                  loss: Loss | None = None) -> None:
         self.model = model
         self.example_inputs = example_inputs
-        _refuse_sharded(model)
-        self.recipe = _as_recipe(config)
-        self.graph = trace(model, example_inputs)
+        with walked_once(model):
+            _refuse_sharded(model)
+            self.recipe = _as_recipe(config)
+            self.graph = trace(model, example_inputs)
         self.groups: ChannelGroups = find_groups(self.graph)
         check_against(self.recipe, self.groups)
         self.masks: Masks | None = None
@@ -129,6 +144,7 @@ class Pruner:
         score = METRICS[self.recipe.settings.metric]
         return {c: score(self.groups[c], inputs) for c in centers}
 
+    @_walking_once
     def plan(self) -> PruningPlan:
         """Which channels each group keeps. Groups whose shrinking a dry run (the model shrunk,
         run and put back) shows to break it are left whole (see :attr:`dropped`), before any
@@ -154,6 +170,7 @@ class Pruner:
             self._proof = fingerprint(self.model)
         return None
 
+    @_walking_once
     def register_masks(self) -> Masks:
         """Zero the pruned channels and keep them at zero through training."""
         if self.masks is None:
@@ -187,6 +204,7 @@ class Pruner:
         self._proof = None
         return False
 
+    @_walking_once
     def apply_masks(self, verify: bool = True, atol: float = 1e-5) -> PruningPlan:
         """Shrink every pruned layer; remove masks and hooks.
 
@@ -247,6 +265,7 @@ class Pruner:
         doc["applied"] = applied_section(self.applied)
         write_atomic(output, dump_document(doc))
 
+    @_walking_once
     def prune(self) -> nn.Module:
         """Masks then apply in one go: the pruned model, shrunk in place. Before any plan or
         mask, outside distributed runs, the dry run's own shrunk model is kept when it is

@@ -16,6 +16,7 @@ import networkx as nx
 import numpy as np
 from torch import nn
 
+from .._walk import submodule
 from ..groups.rules.elementwise import UNIFORM_FACTORIES
 from ..groups.rules.sections import sizes_within
 from ..masks.plan import PruningPlan
@@ -199,7 +200,7 @@ def size_attribute_changes(model: nn.Module, plan: PruningPlan) -> list[tuple[nn
     configs: dict[int, tuple[nn.Module, dict[str, int]]] = {}
     staying = _staying_sizes(plan.groups.graph, plan)
     for path, old, new, literal in _resized_dims(plan.groups.graph, plan):
-        module = model.get_submodule(path)
+        module = submodule(model, path)
         names = None if literal else HEAD_COUNTS
         if literal and type(old) is int and (path, old) in staying and any(_holders(module, old, new, HEAD_COUNTS)):
             names = HEAD_COUNTS  # the number sizes dims that stay, too: only the head count shrinks

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._walk import walk
 from ..masks.plan import PruningPlan
 from ..masks.transient import masked_forward
 from ..trace.where import failing_line
@@ -33,7 +34,7 @@ log = logging.getLogger("pruneconf")
 @contextlib.contextmanager
 def evaluating(model: nn.Module) -> Iterator[None]:
     """Eval mode for the block, then every module's own mode back (a model may mix them)."""
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, m.training) for _, m in walk(model).items]
     model.eval()
     try:
         yield
@@ -44,7 +45,7 @@ def evaluating(model: nn.Module) -> Iterator[None]:
 
 def _failing_module(model: nn.Module, exc: BaseException) -> str | None:
     """Path of the innermost module of ``model`` whose forward was running when ``exc`` rose."""
-    paths = {id(m): name for name, m in model.named_modules()}
+    paths = walk(model).path_of
     found, tb = None, exc.__traceback__
     while tb is not None:
         owner = tb.tb_frame.f_locals.get("self")

@@ -17,6 +17,7 @@ from typing import Iterator
 import networkx as nx
 from torch import nn
 
+from .._walk import walk
 from ..masks.plan import PruningPlan
 from ..trace.refs import iter_refs
 
@@ -55,7 +56,7 @@ def input_width_changes(model: nn.Module, plan: PruningPlan) -> Iterator[tuple[n
     without children or without an int attribute named as an input width are passed over
     before the plan is asked what survives (most blocks of most models: asking cost a
     quarter of a prune)."""
-    modules = dict(model.named_modules())
+    modules = walk(model).by_path
     for path, node, index in block_inputs(plan.groups.graph):
         module = modules.get(path)
         if module is None or not module._modules:

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
+from .._walk import walk
 from .resize import register_resizer
 
 
@@ -29,7 +30,7 @@ def _parametrization_list(module: nn.Module, old: dict) -> None:
 
 def parametrized_layers(model: nn.Module, touched: dict[int, object]) -> list[nn.Module]:
     """The parametrized layers any of whose parametrizations' modules are in ``touched`` (by id)."""
-    return [layer for layer in model.modules() if parametrize.is_parametrized(layer)
+    return [layer for _, layer in walk(model).items if parametrize.is_parametrized(layer)
             and any(id(m) in touched for m in layer.parametrizations.modules())]
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._walk import submodule, walk
 from ..groups import ChannelGroups
 from ..masks.plan import PruningPlan
 from ..trace.caches import drop_derived
@@ -32,7 +33,7 @@ RESTORED_PRIVATE = ("_flat_weights",)
 
 def owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     path, _, attr = name.rpartition(".")
-    return (model.get_submodule(path) if path else model), attr
+    return (submodule(model, path) if path else model), attr
 
 
 def unsupported_groups(model: nn.Module, groups: ChannelGroups) -> dict[str, str]:
@@ -65,7 +66,7 @@ class Shrunk:
     def log(self) -> None:
         """Log every layer's change, ``[CONV] layer1.0.conv1: output 64 -> 32``: done after
         the fact, so a dry run that keeps its shrunk model reports like apply."""
-        path = {id(m): n for n, m in self.model.named_modules()}
+        path = walk(self.model).path_of
         for module, change in self.set_attrs:
             log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), change)
         for module, old in self.attrs:
@@ -120,7 +121,7 @@ def _slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor, bo
     """Every parameter and buffer by name (shared ones under each name): ``(module, attr,
     tensor, is_param)``, in one walk of the modules."""
     out = {}
-    for path, module in model.named_modules(remove_duplicate=False):
+    for path, module in walk(model).items:
         prefix = path + "." if path else ""
         for table, is_param in ((module._parameters, True), (module._buffers, False)):
             for attr, tensor in table.items():

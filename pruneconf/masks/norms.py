@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .._walk import submodule
 from ..groups.context import CHANNEL_STATS
 from ..groups.rules.norm import NORM_OPS, normalized_dims
 
@@ -177,7 +178,7 @@ def attach_masked_norms(model: nn.Module, norms: list[MaskedNorm]) -> list:
         scopes.setdefault(norm.module, {})[id(weight)] = (weight, norm.kept)
     handles = []
     for path, kept in scopes.items():
-        handles += _Scope(kept).attach(model.get_submodule(path))
+        handles += _Scope(kept).attach(submodule(model, path))
     return handles
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._walk import walk
 from ..groups import ChannelGroups, Group
 from .._progress import progress
 from ..recipe.load import Recipe
@@ -135,7 +136,7 @@ def model_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     ``named_parameters`` and ``named_buffers`` list them, in one walk of the modules
     (a prune asks several times; their generators took twice as long)."""
     params, buffers = {}, {}
-    for path, module in model.named_modules(remove_duplicate=False):
+    for path, module in walk(model).items:
         prefix = path + "." if path else ""
         for table, out in ((module._parameters, params), (module._buffers, buffers)):
             for attr, tensor in table.items():

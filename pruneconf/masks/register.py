@@ -38,10 +38,16 @@ def times_factors(factors: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     multiplies every pruned weight, and each new weight-sized tensor costs a pass of page faults)."""
     out = x
     for factor in factors:
-        factor = factor.to(device=x.device, dtype=x.dtype)
-        in_place = out is not x and torch.broadcast_shapes(out.shape, factor.shape) == out.shape
-        out = out.mul_(factor) if in_place else out * factor
+        if factor.device != x.device or factor.dtype != x.dtype:
+            factor = factor.to(device=x.device, dtype=x.dtype)
+        out = out.mul_(factor) if out is not x and _fits(factor.shape, out.shape) else out * factor
     return out
+
+
+def _fits(factor: torch.Size, shape: torch.Size) -> bool:
+    """Whether ``factor`` broadcasts to ``shape`` without growing it (``torch.broadcast_shapes``
+    is written in Python and cost more than the product it guarded)."""
+    return len(factor) <= len(shape) and all(f in (1, s) for f, s in zip(reversed(factor), reversed(shape)))
 
 
 class Masks:

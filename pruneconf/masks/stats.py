@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .._walk import submodule
 from ..groups.context import CHANNEL_STATS
 from ..groups.rules.parametrized import WEIGHT_NORM
 from ..groups.rules.reduction import STATISTICS, reduced_dims
@@ -209,7 +210,7 @@ def attach_masked_statistics(model: nn.Module, stats: list[MaskedStatistic]) -> 
         by_module.setdefault(stat.module, []).append(stat)
     handles = []
     for path, found in by_module.items():
-        module = model.get_submodule(path)
+        module = submodule(model, path)
         scope = _Scope(found)
         handles += scope.attach(module)
         for child in module.children():

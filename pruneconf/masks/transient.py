@@ -17,6 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .._walk import walk
 from ..trace.caches import drop_derived
 from .experts import attach_router_masks
 from .norms import attach_masked_norms, masked_norms
@@ -80,7 +81,7 @@ def masked_forward(model: nn.Module, plan: PruningPlan) -> Iterator[None]:
         entry = by_scope.setdefault(scopes[name], {})
         previous = entry.get(id(param), (param, []))[1]
         entry[id(param)] = (param, previous + mine)  # a tied parameter, masked under each of its names
-    handles, modules = [], dict(model.named_modules(remove_duplicate=False))
+    handles, modules = [], walk(model).by_path
     for path, entries in by_scope.items():
         module = modules[path]
         swap = _Swap(list(entries.values()))

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._walk import walk
+
 
 def drop_derived(model: nn.Module) -> None:
     """Call every overridden ``train()`` in ``model`` with its module's current mode, then
     put every module's mode back (an override may set its children's modes its own way).
     A model with no such override is left alone: this runs around every shrink and masked
     forward, and setting each module's mode again cost more than the forward's hooks."""
-    modules = list(model.modules())
+    modules = [module for _, module in walk(model).items]
     if all(type(module).train is nn.Module.train for module in modules):
         return
     modes = [(module, module.training) for module in modules]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import nn
@@ -68,10 +68,11 @@ def _every_expert_forward(self: nn.Module, hidden_states: torch.Tensor, top_k_in
 
 
 @contextlib.contextmanager
-def every_expert(model: nn.Module) -> Iterator[None]:
-    """Within the block, stacked experts modules of ``model`` run every expert (see module doc)."""
+def every_expert(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Within the block, the stacked experts among ``modules`` (a model's, as the trace
+    walked them) run every expert (see module doc)."""
     swapped = []
-    for module in model.modules():
+    for module in modules:
         if is_stacked_experts(module) and "forward" not in module.__dict__:
             module.forward = types.MethodType(_every_expert_forward, module)
             swapped.append(module)

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
+from .._walk import walk
 from .._gc import paused_gc
 from .._rng import preserved_rng
 from .._progress import progress_bar
@@ -52,7 +53,7 @@ class Record:
     inputs: list[Ref] = dataclasses.field(default_factory=list)  # tensor arguments, in order
     slice: int | None = None       # a stacked parameter's slice ``param[slice]`` (see stack_slice)
     full_shape: tuple[int, ...] = ()  # of that stacked parameter
-    where: str | None = dataclasses.field(default_factory=caller_line)  # the model's line that made it
+    where: str | None = None       # the model's line that made it (a source: the line that first used it)
     sized_by: dict = dataclasses.field(default_factory=dict)  # a reshape's sizes read from shapes (see .sizes)
 
 
@@ -73,18 +74,20 @@ class _Recorder(TorchFunctionMode):
 class _Trace:
     """State of one tracing run: records, the tensor→ref table and the module scope stack."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
         self.records: list[Record] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}
         self.tensors: dict[int, tuple[weakref.ref, Ref]] = {}
         self.module_names: dict[int, str] = {}
+        self.by_path: dict[str, nn.Module] = {}  # each module under its first path, as named
         self.leaf: set[int] = set()
         self.owned: dict[int, tuple[str, str]] = {}
         self.layers: dict[str, str] = {}  # parameter/buffer name -> layer name
         self.buffers: list[tuple[nn.Module, str, torch.Tensor]] = []
-        for path, mod in model.named_modules(remove_duplicate=False):
-            self.module_names.setdefault(id(mod), path)
+        for path, mod in modules:
+            if self.module_names.setdefault(id(mod), path) is path:
+                self.by_path[path] = mod
             leaf = not mod._modules
             if leaf:
                 self.leaf.add(id(mod))
@@ -103,6 +106,7 @@ class _Trace:
         self.calls: dict[str, int] = {}
         self.func_names: dict[Any, tuple[OpName, str]] = {}
         self.seen: list[Ref] = []
+        self.where: str | None = None  # the model's line of the op being recorded
         self.bar = progress_bar(len(self.leaf), "tracing")  # one tick per leaf module call
 
     # -- naming -----------------------------------------------------------------------
@@ -141,11 +145,12 @@ class _Trace:
         return ref
 
     def _new_source(self, tensor: torch.Tensor) -> Ref:
-        """A parameter, buffer or outside tensor seen for the first time becomes a node."""
+        """A parameter, buffer or outside tensor seen for the first time becomes a node,
+        placed at the line of the op that first uses it (:attr:`where`)."""
         kind, name = self.owned.get(id(tensor), ("constant", ""))
         record = self.add(Record(name=self.unique(name or "constant"), kind=kind, op=kind,
                                  target=name, out_shapes=[tuple(tensor.shape)],
-                                 out_dtypes=[str(tensor.dtype)]))
+                                 out_dtypes=[str(tensor.dtype)], where=self.where))
         ref = Ref(record, 0)
         self.bind(tensor, ref)
         return ref
@@ -160,7 +165,7 @@ class _Trace:
         for i, tensor in enumerate(iter_tensors(example)):
             record = self.add(Record(name=self.unique(f"input_{i}"), kind="input", op="input",
                                      out_shapes=[tuple(tensor.shape)],
-                                     out_dtypes=[str(tensor.dtype)], where=None))  # the caller's, not the model's
+                                     out_dtypes=[str(tensor.dtype)]))  # no line: the caller's, not the model's
             self.bind(tensor, Ref(record, 0))
 
     def names_of(self, func) -> tuple[OpName, str]:
@@ -208,7 +213,7 @@ class _Trace:
         e = index % param.shape[0]
         record = self.add(Record(name=self.unique(f"{owned[1]}[{e}]"), kind="param", op="param",
                                  target=owned[1], out_shapes=[tuple(out.shape)], out_dtypes=[str(out.dtype)],
-                                 slice=e, full_shape=tuple(param.shape)))
+                                 slice=e, full_shape=tuple(param.shape), where=caller_line(2)))
         self.bind(out, Ref(record, 0))
         return True
 
@@ -225,7 +230,7 @@ class _Trace:
             outputs = [inplace_target]
         if opname.reflected and len(args) >= 2:
             args = (args[1], args[0], *args[2:])
-        self.seen = []
+        self.seen, self.where = [], caller_line(2)  # one frame walk per op, shared with new sources
         rec_args = self.refs(args)
         rec_kwargs = dict(zip(kwargs, self.refs(tuple(kwargs.values())))) if kwargs else {}
         module, module_type = self.scope
@@ -235,7 +240,7 @@ class _Trace:
             module=module, module_type=module_type, args=rec_args, kwargs=rec_kwargs,
             out_shapes=[tuple(t.shape) for t in outputs],
             out_dtypes=[str(t.dtype) for t in outputs], inplace=opname.inplace, inputs=self.seen,
-            sized_by=sized_by(self.reads, len(self.scopes), opname.op, args,
+            where=self.where, sized_by=sized_by(self.reads, len(self.scopes), opname.op, args,
                               self.scopes[-1][0] if self.scopes else None)))
         for i, t in enumerate(outputs):
             self.bind(t, Ref(record, i))
@@ -257,15 +262,15 @@ class _Trace:
             op="view_write", target="in-place write through a view", module=module,
             module_type=module_type, args=(base_ref, Ref(writer, 0)),
             out_shapes=[tuple(base.shape)], out_dtypes=[str(base.dtype)],
-            inputs=[base_ref, Ref(writer, 0)]))
+            inputs=[base_ref, Ref(writer, 0)], where=writer.where))
         self.bind(base, Ref(record, 0))
 
     def add_output(self, out: Any) -> None:
         """The output node; ``target`` names a ``ModelOutput``'s type (see the ``output`` rule)."""
-        self.seen = []
+        self.seen, self.where = [], None  # the output's line is the caller's, not the model's
         args, named = (map_structure(out, self.ref_of),), dataclasses.is_dataclass(out) and isinstance(out, Mapping)
         self.add(Record(name=self.unique("output"), kind="output", op="output",
-                        target=type(out).__name__ if named else "", args=args, inputs=self.seen, where=None))
+                        target=type(out).__name__ if named else "", args=args, inputs=self.seen))
 
     # -- module hooks -----------------------------------------------------------------
     def pre_hook(self, module: nn.Module, args: Any) -> None:
@@ -341,10 +346,11 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     means a tensor produced by ``u`` is an argument of ``v``. The model's mode, buffers,
     ``requires_grad`` flags and the global RNG are left exactly as they were.
     """
+    modules = walk(model).items
     drop_derived(model)  # a tensor the model kept would hide the parameter it comes from
-    state = _Trace(model)
+    state = _Trace(modules)
     state.add_inputs(example_inputs)
-    experts = every_expert(model)
+    experts = every_expert(mod for _, mod in modules)
     saved = [b.detach().clone() for _, _, b in state.buffers]  # _restore puts them back
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
@@ -366,27 +372,28 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
         state.bar.close()
         _restore(state, saved)
     with paused_gc():
-        return _build_graph(state.records, model, state.layers)
+        return _build_graph(state.records, model, state)
 
 
-def _build_graph(records: list[Record], model: nn.Module, layers: dict[str, str]) -> nx.DiGraph:
+def _build_graph(records: list[Record], model: nn.Module, state: _Trace) -> nx.DiGraph:
     graph = nx.DiGraph(model=type(model).__name__)
-    nodes, edges = [], {}
+    graph.add_nodes_from(rec.name for rec in records)
+    nodes, edges = graph.nodes, {}
     for rec in records:
-        attrs = dict(rec.__dict__)
+        attrs = nodes[rec.name]  # filled in place: (name, attrs) pairs cost networkx a copy and a caught TypeError each
+        attrs.update(rec.__dict__)
         del attrs["name"], attrs["inputs"]
-        nodes.append((rec.name, attrs))
         for ref in rec.inputs:
-            edge = edges.get((ref.node, rec.name))
+            key = (ref.node, rec.name)
+            edge = edges.get(key)
             if edge is None:
-                edges[ref.node, rec.name] = {"index": ref.index, "uses": 1}
+                edges[key] = {"index": ref.index, "uses": 1}
             else:
                 edge["uses"] += 1
-    graph.add_nodes_from(nodes)
     graph.add_edges_from((u, v, attrs) for (u, v), attrs in edges.items())
     graph.graph["output"] = records[-1].name
     graph.graph["params"] = {rec.target: rec.full_shape if rec.slice is not None else rec.out_shapes[0]
                              for rec in records if rec.kind in ("param", "buffer")}
-    graph.graph["layers"] = {name: layers[name] for name in graph.graph["params"]}
-    graph.graph["sizes"] = size_attributes(model, {rec.module for rec in records if rec.kind == "call"})
+    graph.graph["layers"] = {name: state.layers[name] for name in graph.graph["params"]}
+    graph.graph["sizes"] = size_attributes(state.by_path, {rec.module for rec in records if rec.kind == "call"})
     return graph
