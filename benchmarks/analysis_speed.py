@@ -4,6 +4,8 @@ Per torchvision model (``weights=None``, ``eval()``, input 1x3x224x224): a plain
 under ``torch.no_grad()``, pruneconf's ``trace`` + ``find_groups``, and Torch-Pruning's
 ``DependencyGraph().build_dependency`` (autograd on, as it needs). Time = median of
 ``--repeats`` calls after one warm-up; a warm-up over ``--slow-limit`` s is reported alone (``*``).
+The ratios divide by a forward timed in the same process, alternating with the repeats (the
+forward column is its own process's, for its memory peak): see ``forward_ratio``.
 
 Memory: each (model, method) pair runs in a fresh child process (this script with the hidden
 ``--_worker`` flag), so no allocator cache or state from another measurement skews a peak.
@@ -105,7 +107,8 @@ def make_call(method: str, model: Any, x: Any) -> Callable[[], Any]:
 
 def run_worker(model_name: str, method: str, repeats: int, threads: int,
                slow_limit: float) -> dict[str, Any]:
-    """Child-process side: build the model, measure one cold call, then time the repeats."""
+    """Child-process side: build the model, measure one cold call, then time the repeats,
+    each after a forward of the same process (the ratio's unit: see :func:`forward_ratio`)."""
     import torch
     import torchvision
     torch.set_num_threads(threads)
@@ -119,16 +122,35 @@ def run_worker(model_name: str, method: str, repeats: int, threads: int,
     if method == "pruneconf":
         out["groups"] = f"{len(result.prunable)}/{len(result)}"
     del result
-    times = []
+    forward = make_call("forward", model, x) if method != "forward" else None
+    times, forwards = [], []
     for _ in range(repeats if first <= slow_limit else 0):
-        gc.collect()
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+        if forward is not None:
+            forwards.append(timed(forward))
+        times.append(timed(fn))
     out["seconds"] = statistics.median(times) if times else first
+    out["forward_s"] = statistics.median(forwards) if forwards else None
     out["single"] = not times
     out["contention"] = max(0.0, (others_cpu_s() - others0) / (time.perf_counter() - wall0))
     return out
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    """Seconds of one call of ``fn``, after a garbage collection."""
+    gc.collect()
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def forward_ratio(r: dict[str, Any] | None, fw: dict[str, Any] | None) -> float | None:
+    """A method's time over a forward's: the forward timed in the method's own process,
+    alternating with its repeats, where there is one. Two fresh processes of the same
+    model ran one forward up to 1.6x apart on this VM (memory placement, clock), which a
+    ratio across processes inherits; within a process the two times move together."""
+    if ok(r) and r.get("forward_s"):
+        return r["seconds"] / r["forward_s"]
+    return ratio(r, fw, "seconds")
 
 
 def wait_for_idle(max_cores: float, limit_s: float) -> None:
@@ -210,7 +232,7 @@ def render(results: dict[str, dict[str, dict[str, Any]]], with_tp: bool) -> list
     pc_ratios, tp_ratios = [], []
     for name, res in results.items():
         fw, pc, tpr = res["forward"], res["pruneconf"], res.get("torch_pruning")
-        r_pc, r_tp = ratio(pc, fw, "seconds"), ratio(tpr, fw, "seconds")
+        r_pc, r_tp = forward_ratio(pc, fw), forward_ratio(tpr, fw)
         pc_ratios += [r_pc] if r_pc is not None else []
         tp_ratios += [r_tp] if r_tp is not None else []
         peak = lambda r: r["peak_mib"] if ok(r) else None  # noqa: E731

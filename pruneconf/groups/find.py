@@ -141,10 +141,13 @@ class ChannelGroups:
 
 def _live_nodes(graph: nx.DiGraph) -> list[str]:
     """Nodes whose results reach the output, in forward order (dead code cannot couple)."""
-    out = graph.graph["output"]
-    live = nx.ancestors(graph, out) | {out}
-    return sorted((n for n in live if graph.nodes[n]["kind"] in ("call", "output")),
-                  key=lambda n: graph.nodes[n]["order"])
+    nodes, pred = graph.nodes, graph.pred
+    ordered = sorted(graph, key=lambda n: nodes[n]["order"])
+    live = {graph.graph["output"]}
+    for node in reversed(ordered):  # a tensor is made before it is used: one sweep back finds every ancestor
+        if node in live:
+            live.update(pred[node])
+    return [n for n in ordered if n in live and nodes[n]["kind"] in ("call", "output")]
 
 
 def find_groups(graph: nx.DiGraph) -> ChannelGroups:
@@ -218,15 +221,38 @@ def _findings(items, comp: np.ndarray, roots: np.ndarray, is_group: np.ndarray) 
     return out
 
 
+def _add_members(groups: list[Group], index_of_comp: dict[int, int], roles, ctx: RuleContext, roots: np.ndarray,
+                 comp: np.ndarray, channel_of_root: np.ndarray, layer_name) -> None:
+    """A :class:`Member` for each parameter dim in each group it has channels in. Most dims
+    lie in one component: those are told apart for every dim at once (the least and the
+    greatest component over each dim's labels agree) and take all their indices; only the
+    rest are split per component (a per-dim test was most of assembling a group list)."""
+    roles = [r for r in roles if len(ctx.params[(r.param, r.dim)])]
+    if not roles:
+        return
+    labels = [roots[ctx.params[(r.param, r.dim)]] for r in roles]
+    flat = comp[np.concatenate(labels)]
+    starts = np.cumsum([0] + [len(lab) for lab in labels[:-1]])
+    whole = (np.minimum.reduceat(flat, starts) == np.maximum.reduceat(flat, starts)).tolist()
+    first = flat[starts].tolist()
+    for r, lab, one, c0 in zip(roles, labels, whole, first):
+        stacked, at = ctx.slices.get(r.param, (r.param, None))
+        dim = r.dim if at is None else r.dim + 1  # a slice's dims are the stacked tensor's from 1
+        parts = [(c0, None)] if one else _split_by_component(comp[lab])
+        for c, index in parts:
+            if c in index_of_comp:
+                chans = channel_of_root[lab] if index is None else channel_of_root[lab[index]]
+                index = np.arange(len(lab)) if index is None else index
+                groups[index_of_comp[c]].members.append(Member(
+                    stacked, layer_name(r.param), dim, r.role, index, chans, len(lab), at))
+
+
 def _split_by_component(member_comp: np.ndarray):
     """``(component, ascending indices)`` for each component a member dimension touches.
 
     Linear in the dimension's size, however many groups it spans (a conv after a long
     chain of concatenations reads from hundreds).
     """
-    if (member_comp == member_comp[0]).all():
-        yield int(member_comp[0]), np.arange(len(member_comp))
-        return
     order = np.argsort(member_comp, kind="stable")
     sorted_comp = member_comp[order]
     bounds = [0, *(np.flatnonzero(np.diff(sorted_comp)) + 1).tolist(), len(order)]
@@ -359,14 +385,7 @@ def _assemble(graph: nx.DiGraph, ctx: RuleContext, roots: np.ndarray) -> tuple[C
     index_by_comp = np.full(len(roots), -1, dtype=np.int64)
     index_by_comp[list(index_of_comp)] = list(index_of_comp.values())
     group_of_root = np.where(channel_of_root >= 0, index_by_comp[comp], -1)
-    for r in roles:
-        labels = roots[ctx.params[(r.param, r.dim)]]
-        stacked, at = ctx.slices.get(r.param, (r.param, None))
-        dim = r.dim if at is None else r.dim + 1  # a slice's dims are the stacked tensor's from 1
-        for c, index in _split_by_component(comp[labels]):
-            if c in index_of_comp:
-                groups[index_of_comp[c]].members.append(Member(
-                    stacked, layer_name(r.param), dim, r.role, index, channel_of_root[labels[index]], len(labels), at))
+    _add_members(groups, index_of_comp, roles, ctx, roots, comp, channel_of_root, layer_name)
     unroutable = _route_groups(ctx.steps, groups, index_by_comp[comp[roots]], channel_of_root[roots])
     grouped = {param: groups for node, (param, groups, _) in ctx.grouped.items() if node not in refused}
     result = ChannelGroups(graph, groups, roots, group_of_root, channel_of_root, ctx.tensors, grouped)
