@@ -13,8 +13,11 @@ alternating run by run, the figure the median of ``--runs``:
   are found, left whole, and apply shrinks and checks again);
 - ``Torch-Pruning``: ``MagnitudePruner`` (L2 magnitude, ``pruning_ratio=0.5``, the 1000-class
   classifier ignored) from construction to the end of ``step()``; nothing is checked;
-- ``forward``: one ``torch.no_grad()`` forward (median of 3 after a warm-up), the unit for
-  the ratios.
+- ``forward``: one ``torch.no_grad()`` forward (median of 3 after a warm-up), for the
+  forward's memory peak and the unit of the ratios where a run has none of its own: each
+  pruneconf run also times 3 forwards of a copy of the dense model after its prune, and its
+  ``x forward`` divides by those (fresh processes ran one forward up to 1.6x apart on the
+  development VM; within a process prune and forward move together).
 
 Time is wall time from the first call to the pruned model (model construction excluded).
 Peak is the RSS increase during it, kernel-tracked (see ``analysis_speed.call_with_peak``):
@@ -29,6 +32,7 @@ shared machine the figures are noisy, which the output says.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import os
@@ -83,19 +87,28 @@ def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
     model = torchvision.models.get_model(model_name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     model_mib = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
+    twin = copy.deepcopy(model) if tool == "pruneconf" else None  # the dense model, for a forward in this process
     fn = prune_call(tool, model, x)
     wall0, others0 = time.perf_counter(), others_cpu_s()
     _, seconds, peak = call_with_peak(fn)
+    out = {"status": "ok", "seconds": seconds, "peak_mib": peak, "model_mib": model_mib}
     if tool == "forward":
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-    others = max(0.0, (others_cpu_s() - others0) / (time.perf_counter() - wall0))
-    return {"status": "ok", "seconds": seconds, "peak_mib": peak, "model_mib": model_mib, "others_cores": others,
-            "load": os.getloadavg()[0]}
+        out["seconds"] = median_time(fn)
+    if twin is not None:
+        out["forward_s"] = median_time(prune_call("forward", twin, x))
+    out["others_cores"] = max(0.0, (others_cpu_s() - others0) / (time.perf_counter() - wall0))
+    out["load"] = os.getloadavg()[0]
+    return out
+
+
+def median_time(fn: Any, calls: int = 3) -> float:
+    """Median seconds of ``calls`` calls of ``fn``."""
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def spawn(model_name: str, tool: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +123,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(good) < len(runs) or not good:
         bad = next(r for r in runs if r["status"] != "ok")
         return {"status": bad["status"], "error": bad.get("error", "")}
+    forwards = [r["forward_s"] for r in good if "forward_s" in r]
     return {"status": "ok", "seconds": statistics.median(r["seconds"] for r in good),
+            **({"forward_s": statistics.median(forwards)} if forwards else {}),
             "peak_mib": statistics.median(r["peak_mib"] for r in good), "model_mib": good[0]["model_mib"],
             "others_cores": max(r["others_cores"] for r in good), "load": max(r["load"] for r in good)}
 
@@ -119,12 +134,12 @@ def row(name: str, res: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One table row: times, ratios, peaks and the memory bound for one model."""
     fw, pc, tp = res["forward"], res["pruneconf"], res.get("torch_pruning", {"status": "skipped"})
     out: dict[str, Any] = {"model": name}
-    out["forward_s"] = fw.get("seconds")
+    out["forward_s"] = pc.get("forward_s", fw.get("seconds"))  # the unit of pruneconf_x_forward
     out["pruneconf_s"] = pc.get("seconds") if pc["status"] == "ok" else pc["status"]
     out["torch_pruning_s"] = tp.get("seconds") if tp["status"] == "ok" else tp["status"]
     ok = pc["status"] == "ok" and fw["status"] == "ok"
     out["ratio_vs_tp"] = pc["seconds"] / tp["seconds"] if ok and tp["status"] == "ok" else None
-    out["pruneconf_x_forward"] = pc["seconds"] / fw["seconds"] if ok else None
+    out["pruneconf_x_forward"] = pc["seconds"] / out["forward_s"] if ok else None
     out["model_mib"] = fw.get("model_mib")
     out["forward_peak_mib"] = fw.get("peak_mib")
     out["pruneconf_peak_mib"] = pc.get("peak_mib")
