@@ -13,7 +13,6 @@ from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.models import build_model
 from pruneconf.recipe.load import load_recipe
-from pruneconf.recipe.yamlio import dump_document, load_document
 from pruneconf.reproduce import load_pruned, recipe_inputs
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pruneconf import Pruner
-from pruneconf.masks import METRICS
+from pruneconf.masks import METRICS, importance
 from pruneconf.masks.plan import rank_inputs
 
 
@@ -43,3 +43,20 @@ def test_scores_are_source_rows_plus_consumer_columns_and_only_totals_are_kept(m
         np.testing.assert_allclose(got, expected, rtol=1e-5)
     assert inputs.row_scores, "ranking caches its per-dim totals"
     assert all(isinstance(v, np.ndarray) and v.ndim == 1 for v in inputs.row_scores.values())
+
+
+@pytest.mark.parametrize("power", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, dims", [((50, 30), (0,)), ((50, 30), (1,)), ((12, 10, 3, 3), (0, 2, 3)),
+                                         ((12, 10, 3, 3), (2, 3)), ((7,), ())])
+def test_power_sums_match_the_naive_sum_across_chunks(monkeypatch, power, dtype, shape, dims):
+    """A leading dim is reduced chunk by chunk (here several chunks of a few rows each),
+    trailing dims by a norm, a 1-D parameter index by index; all in float32."""
+    monkeypatch.setattr(importance, "_CHUNK", 64)
+    torch.manual_seed(0)
+    values = torch.randn(*shape).to(dtype)
+    wide = values.double().abs() ** power
+    expected = wide.sum(dims) if dims else wide
+    got = importance._power_sum(values, dims, power)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)

@@ -176,12 +176,12 @@ class _Trace:
         return found
 
     def refs(self, values: tuple) -> tuple:
-        """``values`` with tensors replaced by refs; a fast path for flat argument tuples."""
+        """``values`` with tensors replaced by refs; scalars and tuples of ints (a conv's stride) kept as they are."""
         out = []
         for v in values:
             if isinstance(v, torch.Tensor):
                 out.append(self.ref_of(v))
-            elif v is None or type(v) in _SCALARS:
+            elif v is None or type(v) in _SCALARS or (type(v) is tuple and all(type(e) is int for e in v)):
                 out.append(v)
             else:
                 out.append(map_structure(v, self.ref_of))
