@@ -15,7 +15,7 @@ alternating run by run, the figure the median of ``--runs``:
   classifier ignored) from construction to the end of ``step()``; nothing is checked;
 - ``forward``: one ``torch.no_grad()`` forward (median of 3 after a warm-up), for the
   forward's memory peak and the unit of the ratios where a run has none of its own: each
-  pruneconf run also times 3 forwards of a copy of the dense model after its prune, and its
+  pruneconf run also times 3 forwards of the dense model, built again after its prune, and its
   ``x forward`` divides by those (fresh processes ran one forward up to 1.6x apart on the
   development VM; within a process prune and forward move together).
 
@@ -32,7 +32,6 @@ shared machine the figures are noisy, which the output says.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import os
@@ -87,15 +86,15 @@ def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
     model = torchvision.models.get_model(model_name, weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
     model_mib = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
-    twin = copy.deepcopy(model) if tool == "pruneconf" else None  # the dense model, for a forward in this process
     fn = prune_call(tool, model, x)
     wall0, others0 = time.perf_counter(), others_cpu_s()
     _, seconds, peak = call_with_peak(fn)
     out = {"status": "ok", "seconds": seconds, "peak_mib": peak, "model_mib": model_mib}
     if tool == "forward":
         out["seconds"] = median_time(fn)
-    if twin is not None:
-        out["forward_s"] = median_time(prune_call("forward", twin, x))
+    if tool == "pruneconf":  # a dense model built after the prune, so no copy weighs on its peak
+        dense = torchvision.models.get_model(model_name, weights=None).eval()
+        out["forward_s"] = median_time(prune_call("forward", dense, x))
     out["others_cores"] = max(0.0, (others_cpu_s() - others0) / (time.perf_counter() - wall0))
     out["load"] = os.getloadavg()[0]
     return out
