@@ -42,7 +42,7 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]  # analysis_speed's helpers; pruneconf from this checkout
-from analysis_speed import RESULT_TAG, call_with_peak, others_cpu_s, worker_result  # noqa: E402
+from analysis_speed import RESULT_TAG, call_with_peak, others_cpu_s, timed, worker_result  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "densenet121", "regnet_y_1_6gf",
           "vit_b_16", "swin_t", "maxvit_t"]
@@ -101,13 +101,8 @@ def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
 
 
 def median_time(fn: Any, calls: int = 3) -> float:
-    """Median seconds of ``calls`` calls of ``fn``."""
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``calls`` calls of ``fn`` (each timed as ``analysis_speed.timed`` does)."""
+    return statistics.median(timed(fn) for _ in range(calls))
 
 
 def spawn(model_name: str, tool: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 from torch.overrides import TorchFunctionMode
 
-from .._walk import walk
+from .._walk import Walk, walk
 from .._gc import paused_gc
 from .._rng import preserved_rng
 from .._progress import progress_bar
@@ -74,20 +74,18 @@ class _Recorder(TorchFunctionMode):
 class _Trace:
     """State of one tracing run: records, the tensor→ref table and the module scope stack."""
 
-    def __init__(self, modules: list[tuple[str, nn.Module]]) -> None:
+    def __init__(self, modules: Walk) -> None:
         self.records: list[Record] = []
         self.names: set[str] = set()
         self.suffix: dict[str, int] = {}
         self.tensors: dict[int, tuple[weakref.ref, Ref]] = {}
-        self.module_names: dict[int, str] = {}
-        self.by_path: dict[str, nn.Module] = {}  # each module under its first path, as named
+        self.module_names = modules.path_of  # first path of each module, by id
+        self.by_path = modules.by_path
         self.leaf: set[int] = set()
         self.owned: dict[int, tuple[str, str]] = {}
         self.layers: dict[str, str] = {}  # parameter/buffer name -> layer name
         self.buffers: list[tuple[nn.Module, str, torch.Tensor]] = []
-        for path, mod in modules:
-            if self.module_names.setdefault(id(mod), path) is path:
-                self.by_path[path] = mod
+        for path, mod in modules.items:
             leaf = not mod._modules
             if leaf:
                 self.leaf.add(id(mod))
@@ -346,11 +344,11 @@ def trace(model: nn.Module, example_inputs: Any) -> nx.DiGraph:
     means a tensor produced by ``u`` is an argument of ``v``. The model's mode, buffers,
     ``requires_grad`` flags and the global RNG are left exactly as they were.
     """
-    modules = walk(model).items
+    modules = walk(model)
     drop_derived(model)  # a tensor the model kept would hide the parameter it comes from
     state = _Trace(modules)
     state.add_inputs(example_inputs)
-    experts = every_expert(mod for _, mod in modules)
+    experts = every_expert(mod for _, mod in modules.items)
     saved = [b.detach().clone() for _, _, b in state.buffers]  # _restore puts them back
     pre = module_hooks.register_module_forward_pre_hook(state.pre_hook)
     post = module_hooks.register_module_forward_hook(state.post_hook)
