@@ -2,6 +2,7 @@
 
     python benchmarks/prune_speed.py                          # every model, 3 runs each
     python benchmarks/prune_speed.py --models resnet50,swin_t --runs 5 --csv out.csv --markdown out.md
+    python benchmarks/prune_speed.py --models classification,segmentation --runs 1 --no-torch-pruning  # the zoo
 
 Per torchvision model (``weights=None``, ``eval()``, input 1x3x224x224, sparsity 0.5), each
 run in a fresh process (this script with the hidden ``--_worker`` flag), the tools
@@ -33,6 +34,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
+import inspect
 import json
 import os
 import statistics
@@ -47,6 +50,21 @@ from analysis_speed import RESULT_TAG, call_with_peak, others_cpu_s, timed, work
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "densenet121", "regnet_y_1_6gf",
           "vit_b_16", "swin_t", "maxvit_t"]
 TOOLS = ["pruneconf", "torch_pruning"]
+ZOO = {"classification": "torchvision.models", "segmentation": "torchvision.models.segmentation"}
+FORWARD_BOUND = 5.0  # issue 15: a whole prune in at most this many forwards of the dense model
+
+
+def model_names(spec: str) -> list[str]:
+    """The comma-separated names, with ``classification`` and ``segmentation`` standing for every
+    torchvision model of that kind (``torchvision.models.list_models``)."""
+    names: list[str] = []
+    for item in filter(None, (m.strip() for m in spec.split(","))):
+        if item in ZOO:
+            import torchvision
+            names += torchvision.models.list_models(module=importlib.import_module(ZOO[item]))
+        else:
+            names.append(item)
+    return names
 
 
 def prune_call(tool: str, model: Any, x: Any):
@@ -80,10 +98,9 @@ def prune_call(tool: str, model: Any, x: Any):
 def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
     """Child-process side: build the model, then one measured call (three for ``forward``)."""
     import torch
-    import torchvision
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torchvision.models.get_model(model_name, weights=None).eval()
+    model = build(model_name)
     x = torch.randn(1, 3, 224, 224)
     model_mib = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     fn = prune_call(tool, model, x)
@@ -93,11 +110,20 @@ def run_worker(model_name: str, tool: str, threads: int) -> dict[str, Any]:
     if tool == "forward":
         out["seconds"] = median_time(fn)
     if tool == "pruneconf":  # a dense model built after the prune, so no copy weighs on its peak
-        dense = torchvision.models.get_model(model_name, weights=None).eval()
+        dense = build(model_name)
         out["forward_s"] = median_time(prune_call("forward", dense, x))
     out["others_cores"] = max(0.0, (others_cpu_s() - others0) / (time.perf_counter() - wall0))
     out["load"] = os.getloadavg()[0]
     return out
+
+
+def build(model_name: str) -> Any:
+    """The torchvision model in eval mode with random weights, its backbone's too (a
+    segmentation builder would otherwise fetch ImageNet weights for the backbone)."""
+    import torchvision
+    builder = torchvision.models.get_model_builder(model_name)
+    extra = {"weights_backbone": None} if "weights_backbone" in inspect.signature(builder).parameters else {}
+    return builder(weights=None, **extra).eval()
 
 
 def median_time(fn: Any, calls: int = 3) -> float:
@@ -168,6 +194,11 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     if ratios:
         lines.append(f"pruneconf / Torch-Pruning time: median {statistics.median(ratios):.2f}, worst {max(ratios):.2f} "
                      f"(over {len(ratios)} models where Torch-Pruning finishes)")
+    times = {r["model"]: r["pruneconf_x_forward"] for r in rows if r["pruneconf_x_forward"] is not None}
+    slow = [f"{m} {x:.1f}x" for m, x in times.items() if x > FORWARD_BOUND]
+    failed = [r["model"] for r in rows if r["pruneconf_x_forward"] is None]
+    lines.append(f"pruneconf within {FORWARD_BOUND:g}x a forward on {len(times) - len(slow)} of {len(times)} models"
+                 f"{'; over: ' + ', '.join(slow) if slow else ''}{'; not timed: ' + ', '.join(failed) if failed else ''}")
     over = [r["model"] for r in rows if r.get("within_bound") is False]
     lines.append(f"memory bound exceeded by: {', '.join(over) if over else 'none'}")
     lines.append(f"median of {args.runs} runs, each in a fresh process, tools alternating, {args.threads} threads; "
@@ -177,7 +208,8 @@ def markdown(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated torchvision names")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated torchvision names; 'classification' and 'segmentation' add every such model")
     p.add_argument("--runs", type=int, default=3, help="runs per tool and model (the median is reported)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in each run")
     p.add_argument("--timeout", type=float, default=300.0, help="kill a run after this many seconds")
@@ -199,7 +231,7 @@ def main() -> None:
         return
     tools = TOOLS[:1] if args.no_torch_pruning else TOOLS
     rows = []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    for name in model_names(args.models):
         runs: dict[str, list[dict[str, Any]]] = {"forward": [spawn(name, "forward", args)]}
         for i in range(args.runs):
             for tool in tools if i % 2 == 0 else tools[::-1]:

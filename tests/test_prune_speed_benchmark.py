@@ -33,3 +33,23 @@ def test_a_row_takes_medians_ratios_and_the_memory_bound(bench):
     assert row["memory_bound_mib"] == 20.0 + 0.5 * 120.0 and row["within_bound"]
     lines = bench.markdown([row], bench.parse_args(["--runs", "3"]))
     assert lines[2].startswith("| m | 0.50 | 2.00 | timeout |") and "memory bound exceeded by: none" in lines
+
+
+def test_the_zoo_names_stand_for_every_torchvision_model_of_their_kind(bench):
+    import torchvision
+    names = bench.model_names("classification, resnet18,segmentation")
+    assert names[:len(torchvision.models.list_models(module=torchvision.models))] == \
+        torchvision.models.list_models(module=torchvision.models)
+    assert "resnet18" in names and "fcn_resnet50" in names and "vit_b_16" in names and "" not in names
+
+
+def test_the_table_names_the_models_over_five_forwards(bench):
+    def ok(seconds):
+        return {"status": "ok", "seconds": seconds, "peak_mib": 1.0, "model_mib": 1.0, "others_cores": 0.0, "load": 0.0}
+
+    rows = [bench.row(name, {"forward": bench.summarise([ok(1.0)]), "pruneconf": bench.summarise([ok(s)])})
+            for name, s in (("fast", 3.0), ("slow", 7.5))]
+    rows.append(bench.row("broken", {"forward": bench.summarise([ok(1.0)]),
+                                     "pruneconf": bench.summarise([{"status": "failed"}])}))
+    lines = bench.markdown(rows, bench.parse_args(["--runs", "1"]))
+    assert "pruneconf within 5x a forward on 1 of 2 models; over: slow 7.5x; not timed: broken" in lines
