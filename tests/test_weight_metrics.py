@@ -57,6 +57,19 @@ def test_power_sums_match_the_naive_sum_across_chunks(monkeypatch, power, dtype,
     values = torch.randn(*shape).to(dtype)
     wide = values.double().abs() ** power
     expected = wide.sum(dims) if dims else wide
-    got = importance._power_sum(values, dims, power)
+    scratch = {}
+    got = importance._power_sum(values, dims, power, scratch)
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    again = importance._power_sum(values.flip(0).contiguous(), dims, power, scratch)  # the buffer's leftovers
+    torch.testing.assert_close(again.double(), wide.flip(0).sum(dims) if dims else wide.flip(0), rtol=1e-5, atol=1e-5)
+
+
+def test_a_ranking_transforms_every_weight_in_one_buffer(monkeypatch):
+    """Chunks of every weight go through one buffer per ranking, not one allocation each."""
+    monkeypatch.setattr(importance, "_CHUNK", 64)
+    scratch, buffers = {}, []
+    for rows, columns in ((50, 30), (40, 20), (9, 15)):  # chunks of 2 x 30, 3 x 20 and 4 x 15 elements
+        importance._power_sum(torch.randn(rows, columns), (0,), 2, scratch)
+        buffers.append(scratch[torch.device("cpu")])
+    assert list(scratch) == [torch.device("cpu")] and buffers[0] is buffers[1] is buffers[2]

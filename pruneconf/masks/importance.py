@@ -35,6 +35,8 @@ class RankInputs:
     calibration: Calibration | None = None
     # per (metric, parameter, dim, slice): the score of each row, shared by the groups it spans
     row_scores: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+    # per device: the float32 buffer every weight's chunks are transformed in (see _power_sum)
+    scratch: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
     def statistic(self, name: str, group: Group) -> np.ndarray | None:
         """The group's per-channel ``name`` statistic; None where calibration saw none of its channels."""
@@ -114,30 +116,49 @@ def _per_channel(group: Group, inputs: RankInputs, roles, key: str, total) -> np
 _CHUNK = 1 << 20  # elements of a weight transformed at a time
 
 
-def _power_sum(values: torch.Tensor, dims: tuple[int, ...], p: int) -> torch.Tensor:
+def _power_sum(values: torch.Tensor, dims: tuple[int, ...], p: int, scratch: dict) -> torch.Tensor:
     """Σ |x|^p over ``dims`` (p = 1 or 2) in float32, never through a copy of the weight.
 
     Over trailing dims (a weight's rows, a conv's taps) a norm reduces in place. A leading
     dim (a linear layer's columns) it reduced 5-16x slower than raising each element and
     summing, so there the weight is transformed about :data:`_CHUNK` elements at a time:
-    at once it would be a copy of the weight (an LLM's embedding is gigabytes)."""
+    at once it would be a copy of the weight (an LLM's embedding is gigabytes). Every chunk
+    of every weight goes through one buffer per ranking (``scratch``): a chunk allocated
+    per weight left glibc's heap a chunk larger per layer in some processes (+160 MiB over
+    convnext_base's ranking, in half the runs)."""
     if not dims:  # a 1-D parameter: each index is its own total (``sum(())`` would sum everything)
         return values.float().abs() ** p
     if 0 not in dims:
         return torch.linalg.vector_norm(values, p, dims, dtype=torch.float32).pow_(p)
     fn = torch.square if p == 2 else torch.abs
     rows = max(1, _CHUNK // max(1, values[0].numel()))
-    return torch.stack([fn(chunk.float()).sum(dims) for chunk in values.split(rows)]).sum(0)
+    buffer = _buffer(scratch, values.device, rows * values[0].numel())
+    sums = []
+    for chunk in values.split(rows):
+        view = buffer[:chunk.numel()].view(chunk.shape)
+        source = chunk if chunk.dtype == torch.float32 else view.copy_(chunk)  # widened into the buffer
+        sums.append(fn(source, out=view).sum(dims))
+    return torch.stack(sums).sum(0)
+
+
+def _buffer(scratch: dict, device: torch.device, size: int) -> torch.Tensor:
+    """A float32 buffer of at least ``size`` elements on ``device``, made once per ranking."""
+    buffer = scratch.get(device)
+    if buffer is None or buffer.numel() < size:
+        buffer = scratch[device] = torch.empty(size, dtype=torch.float32, device=device)
+    return buffer
 
 
 @metric("l1_norm")
 def l1_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return _per_channel(group, inputs, (SOURCE, CONSUMER), "l1", lambda values, dims: _power_sum(values, dims, 1))
+    return _per_channel(group, inputs, (SOURCE, CONSUMER), "l1",
+                        lambda values, dims: _power_sum(values, dims, 1, inputs.scratch))
 
 
 @metric("l2_norm")
 def l2_norm(group: Group, inputs: RankInputs) -> np.ndarray:
-    return np.sqrt(_per_channel(group, inputs, (SOURCE, CONSUMER), "l2", lambda values, dims: _power_sum(values, dims, 2)))
+    return np.sqrt(_per_channel(group, inputs, (SOURCE, CONSUMER), "l2",
+                                lambda values, dims: _power_sum(values, dims, 2, inputs.scratch)))
 
 
 @metric("bn_gamma")
