@@ -81,4 +81,27 @@ def test_layers_that_activation_masks_cannot_stand_for_are_refused():
 
     custom = Custom(3, 2, bias=False)
     assert activation_mask(custom, {id(custom.weight): [torch.ones(2, 1)]}) is None  # may read its weight otherwise
-    assert activation_mask(nn.LayerNorm(3), {}) is None
+    assert activation_mask(nn.LayerNorm(3), {}) is None and activation_mask(nn.ReLU(), {}) is None
+
+
+class KeywordInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(24, 48)
+        self.fc2 = nn.Linear(48, 3)
+
+    def forward(self, x):
+        return self.fc2(input=torch.tanh(self.fc1(input=x)) + 1.0)
+
+
+def test_a_layer_called_with_its_input_by_keyword_is_masked_too():
+    torch.manual_seed(0)
+    model = KeywordInput().eval()
+    x = torch.randn(2, 24)
+    plan = Pruner(model, x, {"sparsity": 0.5}).plan()
+    assert activation_mask(model.fc2, {id(model.fc2.weight): [torch.ones(1, 48)]}) is not None
+    with masked_forward(model, plan):
+        got = model(x)
+    twin = copy.deepcopy(model)
+    register_masks(twin, plan)
+    torch.testing.assert_close(got, twin(x), atol=0, rtol=0)

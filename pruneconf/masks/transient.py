@@ -78,13 +78,19 @@ class _ActivationMask:
 
     def __init__(self, inputs: torch.Tensor | None, outputs: torch.Tensor | None, spatial: int) -> None:
         self.inputs, self.outputs, self.spatial = inputs, outputs, spatial
+        self.shaped: dict = {}
 
     def _along_channels(self, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``mask`` shaped to multiply ``x`` along its channel dim (the one before the spatial
-        dims: the last for a linear layer; dim 1 of a batched, dim 0 of an unbatched conv)."""
-        shape = [1] * x.dim()
-        shape[x.dim() - 1 - self.spatial] = -1
-        return mask.to(dtype=x.dtype, device=x.device).reshape(shape)
+        dims: the last for a linear layer; dim 1 of a batched, dim 0 of an unbatched conv),
+        made once per shape, dtype and device (the layers are small where hooks cost most)."""
+        key = (id(mask), x.dim(), x.dtype, x.device)
+        shaped = self.shaped.get(key)
+        if shaped is None:
+            shape = [1] * x.dim()
+            shape[x.dim() - 1 - self.spatial] = -1
+            shaped = self.shaped[key] = mask.to(dtype=x.dtype, device=x.device).reshape(shape)
+        return shaped
 
     def enter(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         if self.inputs is None:
@@ -94,7 +100,8 @@ class _ActivationMask:
         return args, {**kwargs, "input": kwargs["input"] * self._along_channels(self.inputs, kwargs["input"])}
 
     def leave(self, module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        return out if self.outputs is None else out * self._along_channels(self.outputs, out)
+        """In place: the layer's output is new, and no one else has seen it yet."""
+        return out if self.outputs is None else out.mul_(self._along_channels(self.outputs, out))
 
 
 def _along(factor: torch.Tensor, dim: int) -> torch.Tensor | None:
@@ -111,8 +118,10 @@ def activation_mask(module: nn.Module, factors: dict[int, list[torch.Tensor]]) -
     columns, a grouped conv's columns (each group reads its own inputs), or a bias not masked
     with its rows (a pruned channel of the masked layer would still output its bias)."""
     spatial = _SPATIAL_DIMS.get(type(module))
+    if spatial is None:
+        return None
     weight, bias = module.weight, module.bias
-    if spatial is None or not set(factors) <= {id(weight), id(bias)}:
+    if not set(factors) <= {id(weight), id(bias)}:
         return None
     rows, columns = [], []
     for factor in factors.get(id(weight), []):
