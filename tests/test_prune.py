@@ -252,3 +252,25 @@ def test_transposed_and_grouped_convolutions_shrink_exactly():
     # up2 (groups=3) couples each of its groups of 4 inputs with its 4 outputs: 3 units, 2 kept
     assert (model.up.in_channels, model.up.out_channels, model.up2.groups) == (4, 8, 2)
     assert model.up2.in_channels == 8 and model.up2.out_channels == 8 and model.out.in_channels == 8
+
+
+@pytest.mark.parametrize("threshold", [0, 1 << 40], ids=["one-gather", "two-selects"])
+def test_a_weight_cut_on_both_sides_is_taken_in_one_gather_when_large(monkeypatch, threshold):
+    """Above the size threshold a weight pruned along its rows and its columns is sliced by
+    one gather (no rows-only copy in between); the pruned model is the same either way."""
+    shrink_module = __import__("pruneconf.apply.shrink", fromlist=["shrink"])
+    monkeypatch.setattr(shrink_module, "_ONE_GATHER", threshold)
+    calls = []
+    real = shrink_module._gathered_rows_and_columns
+    monkeypatch.setattr(shrink_module, "_gathered_rows_and_columns",
+                        lambda plan, slots: calls.append(sorted(out := real(plan, slots))) or out)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 36, 64), nn.ReLU(),
+                          nn.Linear(64, 48), nn.GELU(), nn.Linear(48, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    expected = copy.deepcopy(model)
+    Pruner(expected, x, {"sparsity": 0.5}).register_masks()
+    Pruner(model, x, {"sparsity": 0.5}).prune()
+    assert model[5].weight.shape == (24, 32) and model[3].weight.shape == (32, 8 * 36)
+    assert calls[-1] == (["3.weight", "5.weight"] if threshold == 0 else [])
+    torch.testing.assert_close(model(x), expected(x), atol=1e-6, rtol=0)

@@ -130,14 +130,42 @@ def _slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor, bo
     return out
 
 
+_ONE_GATHER = 1 << 24  # elements: a weight this large cut along dims 0 and 1 is taken in one gather
+
+
+def _gathered_rows_and_columns(plan: PruningPlan, slots: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
+    """Large weights cut along both dims 0 and 1, taken in one gather. Two ``index_select``
+    hold a rows-only copy between them: vgg16's 400 MB classifier held 205 MB more at the
+    peak of the prune, and its fresh pages took half the time. Below :data:`_ONE_GATHER`
+    elements the two selects are faster, and stay; so do reordered dims and experts' rows."""
+    keeps: dict[str, dict[int, np.ndarray]] = {}
+    for (name, dim), keep in plan.members.items():
+        keeps.setdefault(name, {})[dim] = keep
+    owners: dict[int, int] = {}
+    for name in keeps:
+        owners[id(slots[name][2])] = owners.get(id(slots[name][2]), 0) + 1
+    out = {}
+    for name, by_dim in keeps.items():
+        tensor = slots[name][2]
+        if set(by_dim) != {0, 1} or any(k.ndim != 1 for k in by_dim.values()) or tensor.numel() < _ONE_GATHER \
+                or owners[id(tensor)] > 1 or any((name, d) in plan.orders for d in (0, 1)):
+            continue
+        rows, columns = (torch.as_tensor(by_dim[d].nonzero()[0], device=tensor.device) for d in (0, 1))
+        out[name] = tensor.detach()[rows[:, None], columns]
+    return out
+
+
 def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shrunk:
     """Slice every parameter and buffer the plan prunes and update its layer's attributes.
 
     The tensors replaced are left untouched (slicing makes new ones), so :meth:`Shrunk.undo`
     puts the model back bit for bit."""
     slots = _slots(model)
-    sliced: dict[int, torch.Tensor] = {}  # by id: a shared parameter is sliced once
+    gathered = _gathered_rows_and_columns(plan, slots)
+    sliced = {id(slots[name][2]): value for name, value in gathered.items()}  # by id: a shared one once
     for (name, dim), keep in slicing_order(plan.members):
+        if name in gathered:
+            continue
         tensor = slots[name][2]
         sliced[id(tensor)] = kept_positions(sliced.get(id(tensor), tensor.detach()), dim, keep)
         order = plan.orders.get((name, dim))  # the order a channel shuffle leaves its channels in
