@@ -130,28 +130,39 @@ def _slots(model: nn.Module) -> dict[str, tuple[nn.Module, str, torch.Tensor, bo
     return out
 
 
-_ONE_GATHER = 1 << 24  # elements: a weight this large cut along dims 0 and 1 is taken in one gather
+_ONE_GATHER = 1 << 24  # elements: a tensor this large cut along dims 0 and 1 is taken in one gather
 
 
-def _gathered_rows_and_columns(plan: PruningPlan, slots: Mapping[str, tuple]) -> dict[str, torch.Tensor]:
-    """Large weights cut along both dims 0 and 1, taken in one gather. Two ``index_select``
-    hold a rows-only copy between them: vgg16's 400 MB classifier held 205 MB more at the
-    peak of the prune, and its fresh pages took half the time. Below :data:`_ONE_GATHER`
-    elements the two selects are faster, and stay; so do reordered dims and experts' rows."""
-    keeps: dict[str, dict[int, np.ndarray]] = {}
+def cut(tensor: torch.Tensor, keeps: Mapping[int, np.ndarray],
+        orders: Mapping[int, np.ndarray] | None = None) -> torch.Tensor:
+    """``tensor`` without the positions ``keeps[dim]`` drops along each dim, each dim then put
+    in ``orders[dim]`` where a channel shuffle reorders it. Apply, timing copies and streamed
+    reads all cut through here, so they slice alike.
+
+    A tensor of at least :data:`_ONE_GATHER` elements cut along dims 0 and 1 (1-D keeps, no
+    reorder) is taken in one gather: two ``index_select`` hold a rows-only copy between them,
+    which held vgg16's prune 205 MB higher and spent half its time on fresh pages. Below that
+    the two selects are faster, and stay."""
+    orders = orders or {}
+    tensor = tensor.detach()
+    if set(keeps) == {0, 1} and tensor.numel() >= _ONE_GATHER and not orders \
+            and all(k.ndim == 1 for k in keeps.values()):
+        rows, columns = (torch.as_tensor(keeps[d].nonzero()[0], device=tensor.device) for d in (0, 1))
+        return tensor[rows[:, None], columns]
+    for dim, keep in slicing_order(keeps):
+        tensor = kept_positions(tensor, dim, keep)
+        if dim in orders:
+            tensor = tensor.index_select(dim, torch.as_tensor(orders[dim], device=tensor.device))
+    return tensor
+
+
+def cuts_by_name(plan: PruningPlan) -> dict[str, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]]:
+    """The plan's keeps and shuffle orders per tensor name: ``{name: (keeps, orders)}``."""
+    out: dict[str, tuple[dict, dict]] = {}
     for (name, dim), keep in plan.members.items():
-        keeps.setdefault(name, {})[dim] = keep
-    owners: dict[int, int] = {}
-    for name in keeps:
-        owners[id(slots[name][2])] = owners.get(id(slots[name][2]), 0) + 1
-    out = {}
-    for name, by_dim in keeps.items():
-        tensor = slots[name][2]
-        if set(by_dim) != {0, 1} or any(k.ndim != 1 for k in by_dim.values()) or tensor.numel() < _ONE_GATHER \
-                or owners[id(tensor)] > 1 or any((name, d) in plan.orders for d in (0, 1)):
-            continue
-        rows, columns = (torch.as_tensor(by_dim[d].nonzero()[0], device=tensor.device) for d in (0, 1))
-        out[name] = tensor.detach()[rows[:, None], columns]
+        out.setdefault(name, ({}, {}))[0][dim] = keep
+    for (name, dim), order in plan.orders.items():
+        out[name][1][dim] = order
     return out
 
 
@@ -161,16 +172,10 @@ def shrink(model: nn.Module, plan: PruningPlan, log_changes: bool = True) -> Shr
     The tensors replaced are left untouched (slicing makes new ones), so :meth:`Shrunk.undo`
     puts the model back bit for bit."""
     slots = _slots(model)
-    gathered = _gathered_rows_and_columns(plan, slots)
-    sliced = {id(slots[name][2]): value for name, value in gathered.items()}  # by id: a shared one once
-    for (name, dim), keep in slicing_order(plan.members):
-        if name in gathered:
-            continue
+    sliced: dict[int, torch.Tensor] = {}  # by id: a tensor shared under several names once
+    for name, (keeps, orders) in sorted(cuts_by_name(plan).items()):
         tensor = slots[name][2]
-        sliced[id(tensor)] = kept_positions(sliced.get(id(tensor), tensor.detach()), dim, keep)
-        order = plan.orders.get((name, dim))  # the order a channel shuffle leaves its channels in
-        if order is not None:
-            sliced[id(tensor)] = sliced[id(tensor)].index_select(dim, torch.as_tensor(order, device=tensor.device))
+        sliced[id(tensor)] = cut(sliced.get(id(tensor), tensor), keeps, orders)
     replaced, touched = [], {}
     with torch.no_grad():
         for module, attr, tensor, is_param in slots.values():

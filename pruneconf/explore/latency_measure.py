@@ -28,7 +28,7 @@ from torch import nn
 
 from .._progress import progress_bar
 from ..apply.resize import resizer_for
-from ..apply.shrink import kept_positions, slicing_order
+from ..apply.shrink import cut, cuts_by_name
 from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
 from ..masks.keep import top_channels
@@ -194,11 +194,11 @@ def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
     old = dict(out.__dict__)
     changed = False
     with torch.no_grad():
-        for (name, dim), keep in slicing_order(plan.members):
+        for name, (keeps, orders) in cuts_by_name(plan).items():
             owner, _, attr = name.rpartition(".")
             if owner != path:
                 continue
-            value = kept_positions(getattr(out, attr), dim, keep)
+            value = cut(getattr(out, attr), keeps, orders)
             if attr in out._parameters:
                 out._parameters[attr] = nn.Parameter(value, requires_grad=False)
             else:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..apply.shrink import kept_positions, slicing_order
+from ..apply.shrink import cut
 from ..errors import ConfigError
 from ..jsonfile import read_json
 
@@ -116,9 +116,7 @@ class Checkpoint:
             else:
                 index = (slice(None),) * first + (keep[first].nonzero()[0].tolist(),)
                 tensor = f.get_slice(name)[index]
-        for dim, mask in slicing_order(keep):
-            if dim != first:
-                tensor = kept_positions(tensor, dim, mask)
+        tensor = cut(tensor, {dim: mask for dim, mask in keep.items() if dim != first})
         self.bytes_read += tensor.numel() * tensor.element_size()
         return tensor
 
