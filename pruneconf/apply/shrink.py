@@ -66,6 +66,8 @@ class Shrunk:
     def log(self) -> None:
         """Log every layer's change, ``[CONV] layer1.0.conv1: output 64 -> 32``: done after
         the fact, so a dry run that keeps its shrunk model reports like apply."""
+        if not log.isEnabledFor(logging.INFO):
+            return
         path = walk(self.model).path_of
         for module, change in self.set_attrs:
             log.info("[ATTR] %s.%s", path.get(id(module), type(module).__name__), change)

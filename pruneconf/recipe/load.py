@@ -318,7 +318,7 @@ def _applied_experts(check: "_Checker", section: Mapping, layer: str) -> np.ndar
 
 def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
     """The recipe must describe this model: same fingerprint, known prunable group centers."""
-    actual = fingerprint(groups.graph)
+    actual = fingerprint(groups.graph) if recipe.fingerprint is not None else None  # a config dict has none
     if recipe.fingerprint is not None and recipe.fingerprint != actual:
         change = first_difference(recipe.layers, parameter_shapes(groups.graph)) if recipe.layers else \
             f"fingerprint {recipe.fingerprint}, this model traces to {actual}"
