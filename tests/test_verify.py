@@ -45,6 +45,22 @@ def test_comparison_is_in_full_precision():
     assert max_relative_error([x], [x + 1e-6]) == pytest.approx(1e-6 / 3, rel=0.1)  # fp32: exact
 
 
+def test_nan_or_infinity_on_one_side_only_is_a_difference_and_hides_no_other(monkeypatch):
+    """A shrunk model that outputs NaN or inf where the masked one does not is not exact;
+    NaN on both sides, or the same infinity, agree; an infinite element does not make the
+    scale infinite (which would hide every other difference). Chunks change nothing."""
+    monkeypatch.setattr(verify, "_CHUNK", 3)
+    x = torch.tensor([1.0, 2.0, float("nan"), float("inf"), -float("inf"), 5.0, 6.0])
+    assert max_relative_error([x], [x.clone()]) == 0.0
+    for i, value in ((0, float("nan")), (1, float("inf")), (3, 7.0), (4, float("inf"))):
+        y = x.clone()
+        y[i] = value
+        assert max_relative_error([x], [y]) == float("inf"), (i, value)
+    y = x.clone()
+    y[6] += 1e-3  # scaled by the largest finite magnitude, 6
+    assert max_relative_error([x], [y]) == pytest.approx(1e-3 / 6, rel=1e-3)
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_half_precision_outputs_forgive_two_ulps_of_each_element_and_no_more(dtype):
     x = torch.linspace(-3, 3, 101).to(dtype)

@@ -117,13 +117,18 @@ def ulp(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.floor(torch.log2(magnitude))) * info.eps
 
 
+_CHUNK = 1 << 18  # elements compared at a time: widening a whole segmentation output cost 4 copies of it
+
+
 def max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
-    """Largest absolute difference over the outputs, relative to each output's scale (≥ 1).
+    """Largest absolute difference over the outputs, relative to each output's scale (the
+    largest finite magnitude, at least 1); ``inf`` where shapes differ or only one side is
+    NaN or infinite at an element (NaN and equal infinities on both sides agree).
 
     A half-precision output (one the model's own code casts to fp16/bf16 even when compared
     in float32, see :func:`widened`) was rounded once more at the end: each element is
     forgiven 2 ulps of its own value, so a relative error of 2 % (≥ 2.56 bf16 ulps) still
-    counts.
+    counts. Outputs are compared a chunk at a time, in float64.
     """
     if len(a) != len(b) or any(x.shape != y.shape for x, y in zip(a, b)):
         return float("inf")
@@ -132,13 +137,25 @@ def max_relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         if not x.is_floating_point():
             if not torch.equal(x, y):
                 return float("inf")
-        elif x.numel():
-            scale = max(1.0, float(x.abs().max()))
-            error = (x.double() - y.double()).abs()
-            if x.dtype in HALF:
-                error = (error - HALF_ULPS * torch.maximum(ulp(x), ulp(y))).clamp_min(0)
-            worst = max(worst, float(error.max()) / scale)
+            continue
+        pairs = list(zip(x.detach().reshape(-1).split(_CHUNK), y.detach().reshape(-1).split(_CHUNK)))
+        scale = max([1.0, *(float(torch.nan_to_num(xs.abs(), posinf=0.0).max()) for xs, _ in pairs)])
+        for xs, ys in pairs:
+            worst = max(worst, _largest_difference(xs, ys) / scale)
     return worst
+
+
+def _largest_difference(x: torch.Tensor, y: torch.Tensor) -> float:
+    """The largest ``|x - y|`` of two flat chunks (half precision: beyond their rounding)."""
+    xd, yd = x.double(), y.double()
+    error = (xd - yd).abs()
+    if x.dtype in HALF:
+        error = (error - HALF_ULPS * torch.maximum(ulp(x), ulp(y))).clamp_min(0)
+    agree = (xd == yd) | (xd.isnan() & yd.isnan())  # equal infinities differ by NaN, and so do two NaNs
+    error = error.masked_fill(agree, 0.0)
+    if bool(error.isnan().any()):
+        return float("inf")
+    return float(error.max()) if error.numel() else 0.0
 
 
 def outputs_problem(expected: list[torch.Tensor], got: list[torch.Tensor], atol: float) -> str | None:
