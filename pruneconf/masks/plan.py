@@ -33,6 +33,7 @@ class PruningPlan:
     experts: dict[str, ExpertDrop] = dataclasses.field(default_factory=dict)  # experts module -> drop
     # Per group: its members' keep bits, shared by restricted plans (the dry run makes many).
     _member_keeps: dict[str, list] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _survivors: dict[tuple[str, int], dict] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @functools.cached_property
     def members(self) -> dict[tuple[str, int], np.ndarray]:
@@ -95,8 +96,12 @@ class PruningPlan:
 
     def surviving(self, node: str, index: int = 0) -> dict[int, np.ndarray]:
         """For each labelled dim of a node's output: which positions survive the plan
-        (a dim may span several groups; positions in no group always survive)."""
-        out = {}
+        (a dim may span several groups; positions in no group always survive). Computed once
+        per output: shrinking asks it of every sized call several times. Read only."""
+        found = self._survivors.get((node, index))
+        if found is not None:
+            return found
+        out = self._survivors[(node, index)] = {}
         for dim, (group_index, channel) in self.groups.channel_map(node, index).items():
             keep = np.ones(len(group_index), dtype=bool)
             for gi in np.unique(group_index[group_index >= 0]).tolist():
