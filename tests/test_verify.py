@@ -59,6 +59,7 @@ def test_nan_or_infinity_on_one_side_only_is_a_difference_and_hides_no_other(mon
     y = x.clone()
     y[6] += 1e-3  # scaled by the largest finite magnitude, 6
     assert max_relative_error([x], [y]) == pytest.approx(1e-3 / 6, rel=1e-3)
+    assert max_relative_error([torch.empty(0, 3), x], [torch.empty(0, 3), x]) == 0.0
 
 
 @pytest.mark.parametrize("dtype", HALF)

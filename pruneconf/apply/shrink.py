@@ -159,12 +159,14 @@ def cut(tensor: torch.Tensor, keeps: Mapping[int, np.ndarray],
 
 
 def cuts_by_name(plan: PruningPlan) -> dict[str, tuple[dict[int, np.ndarray], dict[int, np.ndarray]]]:
-    """The plan's keeps and shuffle orders per tensor name: ``{name: (keeps, orders)}``."""
+    """The plan's keeps and shuffle orders per tensor name: ``{name: (keeps, orders)}``; an
+    order only on a dim that is cut (a group that keeps every channel moves none)."""
     out: dict[str, tuple[dict, dict]] = {}
     for (name, dim), keep in plan.members.items():
         out.setdefault(name, ({}, {}))[0][dim] = keep
     for (name, dim), order in plan.orders.items():
-        out[name][1][dim] = order
+        if (name, dim) in plan.members:
+            out[name][1][dim] = order
     return out
 
 
