@@ -108,8 +108,7 @@ def is_dtensor(tensor: torch.Tensor) -> bool:
 
 def sharded(model: nn.Module) -> bool:
     """Whether any of ``model``'s parameters is sharded (FSDP2 or another DTensor API)."""
-    dtensor = _dtensor_type()
-    return dtensor is not None and any(isinstance(p, dtensor) for _, m in walk(model).items for p in m._parameters.values())
+    return any(is_dtensor(p) for _, m in walk(model).items for p in m._parameters.values())
 
 
 def copy_full_state(source: nn.Module, target: nn.Module) -> None:

@@ -318,8 +318,8 @@ def _applied_experts(check: "_Checker", section: Mapping, layer: str) -> np.ndar
 
 def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
     """The recipe must describe this model: same fingerprint, known prunable group centers."""
-    actual = fingerprint(groups.graph) if recipe.fingerprint is not None else None  # a config dict has none
-    if recipe.fingerprint is not None and recipe.fingerprint != actual:
+    # a config dict has no fingerprint: the graph is only hashed for a recipe that records one
+    if recipe.fingerprint is not None and recipe.fingerprint != (actual := fingerprint(groups.graph)):
         change = first_difference(recipe.layers, parameter_shapes(groups.graph)) if recipe.layers else \
             f"fingerprint {recipe.fingerprint}, this model traces to {actual}"
         raise recipe.error(f"the recipe was made for another model: {change}; run `pruneconf init` again",
