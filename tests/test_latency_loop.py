@@ -230,3 +230,30 @@ def test_init_at_a_mac_budget_keeps_the_faster_plan_in_the_recipe(tmp_path, monk
     assert recorded["measured_aware"] == round(0.6 * ratio, 4)
     assert "off" in recipes["table"].settings.latency_table["loop"]
     pruner.apply_masks()  # raises unless masked == applied
+
+
+def _page_faults_of_big_tensors(times: int) -> int:
+    """Minor page faults while making and dropping a 64 MiB tensor ``times`` times."""
+    import resource
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_timings_reuse_memory_and_leave_malloc_as_they_found_it():
+    """Every timing runs under ``reused_memory``: glibc would otherwise map a block over 32 MiB
+    afresh on every call and fault in its pages (most of a batch-8 forward on the development
+    VM, and different from process to process). Inside, once the heap has grown (a call or
+    two), later tensors reuse its pages; after, big blocks are mapped again, as glibc's default
+    does."""
+    from pruneconf.explore.heap import _glibc, reused_memory
+    if _glibc() is None:
+        pytest.skip("mallopt is glibc's")
+    with reused_memory() as applies:
+        _page_faults_of_big_tensors(2)
+        inside = _page_faults_of_big_tensors(4)
+    after = _page_faults_of_big_tensors(4)
+    assert applies
+    assert after > 4 * 1000  # 4 KiB pages (or a few huge pages: then the bound below is loose, not wrong)
+    assert inside < after / 10

@@ -9,6 +9,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .heap import reused_memory
+
 
 def _benchmark() -> Any:
     """``torch.utils.benchmark``, imported when first timed: it imports ``cpp_extension``,
@@ -26,14 +28,15 @@ def _benchmark() -> Any:
 def time_ms(call: Callable[..., Any], args: tuple, threads: int, min_run_time: float,
             statistic: str = "median") -> float:
     """Milliseconds of ``call(*args)`` (inference mode, after a warm-up call for lazy init and
-    the allocator): the median of the timed blocks, or their minimum, which resists
-    neighbours sharing the cores (noise only adds)."""
+    the allocator, with memory reused from call to call: :mod:`.heap`): the median of the
+    timed blocks, or their minimum, which resists neighbours sharing the cores (noise only adds)."""
     def forward() -> None:
         with torch.inference_mode():
             call(*args)
-    forward()
     timer = _benchmark().Timer(stmt="forward()", globals={"forward": forward}, num_threads=threads)
-    blocks = timer.blocked_autorange(min_run_time=min_run_time)
+    with reused_memory():
+        forward()
+        blocks = timer.blocked_autorange(min_run_time=min_run_time)
     return (blocks.median if statistic == "median" else min(blocks.times)) * 1e3
 
 
