@@ -7,7 +7,10 @@ dense MACs / pruned MACs (``pruneconf.analysis.total_macs``); measured speedup =
 pruned time (see below). The issue's target on CPU: measured >= 0.9 x predicted.
 
 Timing: ``torch.utils.benchmark.Timer.blocked_autorange`` (it synchronises CUDA itself)
-under ``torch.inference_mode()``, after ``--warmup`` untimed calls, at a fixed thread count.
+under ``torch.inference_mode()``, after ``--warmup`` untimed calls, at a fixed thread count,
+with memory reused from call to call as the tool's own timings do
+(``pruneconf.explore.heap.reused_memory``: glibc would fault in fresh pages for every
+activation over 32 MiB, a cost that depends on the process's history).
 Dense and pruned are measured alternately ``--rounds`` times, so a slow phase of a shared
 machine hits both. Each round gives a speedup (ratio of the two medians of its timed blocks);
 the measured speedup is the median of those paired ratios, shown with their range. The
@@ -42,6 +45,7 @@ from analysis_speed import others_cpu_s, wait_for_idle  # noqa: E402  (the sibli
 
 import pruneconf  # noqa: E402
 from pruneconf.analysis import total_macs  # noqa: E402
+from pruneconf.explore.heap import reused_memory  # noqa: E402
 
 MODELS = ["resnet50", "mobilenet_v2"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -82,12 +86,13 @@ def time_alternately(timers: dict[str, tbench.Timer], rounds: int, warmup: int,
 
     Timers take turns within every round, so drifting machine load is shared between them.
     """
-    for t in timers.values():
-        t.timeit(warmup)  # first calls pick kernels and fill caches
     out: dict[str, list[list[float]]] = {k: [] for k in timers}
-    for _ in range(rounds):
-        for key, t in timers.items():
-            out[key].append(list(t.blocked_autorange(min_run_time=min_run_time).times))
+    with reused_memory():
+        for t in timers.values():
+            t.timeit(warmup)  # first calls pick kernels and fill caches
+        for _ in range(rounds):
+            for key, t in timers.items():
+                out[key].append(list(t.blocked_autorange(min_run_time=min_run_time).times))
     return out
 
 
