@@ -12,6 +12,7 @@ from torch import nn
 from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.errors import ConfigError
+from pruneconf.explore.heap import timing_memory
 from pruneconf.explore.latency_measure import (device_name, find_units, group_probe_counts, learn_round_to,
                                               measure_table, probe_counts)
 from pruneconf.explore.latency_plan import plan_latency
@@ -163,6 +164,7 @@ def _table_file(tmp_path, net, machine: str | None = None) -> str:
     pruner = Pruner(build(), torch.randn(SHAPE))
     table = linear_table(pruner)
     table.device_name = machine or device_name("cpu")
+    table.memory = timing_memory()
     path = tmp_path / "table.json"
     path.write_text(dump_tables({SETUP.key: table}))
     return str(path)
@@ -219,6 +221,27 @@ def test_latency_command_caches_by_setup(tmp_path, net, caplog):
     keys = set(read_tables(out))
     assert keys == {SETUP.key, "cpu|float32|batch=1|threads=1|channels_last"}
     assert main(["report", str(tmp_path / "missing.yaml"), "--latency-table", str(out)]) == 2
+
+
+def test_a_table_timed_before_memory_was_reused_is_measured_again_and_warned_about(tmp_path, net, caplog):
+    """Tables record how their timings treated memory (:mod:`pruneconf.explore.heap`): one from
+    an older pruneconf timed page faults, so `latency` measures it again instead of reusing it,
+    and planning from one says so."""
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "t.json"
+    common = ["latency", net, "--input-shape", "1,3,8,8", "--min-run-time", "0.001", "-o", str(out)]
+    assert main(common) == 0
+    raw = json.loads(out.read_text())
+    assert raw["tables"][SETUP.key]["memory"] == timing_memory()
+    del raw["tables"][SETUP.key]["memory"]
+    out.write_text(json.dumps(raw))
+    assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), "--target-macs", "0.6",
+                 "--latency-table", str(out), "--latency-refine", "0"]) == 0
+    assert "by an older pruneconf (page faults included)" in caplog.text and "--force" in caplog.text
+    caplog.clear()
+    assert main(common) == 0
+    assert "measuring again" in caplog.text and "already holds" not in caplog.text
+    assert json.loads(out.read_text())["tables"][SETUP.key]["memory"] == timing_memory()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -87,6 +87,7 @@ def _cached(path: Path, force: bool) -> dict:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     from ..apply import unsupported_groups
+    from ..explore.heap import memory_words, timing_memory
     from ..explore.latency_measure import measure_table
     from ..explore.latency_table import dump_tables
     from ..groups import find_groups
@@ -103,8 +104,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
     known = tables.get(setup.key)
     if not args.force and isinstance(known, dict) and known.get("fingerprint") == fingerprint(graph) \
             and known.get("input_shapes") == shapes:
-        log.info("%s already holds the table for %s (%s); --force measures again", out, args.model, setup.key)
-        return 0
+        if known.get("memory") == timing_memory():
+            log.info("%s already holds the table for %s (%s); --force measures again", out, args.model, setup.key)
+            return 0
+        log.info("%s holds a table for %s (%s) timed %s; this pruneconf times %s: measuring again", out, args.model,
+                 setup.key, memory_words(str(known.get("memory", ""))), memory_words(timing_memory()))
     groups = find_groups(graph)
     skip = unsupported_groups(model, groups)
     table = measure_table(model, inputs, groups, setup, model_name=args.model, fingerprint=fingerprint(graph),
@@ -118,10 +122,16 @@ def cmd_latency(args: argparse.Namespace) -> int:
 
 
 def load_table(args: argparse.Namespace, graph, batch: int | None):
+    from ..explore.heap import memory_words, timing_memory
     from ..explore.latency_table import select_table
     from ..trace.fingerprint import fingerprint
 
-    return select_table(args.latency_table, fingerprint(graph), batch)
+    table = select_table(args.latency_table, fingerprint(graph), batch)
+    if table.memory != timing_memory():
+        log.warning("%s was timed %s, this pruneconf times %s: its milliseconds may hold page faults (README, "
+                    "Timings reuse memory); measure it again with `pruneconf latency --force`",
+                    args.latency_table, memory_words(table.memory), memory_words(timing_memory()))
+    return table
 
 
 def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None:

@@ -34,6 +34,19 @@ def _glibc() -> ctypes.CDLL | None:
     return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
 
 
+def timing_memory() -> str:
+    """How timings here treat memory, recorded in latency tables: ``reused`` on glibc (see
+    :func:`reused_memory`), ``allocator default`` elsewhere. A table recorded otherwise (or
+    before this was recorded: empty) timed page faults that a reused heap does not have."""
+    return "reused" if _glibc() is not None else "allocator default"
+
+
+def memory_words(value: str) -> str:
+    """A table's ``memory`` record in words, for messages."""
+    return {"reused": "with memory reused", "allocator default": "under the allocator's defaults",
+            "": "by an older pruneconf (page faults included)"}.get(value, repr(value))
+
+
 @contextlib.contextmanager
 def reused_memory() -> Iterator[bool]:
     """Within the block, freed memory stays in the heap for the next call (glibc only; elsewhere
@@ -55,4 +68,4 @@ def reused_memory() -> Iterator[bool]:
         libc.malloc_trim(0)
 
 
-__all__ = ["reused_memory"]
+__all__ = ["memory_words", "reused_memory", "timing_memory"]

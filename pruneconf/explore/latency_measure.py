@@ -32,6 +32,7 @@ from ..apply.shrink import cut, cuts_by_name
 from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
 from ..masks.keep import top_channels
+from .heap import timing_memory
 from .latency import time_ms
 from .latency_table import Curve, LatencyTable, Setup
 
@@ -285,7 +286,8 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     half = {c: group_probe_counts(groups[c])[1] for c in curves}
     dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)
     return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
-                        dense_units, curves, torch.__version__, min_run_time, statistic, calibration)
+                        dense_units, curves, torch.__version__, min_run_time, statistic, calibration,
+                        timing_memory())
 
 
 def _whole_model(model: nn.Module, inputs: Any, groups: ChannelGroups, half: dict[str, int], setup: Setup,

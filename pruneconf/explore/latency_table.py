@@ -103,13 +103,15 @@ class LatencyTable:
     min_run_time: float = 0.0
     statistic: str = "median"  # of the timed blocks: median, or min on a shared machine
     calibration: dict[str, Any] | None = None  # {"kept": {center: count}, "ms": whole model at those counts}
+    memory: str = ""  # how the timings treated memory (.heap.timing_memory); "" from before it was recorded
 
     def to_json(self) -> dict[str, Any]:
         return {"device": self.setup.device, "device_name": self.device_name, "dtype": self.setup.dtype,
                 "batch": self.setup.batch, "threads": self.setup.threads, "layout": self.setup.layout,
                 "model": self.model, "fingerprint": self.fingerprint, "input_shapes": self.input_shapes,
                 "torch": self.torch_version, "min_run_time": self.min_run_time,
-                "statistic": self.statistic, "calibration": self.calibration, "dense_ms": self.dense_ms,
+                "statistic": self.statistic, "calibration": self.calibration, "memory": self.memory,
+                "dense_ms": self.dense_ms,
                 "units": self.units,
                 "groups": {c: {"channels": g.channels, "round_to": g.round_to, "counts": g.counts, "ms": g.ms}
                            for c, g in self.groups.items()}}
@@ -246,7 +248,8 @@ def parse_table(raw: Any, path: str, key: str) -> LatencyTable:
     return LatencyTable(setup, check.get(raw, "device_name", str, ""), check.get(raw, "model", str, ""),
                         check.get(raw, "fingerprint", str, ""), shapes, dense, units, groups,
                         str(raw.get("torch", "")), float(min_run_time) if isinstance(min_run_time, (int, float))
-                        else 0.0, str(raw.get("statistic", "median")), _calibration(check, raw, groups))
+                        else 0.0, str(raw.get("statistic", "median")), _calibration(check, raw, groups),
+                        str(raw.get("memory", "")))
 
 
 def _calibration(check: _Check, raw: Mapping, groups: Mapping[str, Curve]) -> dict[str, Any] | None:
