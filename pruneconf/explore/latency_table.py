@@ -106,12 +106,13 @@ class LatencyTable:
     memory: str = ""  # how the timings treated memory (.heap.timing_memory); "" from before it was recorded
 
     def to_json(self) -> dict[str, Any]:
+        """The table as stored; ``memory`` only when recorded, so an older table keeps its hash."""
         return {"device": self.setup.device, "device_name": self.device_name, "dtype": self.setup.dtype,
                 "batch": self.setup.batch, "threads": self.setup.threads, "layout": self.setup.layout,
                 "model": self.model, "fingerprint": self.fingerprint, "input_shapes": self.input_shapes,
                 "torch": self.torch_version, "min_run_time": self.min_run_time,
-                "statistic": self.statistic, "calibration": self.calibration, "memory": self.memory,
-                "dense_ms": self.dense_ms,
+                "statistic": self.statistic, "calibration": self.calibration,
+                **({"memory": self.memory} if self.memory else {}), "dense_ms": self.dense_ms,
                 "units": self.units,
                 "groups": {c: {"channels": g.channels, "round_to": g.round_to, "counts": g.counts, "ms": g.ms}
                            for c, g in self.groups.items()}}
