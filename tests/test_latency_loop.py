@@ -241,9 +241,9 @@ def _page_faults_of_big_tensors(times: int) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
-def test_timings_reuse_memory_and_leave_malloc_as_they_found_it():
+def test_timings_reuse_memory_and_big_blocks_are_mapped_again_after():
     """Every timing runs under ``reused_memory``: glibc would otherwise map a block over 32 MiB
-    afresh on every call and fault in its pages (most of a batch-8 forward on the development
+    afresh on every call and fault in its pages (nearly half of a batch-8 forward on the development
     VM, and different from process to process). Inside, once the heap has grown (a call or
     two), later tensors reuse its pages; after, big blocks are mapped again, as glibc's default
     does."""

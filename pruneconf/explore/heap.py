@@ -3,7 +3,7 @@
 glibc's ``malloc`` serves a block over its mmap threshold (dynamic, at most 32 MiB) with a
 fresh ``mmap`` and unmaps it on ``free``: a forward whose activations are larger asks the
 kernel for zeroed pages on every call, and the threshold moves with what the process
-allocated before. On the 2-core development VM this was most of a batch-8 forward
+allocated before. On the 2-core development VM this was nearly half of a batch-8 forward
 (mobilenet_v2 197-226 ms, against 108-121 ms with the memory reused), and the same dense and
 pruned models timed in four fresh processes gave pruned/dense ratios from 0.27 to 0.32: no
 closed loop can hit a latency target within 10 % through that. With mmap off while timing,
