@@ -31,7 +31,7 @@ from .groups import ChannelGroups, find_groups
 from .masks import Calibration, Masks, PruningPlan, calibration_for, make_plan, register_masks
 from .masks.plan import model_tensors, top_channels
 from .masks.calibration import Loss
-from .recipe.load import Recipe, Settings, check_against, load_recipe
+from .recipe.load import CONV_GROUPS, Recipe, Settings, check_against, load_recipe
 from .trace import trace
 
 log = logging.getLogger("pruneconf")
@@ -48,7 +48,8 @@ class VerificationError(PruneconfError):
 
 
 def _as_recipe(config: Any) -> Recipe:
-    """A recipe from a path, a :class:`Recipe`, or the tutorial's dict (``sparsity``, ``metrics``)."""
+    """A recipe from a path, a :class:`Recipe`, or the tutorial's dict (``sparsity``, ``metrics``,
+    ``round_to``, ``groups``, ``conv_groups``)."""
     if isinstance(config, Recipe):
         return config
     if isinstance(config, (str, os.PathLike)):
@@ -57,9 +58,12 @@ def _as_recipe(config: Any) -> Recipe:
     settings = Settings(default_sparsity=float(config.pop("sparsity", 0.5)),
                         metric=config.pop("metrics", config.pop("metric", "l2_norm")),
                         round_to=int(config.pop("round_to", 1)))
+    settings.conv_groups = str(config.pop("conv_groups", "inside"))
     sparsity = {str(k): float(v) for k, v in config.pop("groups", {}).items()}
     if config:
         raise PruneconfError(f"unknown config keys: {', '.join(map(str, config))}")
+    if settings.conv_groups not in CONV_GROUPS:
+        raise PruneconfError(f"conv_groups: expected one of {', '.join(CONV_GROUPS)}, got {settings.conv_groups!r}")
     return Recipe(path="<config>", settings=settings, sparsity=sparsity)
 
 
@@ -130,7 +134,8 @@ class Pruner:
 
     def _best_channels(self, center: str, keep: int) -> np.ndarray:
         """The ``keep`` best channels of group ``center`` by the recipe's metric."""
-        return top_channels(self.groups[center], self.channel_scores([center])[center], keep)
+        return top_channels(self.groups[center], self.channel_scores([center])[center], keep,
+                            self.recipe.drops_conv_groups(self.groups[center]))
 
     def channel_scores(self, centers: Iterable[str]) -> dict[str, np.ndarray]:
         """Each listed group's channel importance by the recipe's metric, for planners that weigh

@@ -12,7 +12,7 @@ from pruneconf import Pruner
 from pruneconf.cli import main
 from pruneconf.errors import ConfigError
 from pruneconf.explore.latency_loop import Step, _next_target, choose_faster, refine_plan
-from pruneconf.explore.latency_plan import plan_latency, write_latency_plan
+from pruneconf.explore.latency_plan import LatencyPlan, plan_latency, write_latency_plan
 from pruneconf.explore.latency_table import Predictor
 from pruneconf.recipe import build_recipe
 from pruneconf.recipe.load import load_recipe, recipe_from_document
@@ -38,9 +38,9 @@ def over_promising(table):
     predictor = Predictor(table)
     calls = []
 
-    def measure(kept):
-        calls.append(dict(kept))
-        return 0.3 + 0.7 * predictor.ms(kept) / table.dense_ms
+    def measure(plan):
+        calls.append(dict(plan.kept))
+        return 0.3 + 0.7 * predictor.ms(plan.kept, plan.whole) / table.dense_ms
     return measure, calls
 
 
@@ -48,13 +48,13 @@ def test_loop_converges_on_an_over_promising_model(planned):
     _, table, plan_for = planned
     measure, calls = over_promising(table)
     alone = plan_for(0.5)
-    assert measure(alone.kept) > 0.6  # the table's plan alone misses by > 20 %
+    assert measure(alone) > 0.6  # the table's plan alone misses by > 20 %
     refined = refine_plan(plan_for, measure, 0.5, tolerance=0.05, max_steps=4)
     assert abs(refined.measured / 0.5 - 1) <= 0.05
     # one call above, one per step, one confirming the last step
     assert refined.planned_for < 0.4 and len(refined.steps) <= 5 and len(calls) == 2 + len(refined.steps)
     assert refined.steps[-1].confirmed == pytest.approx(refined.steps[-1].measured)
-    assert refined.measured == pytest.approx(measure(refined.plan.kept))
+    assert refined.measured == pytest.approx(measure(refined.plan))
     assert refined.steps[0].planned_for == 0.5 and refined.steps[0].predicted == pytest.approx(alone.fraction)
     again = refine_plan(plan_for, over_promising(table)[0], 0.5)
     assert again.plan.kept == refined.plan.kept and again.history() == refined.history()  # deterministic
@@ -69,7 +69,7 @@ def test_loop_keeps_the_closest_plan_when_its_bounds_stop_it(planned):
     timed_out = refine_plan(plan_for, measure, 0.5, budget_s=0.5, clock=lambda: next(ticks))
     assert len(timed_out.steps) == 1
     noisy = iter([0.8, 0.3, 0.72, 0.35, 0.69, 0.6])  # never within 5 %: the closest measured is kept
-    result = refine_plan(plan_for, lambda kept: next(noisy), 0.5, max_steps=3)
+    result = refine_plan(plan_for, lambda plan: next(noisy), 0.5, max_steps=3)
     assert len(result.steps) == 4 and result.measured == 0.35
 
 
@@ -94,7 +94,7 @@ def test_correction_is_a_secant_bisecting_inside_a_bracket():
 def test_unreachable_first_plan_is_a_config_error(planned):
     _, table, plan_for = planned
     with pytest.raises(ConfigError, match="cannot reach"):
-        refine_plan(plan_for, lambda kept: 0.5, 0.001)
+        refine_plan(plan_for, lambda plan: 0.5, 0.001)
 
 
 def test_recipe_records_predicted_and_measured(planned):
@@ -132,10 +132,10 @@ def test_a_confirmation_inside_the_tolerance_stops_the_loop(planned):
     _, table, plan_for = planned
     confirms = []
 
-    def confirm(kept):
-        confirms.append(dict(kept))
+    def confirm(plan):
+        confirms.append(dict(plan.kept))
         return 0.51
-    refined = refine_plan(plan_for, lambda kept: 0.49, 0.5, confirm=confirm)
+    refined = refine_plan(plan_for, lambda plan: 0.49, 0.5, confirm=confirm)
     assert len(refined.steps) == 1 and len(confirms) == 1 and confirms[0] == refined.plan.kept
     # both timings, weighted by their rounds (the confirmation ran twice as many)
     assert refined.steps[0].confirmed == 0.51 and refined.measured == pytest.approx((0.49 + 2 * 0.51) / 3)
@@ -148,7 +148,7 @@ def test_a_confirmation_outside_the_tolerance_corrects_from_the_mean(planned):
     _, table, plan_for = planned
     first = iter([0.49, 0.5])
     second = iter([0.57, 0.505])
-    refined = refine_plan(plan_for, lambda kept: next(first), 0.5, confirm=lambda kept: next(second))
+    refined = refine_plan(plan_for, lambda plan: next(first), 0.5, confirm=lambda plan: next(second))
     one, two = refined.steps
     assert one.confirmed == 0.57 and one.fraction == pytest.approx((0.49 + 2 * 0.57) / 3)
     assert two.planned_for == pytest.approx(_next_target([Step(0.5, one.predicted, one.fraction)], 0.5))
@@ -160,33 +160,46 @@ def test_two_timings_together_decide_not_the_confirmation_alone(planned):
     """Two timings of one plan on this VM, quiet, differed by 14 % (0.479, 0.546): their
     weighted mean, 0.524, is within 5 % of 0.5, so the plan is kept instead of chasing noise."""
     _, table, plan_for = planned
-    refined = refine_plan(plan_for, lambda kept: 0.479, 0.5, confirm=lambda kept: 0.546)
+    refined = refine_plan(plan_for, lambda plan: 0.479, 0.5, confirm=lambda plan: 0.546)
     assert len(refined.steps) == 1 and refined.measured == pytest.approx((0.479 + 2 * 0.546) / 3)
 
 
 def test_a_missed_confirmation_counts_as_a_step_and_the_budget_holds(planned):
     _, table, plan_for = planned
-    missed = refine_plan(plan_for, lambda kept: 0.49, 0.5, max_steps=1, confirm=lambda kept: 0.6)
+    missed = refine_plan(plan_for, lambda plan: 0.49, 0.5, max_steps=1, confirm=lambda plan: 0.6)
     assert len(missed.steps) == 1 and missed.measured == pytest.approx((0.49 + 2 * 0.6) / 3)  # + 1 missed confirmation
     ticks = iter(range(100))
     calls = []
-    late = refine_plan(plan_for, lambda kept: 0.49, 0.5, budget_s=0.5, clock=lambda: next(ticks),
-                       confirm=lambda kept: calls.append(kept) or 0.5)
+    late = refine_plan(plan_for, lambda plan: 0.49, 0.5, budget_s=0.5, clock=lambda: next(ticks),
+                       confirm=lambda plan: calls.append(kept) or 0.5)
     assert not calls and late.steps[0].confirmed is None and late.measured == 0.49  # no timing after the budget
 
 
 def test_identical_mac_plans_are_not_timed():
     def compare(*_):
         raise AssertionError("identical plans must not be timed")
-    chosen = choose_faster({"a": 4, "b": 8}, {"a": 4}, {"a": 8, "b": 8}, compare)  # b whole either way
-    assert chosen.plan == "latency-aware" and chosen.kept == {"a": 4, "b": 8} and chosen.speedup is None
+    aware = LatencyPlan({"a": 4, "b": 8}, 1.0, 2.0, {})
+    chosen = choose_faster(aware, LatencyPlan({"a": 4}, 1.0, 2.0, {}), {"a": 8, "b": 8}, compare)  # b whole either way
+    assert chosen.plan == "latency-aware" and chosen.winner is aware and chosen.speedup is None
     assert "not timed" in chosen.record()["kept_plan"]
+
+
+def test_plans_that_differ_only_in_whole_conv_groups_are_timed():
+    """The same counts, one losing whole conv groups: two different models."""
+    seen = []
+
+    def compare(first, second):
+        seen.append((first, second))
+        return 0.5, 0.4, 0.8
+    aware, uniform = LatencyPlan({"a": 4}, 1.0, 2.0, {}, frozenset({"a"})), LatencyPlan({"a": 4}, 1.0, 2.0, {})
+    chosen = choose_faster(aware, uniform, {"a": 8}, compare)
+    assert seen == [(uniform, aware)] and chosen.winner is aware and chosen.speedup == 1.25
 
 
 @pytest.mark.parametrize("ratio, kept_plan", [(1.25, "uniform"), (0.8, "latency-aware"), (1.0, "latency-aware")])
 def test_the_faster_mac_plan_is_kept(ratio, kept_plan):
     """``compare(uniform, aware)`` -> (uniform's fraction, aware's fraction, aware over uniform)."""
-    aware, uniform = {"a": 2, "b": 8}, {"a": 4, "b": 6}
+    aware, uniform = LatencyPlan({"a": 2, "b": 8}, 1.0, 2.0, {}), LatencyPlan({"a": 4, "b": 6}, 1.0, 2.0, {})
     seen = []
 
     def compare(first, second):
@@ -194,7 +207,7 @@ def test_the_faster_mac_plan_is_kept(ratio, kept_plan):
         return 0.5, 0.5 * ratio, ratio
     chosen = choose_faster(aware, uniform, {"a": 8, "b": 8}, compare)
     assert seen == [(uniform, aware)] and chosen.plan == kept_plan
-    assert chosen.kept == (uniform if kept_plan == "uniform" else aware)
+    assert chosen.winner is (uniform if kept_plan == "uniform" else aware)
     record = chosen.record()
     assert record["kept_plan"] == kept_plan and record["measured_uniform"] == 0.5
     assert record["measured_aware"] == round(0.5 * ratio, 4) and record["aware_speedup"] == round(1 / ratio, 4)

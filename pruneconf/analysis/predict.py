@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping
+from typing import AbstractSet, Mapping
 
 import networkx as nx
 
@@ -69,9 +69,13 @@ class CostModel:
                 continue
             reads = [graph.nodes[p]["target"] for p in graph.predecessors(node) if graph.nodes[p]["kind"] == "param"]
             self.weighted.append((weight, macs, reads))
+        # a grouped conv pruned inside its groups -> its group, whose ``whole`` choice keeps the columns
+        self.grouped_in = {m.param: g.center for g in groups for m in g.members
+                           if m.param in groups.grouped and m.dim == 0}
 
-    def _kept_lengths(self, kept: Mapping[str, float]) -> dict[tuple[str, int], float]:
-        """Kept size of every pruned parameter dimension (a channel's positions are removed with it)."""
+    def _kept_lengths(self, kept: Mapping[str, float], whole: AbstractSet[str]) -> dict[tuple[str, int], float]:
+        """Kept size of every pruned parameter dimension (a channel's positions are removed with it).
+        A grouped conv in a group of ``whole`` loses whole conv groups: its columns stay."""
         lengths: dict[tuple[str, int], float] = {}
         for g in self.groups:
             if g.center not in kept:
@@ -81,7 +85,7 @@ class CostModel:
                 key = (m.param, m.dim)
                 lengths[key] = lengths.get(key, float(m.length)) - m.size * removed / _experts(m, self.shapes)
         for param in self.groups.grouped:  # pruned inside its groups: columns go with their rows
-            if (param, 0) in lengths:
+            if (param, 0) in lengths and self.grouped_in.get(param) not in whole:
                 lengths[(param, 1)] = self.shapes[param][1] * lengths[(param, 0)] / self.shapes[param][0]
         return lengths
 
@@ -89,9 +93,10 @@ class CostModel:
         shape = self.shapes.get(param, ())
         return math.prod(lengths.get((param, d), n) / n for d, n in enumerate(shape) if n)
 
-    def costs(self, kept: Mapping[str, float]) -> Costs:
-        """Costs when each group center in ``kept`` keeps that many channels (others keep all)."""
-        lengths = self._kept_lengths(kept)
+    def costs(self, kept: Mapping[str, float], whole: AbstractSet[str] = frozenset()) -> Costs:
+        """Costs when each group center in ``kept`` keeps that many channels (others keep all),
+        the groups in ``whole`` as whole conv groups (``conv_groups: whole``)."""
+        lengths = self._kept_lengths(kept, whole)
         sizes = {p: math.prod(n * self._ratio_dim(p, d, lengths) for d, n in enumerate(s))
                  for p, s in self.shapes.items()}
         param_macs: dict[str, float] = {}
@@ -117,7 +122,7 @@ class CostModel:
         n = self.shapes[param][dim]
         return lengths.get((param, dim), n) / n if n else 1.0
 
-    def macs(self, kept: Mapping[str, float]) -> float:
+    def macs(self, kept: Mapping[str, float], whole: AbstractSet[str] = frozenset()) -> float:
         """Total MACs only: the fast path a budget search calls many times."""
-        lengths = self._kept_lengths(kept)
+        lengths = self._kept_lengths(kept, whole)
         return self.fixed_macs + sum(dense * self._ratio(weight, lengths) for weight, dense, _ in self.weighted)

@@ -36,5 +36,6 @@ def plan_document(doc, args: argparse.Namespace, centers: Sequence[str] | None, 
         plan_latency_document(doc, args, recipe, pruner)
         return recipe_from_document(doc, path)
     kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
-    write_budget(doc, pruner.groups, kept, args.target_macs, recipe.settings.round_to)
+    write_budget(doc, pruner.groups, kept, args.target_macs, recipe.settings.round_to,
+                 frozenset(c for c in kept if recipe.drops_conv_groups(pruner.groups[c])))
     return recipe_from_document(doc, path)

@@ -95,23 +95,23 @@ class WholeModelTimer:
         self.dense = place_model(model, setup)
         self.inputs = place_inputs(inputs, setup)
 
-    def __call__(self, kept: Mapping[str, int]) -> float:
-        return median_ratio(self._rows([kept], self.rounds), 1)
+    def __call__(self, plan: LatencyPlan) -> float:
+        return median_ratio(self._rows([plan], self.rounds), 1)
 
-    def confirm(self, kept: Mapping[str, int]) -> float:
-        """A second, independent measurement of ``kept`` with :data:`CONFIRM` times the rounds."""
-        return median_ratio(self._rows([kept], CONFIRM * self.rounds), 1)
+    def confirm(self, plan: LatencyPlan) -> float:
+        """A second, independent measurement of ``plan`` with :data:`CONFIRM` times the rounds."""
+        return median_ratio(self._rows([plan], CONFIRM * self.rounds), 1)
 
-    def compare(self, first: Mapping[str, int], second: Mapping[str, int]) -> tuple[float, float, float]:
+    def compare(self, first: LatencyPlan, second: LatencyPlan) -> tuple[float, float, float]:
         """Both plans' fractions of dense and ``second``'s time over ``first``'s, all three the
         medians of per-round ratios, the dense model and both plans timed in every round."""
         rows = self._rows([first, second], self.rounds)
         return median_ratio(rows, 1), median_ratio(rows, 2), median_ratio(rows, 2, 1)
 
-    def _rows(self, kepts: list[Mapping[str, int]], rounds: int) -> list[list[float]]:
+    def _rows(self, plans: list[LatencyPlan], rounds: int) -> list[list[float]]:
         try:
-            placed = [self.dense] + [placed_shrunk(self.model, timing_plan(self.groups, dict(kept)), self.setup)
-                                     for kept in kepts]
+            placed = [self.dense] + [placed_shrunk(self.model, timing_plan(self.groups, p.kept, p.whole), self.setup)
+                                     for p in plans]
             return alternate(placed, self.inputs, self.setup, rounds, self.min_run_time, self.statistic)
         except Exception as exc:  # noqa: BLE001 - a model whose code fixes a size the table's plan changes
             raise ConfigError(f"cannot time the planned model ({type(exc).__name__}: {exc}); plan from the table "
@@ -165,10 +165,10 @@ def _next_target(steps: list[Step], target: float) -> float:
     return min(1.0, max(LOWEST, guess))
 
 
-def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Mapping[str, int]], float],
+def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[LatencyPlan], float],
                 target: float, tolerance: float = 0.05, max_steps: int = 4, budget_s: float = 300.0,
                 clock: Callable[[], float] = time.monotonic,
-                confirm: Callable[[Mapping[str, int]], float] | None = None) -> Refined:
+                confirm: Callable[[LatencyPlan], float] | None = None) -> Refined:
     """Plan for ``target`` with the table, then correct the planning target on measured fractions.
 
     A plan measured within ``tolerance`` is measured again with ``confirm`` (default ``measure``)
@@ -197,10 +197,10 @@ def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Map
             log.info("latency loop: planning for %.3f failed (%s); keeping the closest measured plan",
                      planned, exc.message)
             break
-        if any(p.kept == plan.kept for p in plans):
+        if any(p.kept == plan.kept and p.whole == plan.whole for p in plans):
             log.info("latency loop: the table plans the same counts for %.3f as before; stopping", planned)
             break
-        step = Step(planned, plan.fraction, measure(plan.kept))
+        step = Step(planned, plan.fraction, measure(plan))
         steps.append(step)
         plans.append(plan)
         log.info("latency loop step %d: planned for %.3f, table predicts %.3f, measured %.3f (target %.3f)",
@@ -209,7 +209,7 @@ def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Map
             if spent():
                 log.info("latency loop: step %d is not confirmed", len(steps) - 1)
                 break
-            step.confirmed = confirm(plan.kept)
+            step.confirmed = confirm(plan)
             log.info("latency loop step %d confirmed: measured %.3f again, %.3f on average", len(steps) - 1,
                      step.confirmed, step.fraction)
             if within(step.fraction):
@@ -231,7 +231,7 @@ def refine_plan(plan_for: Callable[[float], LatencyPlan], measure: Callable[[Map
 @dataclasses.dataclass
 class Chosen:
     """The plan kept at a MAC budget, and what timing the two candidates measured."""
-    kept: dict[str, int]
+    winner: LatencyPlan
     plan: str                     # "latency-aware" or "uniform"
     aware: float | None = None    # measured fractions of dense (None: identical counts, not timed)
     uniform: float | None = None
@@ -246,20 +246,20 @@ class Chosen:
                 "measured_uniform": round(self.uniform, 4), "aware_speedup": round(self.speedup, 4)}
 
 
-def choose_faster(aware: Mapping[str, int], uniform: Mapping[str, int], channels: Mapping[str, int],
-                  compare: Callable[[Mapping[str, int], Mapping[str, int]], tuple[float, float, float]]) -> Chosen:
+def choose_faster(aware: LatencyPlan, uniform: LatencyPlan, channels: Mapping[str, int],
+                  compare: Callable[[LatencyPlan, LatencyPlan], tuple[float, float, float]]) -> Chosen:
     """Of two plans at the same MAC budget, the faster measured: ``compare(uniform, aware)`` gives
     both fractions of dense and aware's time over uniform's (see :meth:`WholeModelTimer.compare`);
-    a tie keeps the latency-aware plan. Identical counts (whole groups ignored) are not timed."""
-    def pruned(kept: Mapping[str, int]) -> dict[str, int]:
-        return {c: k for c, k in kept.items() if k < channels[c]}
+    a tie keeps the latency-aware plan. Identical plans (groups left whole ignored) are not timed."""
+    def pruned(plan: LatencyPlan) -> tuple[dict[str, int], frozenset[str]]:
+        return {c: k for c, k in plan.kept.items() if k < channels[c]}, plan.whole
 
     if pruned(aware) == pruned(uniform):
         log.info("the latency-aware and the uniform plan keep the same counts: nothing to time")
-        return Chosen(dict(aware), "latency-aware")
+        return Chosen(aware, "latency-aware")
     uniform_fraction, aware_fraction, ratio = compare(uniform, aware)
-    chosen = Chosen(dict(aware), "latency-aware", aware_fraction, uniform_fraction, 1 / ratio) if ratio <= 1 else \
-        Chosen(dict(uniform), "uniform", aware_fraction, uniform_fraction, 1 / ratio)
+    chosen = Chosen(aware, "latency-aware", aware_fraction, uniform_fraction, 1 / ratio) if ratio <= 1 else \
+        Chosen(uniform, "uniform", aware_fraction, uniform_fraction, 1 / ratio)
     log.info("at the same MACs the latency-aware plan measured %.3f of dense, the uniform plan %.3f (aware %.2fx "
              "as fast): keeping the %s plan", aware_fraction, uniform_fraction, 1 / ratio, chosen.plan)
     return chosen

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import platform
 import statistics
-from typing import Any, Iterable, Sequence
+from typing import AbstractSet, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -81,16 +81,25 @@ def group_probe_counts(group: Group) -> tuple[list[int], int]:
     return [c * blocks for c in counts], probe * blocks
 
 
+def whole_probe_counts(group: Group) -> list[int]:
+    """Kept counts to time a group losing whole conv groups (``conv_groups: whole``): all,
+    about 3/4, 1/2, 1/4 and 1/8 of its conv groups, and one; each count whole conv groups."""
+    size = group.channels // group.experts
+    blocks = {group.experts} | {max(1, round(group.experts * f)) for f in (0.75, 0.5, *FRACTIONS[1:])}
+    return [b * size for b in sorted(blocks)]
+
+
 def group_round_to(group: Group, totals: dict[int, float]) -> int:
     """:func:`learn_round_to` for a group, learned per block and scaled back to the group."""
     blocks = _blocks(group)
     return blocks * learn_round_to(group.channels // blocks, {k // blocks: ms for k, ms in totals.items()})
 
 
-def timing_plan(groups: ChannelGroups, kept: dict[str, int]) -> PruningPlan:
+def timing_plan(groups: ChannelGroups, kept: Mapping[str, int], whole: AbstractSet[str] = frozenset()) -> PruningPlan:
     """A plan keeping ``kept[center]`` channels of each group, whichever (timing does not care
-    which): the first of each block, so that blocks keep equal counts as a prune would."""
-    return PruningPlan(groups, {c: top_channels(groups[c], np.zeros(groups[c].channels), k)
+    which): the first of each block, so that blocks keep equal counts as a prune would; the
+    first whole conv groups of the groups in ``whole``."""
+    return PruningPlan(groups, {c: top_channels(groups[c], np.zeros(groups[c].channels), k, c in whole)
                                 for c, k in kept.items() if k < groups[c].channels}, {})
 
 
@@ -261,7 +270,8 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     units = [u for u in find_units(placed, groups, [g.center for g in parts]) if _runs(placed, u, groups, setup)]
     by_group = {g.center: [u for u in units if g.center in u.touching] for g in parts}
     counts = {g.center: group_probe_counts(g)[0] for g in parts}
-    timings = len(units) + sum((len(counts[c]) - 1) * len(us) for c, us in by_group.items())
+    wholes = {g.center: whole_probe_counts(g) for g in parts if g.whole_conv_groups}
+    timings = len(units) + sum((len(counts[c]) + len(wholes.get(c, [0])) - 2) * len(us) for c, us in by_group.items())
     log.info("timing %d units, %d shrunk variants of %d groups: about %.0f s", len(units), timings - len(units),
              len(parts), timings * (min_run_time + 0.05))
     bar = progress_bar(timings, "latency table")
@@ -269,19 +279,29 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     for u in units:
         dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time, statistic=statistic)
         bar.update()
-    curves = {}
-    for g in parts:
-        if not by_group[g.center]:
-            continue
+
+    def timed(g: Group, kept_counts: list[int], whole: bool) -> dict[str, list[float]]:
+        """Per unit the group touches, its milliseconds at each count (whole conv groups if ``whole``)."""
         ms = {u.name: [] for u in by_group[g.center]}
-        for k in counts[g.center]:
-            plan = timing_plan(groups, {g.center: k}) if k < g.channels else None
+        for k in kept_counts:
+            plan = timing_plan(groups, {g.center: k}, {g.center} if whole else ()) if k < g.channels else None
             for u in by_group[g.center]:
                 ms[u.name].append(dense_units[u.name] if plan is None else
                                   time_unit(placed, u, groups, setup, min_run_time, plan, statistic))
                 bar.update(plan is not None)
+        return ms
+
+    curves = {}
+    for g in parts:
+        if not by_group[g.center]:
+            continue
+        ms = timed(g, counts[g.center], False)
         totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
-        curves[g.center] = Curve(g.channels, group_round_to(g, totals), counts[g.center], ms)
+        whole = None
+        if g.center in wholes:
+            size = g.channels // g.experts
+            whole = Curve(g.channels, size, wholes[g.center], timed(g, wholes[g.center], True))
+        curves[g.center] = Curve(g.channels, group_round_to(g, totals), counts[g.center], ms, whole)
     bar.close()
     half = {c: group_probe_counts(groups[c])[1] for c in curves}
     dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)

@@ -30,7 +30,7 @@ from ..groups import ChannelGroups, Group
 from ..masks.global_rank import normalised
 from ..recipe.budget import taking_part, write_group_sparsities
 from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
+from ..recipe.plan import kept_blocks, kept_channels
 from .latency_table import LatencyTable, Predictor
 
 log = logging.getLogger(__name__)
@@ -42,59 +42,112 @@ class LatencyPlan:
     predicted_ms: float
     dense_ms: float
     round_to: dict[str, int]
+    whole: frozenset[str] = frozenset()  # groups that lose whole conv groups (``conv_groups: whole``)
 
     @property
     def fraction(self) -> float:
         return self.predicted_ms / self.dense_ms if self.dense_ms else 1.0
 
 
+def _cumulative(scores: np.ndarray) -> np.ndarray:
+    """``out[n]``: the importance of the ``n`` best of ``scores`` (what keeping ``n`` keeps)."""
+    return np.concatenate([[0.0], np.cumsum(np.sort(scores)[::-1])])
+
+
 class _Greedy:
-    """The state of the search: current counts, and each group's next step priced."""
+    """The state of the search: current counts, and each group's next step priced.
+
+    A group whose blocks are whole conv groups (``Group.whole_conv_groups``), measured both
+    ways in the table, may step either way: thinning every conv group (its learned step) or
+    dropping one whole conv group (importance summed per conv group); its first step fixes
+    the way, unless the recipe already did (``conv_groups``)."""
 
     def __init__(self, parts: list[Group], table: LatencyTable, recipe: Recipe,
                  scores: Mapping[str, np.ndarray], macs: CostModel | None = None) -> None:
         self.parts = {g.center: g for g in parts}
         self.macs = macs  # under a MAC budget: also price the MACs a step spends
         self.predictor = Predictor(table)
-        self.step = {g.center: _step(table.groups[g.center].round_to, recipe.settings.round_to, g.channels)
-                     for g in parts}
-        self.floor = {g.center: kept_channels(g.channels, recipe.max_sparsity_of(g.center), self.step[g.center])
-                      for g in parts}
-        self.cum = {g.center: np.concatenate([[0.0], np.cumsum(np.sort(normalised(np.asarray(
-            scores[g.center], dtype=float)))[::-1])]) for g in parts}
+        self.ways = {g.center: _ways(g, table, recipe) for g in parts}
+        self.step: dict[tuple[str, bool], int] = {}
+        self.floor: dict[tuple[str, bool], int] = {}
+        self.cum: dict[tuple[str, bool], np.ndarray] = {}
+        for g in parts:
+            importance = normalised(np.asarray(scores[g.center], dtype=float))
+            self.step[g.center, False] = _step(table.groups[g.center].round_to, recipe.settings.round_to, g.channels)
+            self.floor[g.center, False] = kept_channels(g.channels, recipe.max_sparsity_of(g.center),
+                                                        self.step[g.center, False])
+            self.cum[g.center, False] = _cumulative(importance)
+            if True in self.ways[g.center]:
+                size = g.channels // g.experts
+                self.step[g.center, True] = size
+                self.floor[g.center, True] = kept_blocks(g.experts, size, recipe.max_sparsity_of(g.center),
+                                                         recipe.settings.round_to)
+                self.cum[g.center, True] = _cumulative(np.bincount(g.blocks, importance, g.experts))
         self.kept: dict[str, int] = {}
-        self.neighbours = {c: {n for u in table.groups[c].ms for n in self.predictor.touching[u]} & set(self.parts)
-                           for c in self.parts}
-        self.moves: dict[str, tuple[float, int] | None] = {c: self._price(c) for c in self.parts}
+        self.whole: set[str] = set()
+        self.neighbours = {c: {n for u in self.predictor.touching if c in self.predictor.touching[u]
+                               for n in self.predictor.touching[u]} & set(self.parts) for c in self.parts}
+        self.moves: dict[str, tuple[float, int, bool] | None] = {c: self._price(c) for c in self.parts}
 
     def keep(self, center: str) -> int:
         return self.kept.get(center, self.parts[center].channels)
 
-    def _price(self, center: str) -> tuple[float, int] | None:
-        """(importance lost per millisecond saved, new count) of the group's next step, or None."""
-        now = self.keep(center)
-        lower = (now - 1) // self.step[center] * self.step[center]
-        if lower < max(self.floor[center], 1):
+    def _price(self, center: str) -> tuple[float, int, bool] | None:
+        """(importance lost per millisecond saved, new count, whole) of the group's cheapest next
+        step, or None."""
+        ways = (center in self.whole,) if center in self.kept else self.ways[center]
+        priced = [p for p in (self._price_way(center, whole) for whole in ways) if p is not None]
+        return min(priced) if priced else None
+
+    def _price_way(self, center: str, whole: bool) -> tuple[float, int, bool] | None:
+        now, step = self.keep(center), self.step[center, whole]
+        lower = (now - 1) // step * step
+        if lower < max(self.floor[center, whole], 1):
             return None
-        saved = self.predictor.saving(center, self.kept, lower)
+        ways = self.whole | {center} if whole else self.whole - {center}
+        saved = self.predictor.saving(center, self.kept, lower, ways)
         if saved <= 1e-9:
             return None
-        price = (self.cum[center][now] - self.cum[center][lower]) / saved
+        per = step if whole else 1  # the cumulative importance of whole conv groups counts conv groups
+        cum = self.cum[center, whole]
+        price = (cum[now // per] - cum[lower // per]) / saved
         if self.macs is not None:  # the budget fixes the MACs removed: each should buy the most time
-            price *= (self.macs.macs(self.kept) - self.macs.macs({**self.kept, center: lower})) / saved
-        return price, lower
+            price *= (self.macs.macs(self.kept, self.whole) - self.macs.macs({**self.kept, center: lower}, ways)) / saved
+        return price, lower, whole
 
     def advance(self) -> bool:
         """Take the cheapest step; False when no step saves time."""
         order = {c: i for i, c in enumerate(self.parts)}
-        priced = [(m[0], order[c], c, m[1]) for c, m in self.moves.items() if m is not None]
+        priced = [(m[0], order[c], c, m[1], m[2]) for c, m in self.moves.items() if m is not None]
         if not priced:
             return False
-        _, _, center, lower = min(priced)
+        _, _, center, lower, whole = min(priced)
         self.kept[center] = lower
+        if whole:
+            self.whole.add(center)
         for c in self.neighbours[center] | {center}:
             self.moves[c] = self._price(c)
         return True
+
+    def state(self) -> tuple[dict[str, int], set[str]]:
+        return dict(self.kept), set(self.whole)
+
+    def restore(self, state: tuple[dict[str, int], set[str]]) -> None:
+        self.kept, self.whole = dict(state[0]), set(state[1])
+
+
+def _ways(group: Group, table: LatencyTable, recipe: Recipe) -> tuple[bool, ...]:
+    """How ``group`` may lose channels: (False,) inside its conv groups, (True,) whole conv
+    groups, or both for the planner to choose; the recipe's ``conv_groups`` (the group's own or
+    a ``whole`` setting) fixes it."""
+    measured = table.groups[group.center].whole is not None
+    if group.center in recipe.conv_groups or recipe.settings.conv_groups == "whole":
+        whole = recipe.drops_conv_groups(group)
+        if whole and not measured:
+            raise ConfigError(f"the table has no whole-conv-group timings for group {group.center}: measure the "
+                              "table again with this pruneconf", key="--latency-table")
+        return (whole,)
+    return (False, True) if group.whole_conv_groups and measured else (False,)
 
 
 def _step(measured: int, recipe_round_to: int, channels: int) -> int:
@@ -123,20 +176,20 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
     greedy = _Greedy(parts, table, recipe, scores, costs if target_macs is not None else None)
     dense_macs = costs.macs({})
 
-    def distance(kept: Mapping[str, int]) -> float:
+    def distance() -> float:
         if target_latency is not None:
-            return greedy.predictor.ms(kept) / table.dense_ms - target
-        return costs.macs(kept) / dense_macs - target
+            return greedy.predictor.ms(greedy.kept, greedy.whole) / table.dense_ms - target
+        return costs.macs(greedy.kept, greedy.whole) / dense_macs - target
 
-    now = distance(greedy.kept)
+    now = distance()
     while now > 0:
-        before = dict(greedy.kept)
+        before = greedy.state()
         if not greedy.advance():
             raise ConfigError(f"cannot reach {target:.1%}: the table predicts at best {now + target:.1%} with "
                               "every group at max_sparsity or no step left that saves time", key=key)
-        after = distance(greedy.kept)
+        after = distance()
         if after < 0 and -after > now:  # the last step overshot further than stopping short
-            greedy.kept = before
+            greedy.restore(before)
             break
         now = after
     kept = {c: greedy.keep(c) for c in greedy.parts}
@@ -144,9 +197,12 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
         if g.center not in kept:
             log.warning("group %s has no timings in the latency table: left whole", g.center)
             kept[g.center] = g.channels
-    plan = LatencyPlan(kept, greedy.predictor.ms(kept), table.dense_ms, dict(greedy.step))
-    log.info("latency plan: predicted %.3f of %.3f ms (%.1f%%), MACs %.1f%% of dense", plan.predicted_ms,
-             plan.dense_ms, 100 * plan.fraction, 100 * costs.macs(kept) / dense_macs)
+    whole = frozenset(c for c in greedy.whole if kept[c] < groups[c].channels)
+    steps = {c: greedy.step[c, c in whole] for c in greedy.parts}
+    plan = LatencyPlan(kept, greedy.predictor.ms(kept, whole), table.dense_ms, steps, whole)
+    log.info("latency plan: predicted %.3f of %.3f ms (%.1f%%), MACs %.1f%% of dense; %d groups lose whole conv "
+             "groups", plan.predicted_ms, plan.dense_ms, 100 * plan.fraction,
+             100 * costs.macs(kept, whole) / dense_macs, len(whole))
     return plan
 
 
@@ -156,11 +212,16 @@ def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPl
     """Store the counts as group sparsities; record the target, which table planned them and,
     from the closed loop (:mod:`.latency_loop`), what was measured (``measured``, ``planned_for``,
     ``steps``, ``history``)."""
-    write_group_sparsities(doc, groups, plan.kept, round_to)
+    write_group_sparsities(doc, groups, plan.kept, round_to, plan.whole)
     for center, step in plan.round_to.items():
-        if step > 1:
+        g = groups[center]
+        if center in plan.whole:
             doc["groups"][center].yaml_add_eol_comment(
-                f"keeps {plan.kept[center]} of {groups[center].channels}: a multiple of {step}, the step the "
+                f"keeps {plan.kept[center] // step} of {g.experts} conv groups of {step}: measured faster per "
+                "importance than thinning every conv group", "conv_groups")
+        elif step > 1:
+            doc["groups"][center].yaml_add_eol_comment(
+                f"keeps {plan.kept[center]} of {g.channels}: a multiple of {step}, the step the "
                 "table measured as fast", "sparsity")
     settings = doc.setdefault("settings", CommentedMap())
     if target_latency is not None:

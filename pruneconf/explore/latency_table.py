@@ -21,7 +21,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import AbstractSet, Any, Mapping
 
 import numpy as np
 
@@ -58,6 +58,16 @@ class Curve:
     round_to: int
     counts: list[int]
     ms: dict[str, list[float]]
+    whole: "Curve | None" = None  # the same group losing whole conv groups (``conv_groups: whole``)
+
+    def of(self, whole: bool) -> "Curve":
+        """This curve, or its whole-conv-groups curve when ``whole`` (and it was measured)."""
+        return self.whole if whole and self.whole is not None else self
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored; ``whole`` only when measured, so a table without it keeps its hash."""
+        out = {"channels": self.channels, "round_to": self.round_to, "counts": self.counts, "ms": self.ms}
+        return {**out, "whole": self.whole.to_json()} if self.whole is not None else out
 
     def grid(self) -> np.ndarray:
         """Counts on the group's fast grid (multiples of ``round_to``) plus all channels."""
@@ -114,8 +124,7 @@ class LatencyTable:
                 "statistic": self.statistic, "calibration": self.calibration,
                 **({"memory": self.memory} if self.memory else {}), "dense_ms": self.dense_ms,
                 "units": self.units,
-                "groups": {c: {"channels": g.channels, "round_to": g.round_to, "counts": g.counts, "ms": g.ms}
-                           for c, g in self.groups.items()}}
+                "groups": {c: g.to_json() for c, g in self.groups.items()}}
 
     @property
     def hash(self) -> str:
@@ -125,7 +134,8 @@ class LatencyTable:
 
 
 class Predictor:
-    """Predicted model milliseconds for kept counts per group (groups not given stay whole).
+    """Predicted model milliseconds for kept counts per group (groups not given stay whole);
+    the groups in ``whole`` lose whole conv groups, read from their ``Curve.whole``.
 
     The model's time is ``rest + scale * (sum of the units' predicted times)``. Units timed
     alone run with their input hot in cache and skip the functional ops between them, so the
@@ -139,7 +149,7 @@ class Predictor:
         self.table = table
         self.touching: dict[str, list[str]] = {u: [] for u in table.units}
         for center, curve in table.groups.items():
-            for unit in curve.ms:
+            for unit in dict.fromkeys([*curve.ms, *curve.of(True).ms]):
                 self.touching[unit].append(center)
         timed = sum(table.units.values())
         self.rest, self.scale = max(0.0, table.dense_ms - timed), min(1.0, table.dense_ms / timed) if timed else 1.0
@@ -152,20 +162,23 @@ class Predictor:
                 if self.rest < 0:
                     self.rest, self.scale = 0.0, table.dense_ms / timed
 
-    def unit_ms(self, unit: str, kept: Mapping[str, float]) -> float:
+    def unit_ms(self, unit: str, kept: Mapping[str, float], whole: AbstractSet[str] = frozenset()) -> float:
         ratio = 1.0
         for center in self.touching[unit]:
-            if center in kept:
-                ratio *= self.table.groups[center].ratio(unit, kept[center])
+            curve = self.table.groups[center].of(center in whole)
+            if center in kept and unit in curve.ms:
+                ratio *= curve.ratio(unit, kept[center])
         return self.scale * self.table.units[unit] * ratio
 
-    def ms(self, kept: Mapping[str, float]) -> float:
-        return self.rest + sum(self.unit_ms(u, kept) for u in self.table.units)
+    def ms(self, kept: Mapping[str, float], whole: AbstractSet[str] = frozenset()) -> float:
+        return self.rest + sum(self.unit_ms(u, kept, whole) for u in self.table.units)
 
-    def saving(self, center: str, kept: Mapping[str, float], keep: float) -> float:
+    def saving(self, center: str, kept: Mapping[str, float], keep: float,
+               whole: AbstractSet[str] = frozenset()) -> float:
         """Milliseconds saved by moving ``center`` from its count in ``kept`` to ``keep``."""
         moved = {**kept, center: keep}
-        return sum(self.unit_ms(u, kept) - self.unit_ms(u, moved) for u in self.table.groups[center].ms)
+        units = self.table.groups[center].of(center in whole).ms
+        return sum(self.unit_ms(u, kept, whole) - self.unit_ms(u, moved, whole) for u in units)
 
 
 # -- reading and writing ---------------------------------------------------------------------------
@@ -221,7 +234,13 @@ def _curve(check: _Check, center: str, raw: Any, units: Mapping[str, float]) -> 
         if not isinstance(values, list) or len(values) != len(counts):
             raise check.fail(f"expected a list of {len(counts)} timings, one per count", f"{where}ms.{unit}")
         ms[unit] = [check.ms(v, f"{where}ms.{unit}") for v in values]
-    return Curve(channels, round_to, counts, ms)
+    whole = raw.get("whole")
+    if whole is not None:
+        whole = _curve(check, f"{center}.whole", whole, units)
+        if whole.channels != channels or whole.whole is not None:
+            raise check.fail(f"expected the same group's {channels} channels losing whole conv groups",
+                             f"{where}whole")
+    return Curve(channels, round_to, counts, ms, whole)
 
 
 def parse_table(raw: Any, path: str, key: str) -> LatencyTable:

@@ -24,9 +24,8 @@ from ..distributed import gather_shares, rank_and_world
 from ..errors import ConfigError
 from ..groups import ChannelGroups
 from ..masks import calibration_for, make_plan, register_masks
-from ..recipe.budget import taking_part
+from ..recipe.budget import Budget, taking_part
 from ..recipe.load import Recipe
-from ..recipe.plan import kept_channels
 from ..analysis.predict import CostModel
 
 log = logging.getLogger(__name__)
@@ -132,19 +131,18 @@ def budget_by_sensitivity(result: Sensitivity, groups: ChannelGroups, recipe: Re
     crosses the target gets the count that lands closest to it."""
     if not 0 < target <= 1:
         raise ConfigError(f"expected a fraction of the dense MACs in (0, 1], got {target!r}", key="--budget")
-    costs, round_to = CostModel(groups), recipe.settings.round_to
-    goal = target * costs.macs({})
+    budget = Budget(CostModel(groups), [groups[c] for c in result.ranking()], recipe)
+    goal = target * budget.macs({})
     kept: dict[str, int] = {}
     for center in result.ranking():
         g = groups[center]
-        deepest = min(max(result.sparsities), recipe.max_sparsity_of(center))
-        floor = kept_channels(g.channels, deepest, round_to)
-        if costs.macs({**kept, center: floor}) > goal:
+        floor = budget.count(g, min(max(result.sparsities), recipe.max_sparsity_of(center)))
+        if budget.macs({**kept, center: floor}) > goal:
             kept[center] = floor
             continue
-        options = sorted({max(floor, kept_channels(g.channels, i / g.channels, round_to)) for i in range(g.channels)})
-        kept[center] = min(options, key=lambda k: abs(costs.macs({**kept, center: k}) - goal))
+        options = sorted({max(floor, budget.count(g, i / g.channels)) for i in range(g.channels)})
+        kept[center] = min(options, key=lambda k: abs(budget.macs({**kept, center: k}) - goal))
         return {c: k for c, k in kept.items() if k < groups[c].channels}
     raise ConfigError(f"pruning every group to its largest tested sparsity leaves "
-                      f"{costs.macs(kept) / costs.macs({}):.1%} of the MACs, above the budget {target:.1%}; "
+                      f"{budget.macs(kept) / budget.macs({}):.1%} of the MACs, above the budget {target:.1%}; "
                       "test larger sparsities or raise the budget", key="--budget")

@@ -14,6 +14,13 @@ several groups, part of a group outside the conv, a second grouped conv or stack
 cutting it into blocks of different sizes, channels pinned) has those convs prune whole
 conv groups instead: :func:`~pruneconf.groups.find.find_groups` runs the rules again with
 them in ``coupled``.
+
+Where every block is exactly one conv group of every grouped conv in the group
+(``Group.whole_conv_groups``: RegNet, ResNeXt), a recipe may also choose to drop whole conv
+groups (``conv_groups: whole``): the conv then loses ``groups`` and keeps each group's full
+width. That halves the conv's MACs where keeping half of every group quarters them, but a
+narrow conv group (RegNet's 24) can be slow per MAC at half its width; a latency table
+measures both and the latency planner picks per group.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ class Group(Protocol):
     blocks: np.ndarray | None
     pinned: np.ndarray
     rounds_total: bool
+    whole_conv_groups: bool
 
 
 def conv_group_blocks(grouped: Mapping[str, tuple[str, int, np.ndarray]], by_comp: Mapping[int, Group],
@@ -47,12 +55,15 @@ def conv_group_blocks(grouped: Mapping[str, tuple[str, int, np.ndarray]], by_com
             conv_group = np.arange(len(labels)) // (len(labels) // groups)
             columns.setdefault(c, []).append((node, channels, conv_group))
     for c, convs in columns.items():
-        blocks = _equal_blocks(by_comp[c], convs)
+        group = by_comp[c]
+        blocks = _equal_blocks(group, convs)
         if blocks is None:
             refused.update(node for node, _, _ in convs)
         else:
-            by_comp[c].rounds_total = by_comp[c].blocks is None  # with stacked experts: per expert
-            by_comp[c].blocks = blocks
+            group.rounds_total = group.blocks is None  # with stacked experts: per expert
+            group.whole_conv_groups = group.rounds_total and all(
+                _same_partition(blocks, channels, conv_group) for _, channels, conv_group in convs)
+            group.blocks = blocks
     return frozenset(refused)
 
 
@@ -70,6 +81,15 @@ def _equal_blocks(group: Group, convs: list[tuple[str, np.ndarray, np.ndarray]])
     blocks = blocks.reshape(-1)
     sizes = np.bincount(blocks)
     return blocks if (sizes == sizes[0]).all() else None
+
+
+def _same_partition(blocks: np.ndarray, channels: np.ndarray, conv_group: np.ndarray) -> bool:
+    """Whether one conv covers every channel of the group and its conv groups are the blocks:
+    then dropping a block drops whole conv groups of this conv and nothing else."""
+    if len(channels) != len(blocks):
+        return False
+    pairs = np.unique(np.stack([blocks[channels], conv_group], axis=1), axis=0)
+    return len(pairs) == len(np.unique(conv_group)) == int(blocks.max()) + 1
 
 
 __all__ = ["conv_group_blocks"]

@@ -71,6 +71,8 @@ class Group:
     #                                   a grouped conv's group): every block keeps the same count
     rounds_total: bool = False  # ``round_to`` rounds the total, not each block (a grouped conv's
     #                             groups: one tensor; each expert is a matrix product of its own)
+    whole_conv_groups: bool = False  # every block is one conv group of every grouped conv in the group,
+    #                                  so whole conv groups may go instead (``conv_groups: whole``)
     pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
     #                                   always kept (constants the model adds: padding channels)
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op

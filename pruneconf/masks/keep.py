@@ -6,10 +6,10 @@ import math
 import numpy as np
 
 from ..groups import Group
-from ..recipe.plan import kept_channels
+from ..recipe.plan import kept_blocks, kept_channels
 
 
-def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+def top_channels(group: Group, importance: np.ndarray, keep: int, whole: bool = False) -> np.ndarray:
     """The ``keep`` most important channels of ``group``, sorted; ties go to lower indices.
 
     Pinned channels (constants the model's code adds, see ``Group.pinned``) always come
@@ -18,8 +18,11 @@ def top_channels(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
     (:mod:`pruneconf.groups.conv_groups`). Channels a shuffle moves keep as many
     of each path through the shrunk model as it sends down it (:mod:`pruneconf.groups.routes`).
     Pieces of a split sized one by one keep their own share each (:func:`share_of_each_piece`).
+    ``whole`` keeps the best whole blocks instead (``conv_groups: whole``, :func:`best_blocks`).
     """
     importance = np.asarray(importance, dtype=np.float64).copy()
+    if whole:
+        return best_blocks(group, importance, keep)
     if group.routing is not None:
         return group.routing.choose(importance, keep)
     importance[group.pinned] = np.inf
@@ -42,6 +45,17 @@ def _best_of_each_block(blocks: np.ndarray, count: int, importance: np.ndarray, 
     return np.sort(chosen)
 
 
+def best_blocks(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
+    """The channels of the ``keep / block size`` blocks (conv groups) with the largest summed
+    importance, sorted; ties go to lower blocks. A block's channels go or stay together, so
+    its total, not its best channel, is what the model loses with it."""
+    if not group.whole_conv_groups:
+        raise ValueError(f"group {group.center} cannot lose whole conv groups")
+    totals = np.bincount(group.blocks, weights=importance, minlength=group.experts)
+    chosen = np.argsort(-totals, kind="stable")[:keep // (group.channels // group.experts)]
+    return np.flatnonzero(np.isin(group.blocks, chosen))
+
+
 def share_of_each_piece(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
     """The best channels of every cell of ``group.pieces``, sorted: ``keep / channels`` of
     each cell, rounded half up, at least one (model code may refuse an empty piece) and at
@@ -57,11 +71,14 @@ def share_of_each_piece(group: Group, importance: np.ndarray, keep: int) -> np.n
     return np.sort(np.concatenate(chosen))
 
 
-def group_keep(group: Group, sparsity: float, round_to: int) -> int:
+def group_keep(group: Group, sparsity: float, round_to: int, whole: bool = False) -> int:
     """Channels ``group`` keeps at ``sparsity``: per expert for stacked experts, so that
     every expert keeps the same count; the sparsity applies to the channels not pinned,
     which are all kept. A grouped conv's groups also keep the same count, but ``round_to``
-    rounds their total (``Group.rounds_total``): each keeps a multiple of what makes it so."""
+    rounds their total (``Group.rounds_total``): each keeps a multiple of what makes it so.
+    ``whole``: the sparsity of whole conv groups (:func:`~pruneconf.recipe.plan.kept_blocks`)."""
+    if whole:
+        return kept_blocks(group.experts, group.channels // group.experts, sparsity, round_to)
     pinned = len(group.pinned)
     if group.rounds_total:
         round_to //= math.gcd(round_to, group.experts)
@@ -69,4 +86,4 @@ def group_keep(group: Group, sparsity: float, round_to: int) -> int:
     return per * group.experts + pinned
 
 
-__all__ = ["group_keep", "share_of_each_piece", "top_channels"]
+__all__ = ["best_blocks", "group_keep", "share_of_each_piece", "top_channels"]

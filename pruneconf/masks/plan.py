@@ -123,12 +123,15 @@ def _grouped_columns(out: dict[tuple[str, int], np.ndarray], grouped: Mapping[st
     """The columns of a grouped conv pruned inside its groups (:mod:`pruneconf.groups.conv_groups`):
     input ``i`` of a conv group goes with its output row ``i``, so every row keeps, of its own
     group's inputs, the positions its group's rows keep; a row per output channel, each keeping
-    the same number (every conv group keeps the same count)."""
+    the same number (every conv group keeps the same count). A conv whose conv groups each
+    keep all or none of their rows (``conv_groups: whole``) keeps every column of the rows it
+    keeps: ``groups`` shrinks instead (see :func:`pruneconf.apply.resize._resize_conv`)."""
     for name, groups in grouped.items():
         rows = out.get((name, 0))
         if rows is not None:
             per_group = rows.reshape(groups, -1)
-            out[(name, 1)] = np.repeat(per_group, per_group.shape[1], axis=0)
+            if not (per_group.all(axis=1) | ~per_group.any(axis=1)).all():
+                out[(name, 1)] = np.repeat(per_group, per_group.shape[1], axis=0)
 
 
 def _same_rows(keep: np.ndarray) -> np.ndarray:
@@ -203,10 +206,11 @@ def make_plan(model: nn.Module, groups: ChannelGroups, recipe: Recipe,
         if skip and g.center in skip:
             log.warning("group %s left whole: %s", g.center, skip[g.center])
             continue
-        keep = group_keep(g, sparsity, recipe.settings.round_to)
+        whole = recipe.drops_conv_groups(g)
+        keep = group_keep(g, sparsity, recipe.settings.round_to, whole)
         if keep >= g.channels:
             continue
-        kept[g.center] = top_channels(g, score(g, inputs), keep)
+        kept[g.center] = top_channels(g, score(g, inputs), keep, whole)
     return PruningPlan(groups, kept, requested, drops)
 
 

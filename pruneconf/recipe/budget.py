@@ -11,7 +11,8 @@ planning again; ``settings.target_macs`` records the budget.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+import math
+from typing import AbstractSet, Mapping
 
 from ruamel.yaml.comments import CommentedMap
 
@@ -19,7 +20,7 @@ from ..errors import ConfigError
 from ..analysis.predict import CostModel
 from ..groups import ChannelGroups, Group
 from .load import Recipe
-from .plan import kept_channels
+from .plan import kept_blocks, kept_channels
 
 log = logging.getLogger(__name__)
 
@@ -29,20 +30,26 @@ class Budget:
 
     def __init__(self, costs: CostModel, parts: list[Group], recipe: Recipe) -> None:
         self.costs, self.parts, self.round_to = costs, parts, recipe.settings.round_to
-        self.floors = {g.center: kept_channels(g.channels, recipe.max_sparsity_of(g.center), self.round_to)
-                       for g in parts}
+        self.whole = frozenset(g.center for g in parts if recipe.drops_conv_groups(g))
+        self.floors = {g.center: self.count(g, recipe.max_sparsity_of(g.center)) for g in parts}
+
+    def count(self, g: Group, sparsity: float) -> int:
+        """Channels ``g`` keeps at ``sparsity``: whole conv groups where the recipe drops them."""
+        if g.center in self.whole:
+            return kept_blocks(g.experts, g.channels // g.experts, sparsity, self.round_to)
+        return kept_channels(g.channels, sparsity, self.round_to)
 
     def uniform(self, sparsity: float) -> dict[str, int]:
-        return {g.center: max(self.floors[g.center], kept_channels(g.channels, sparsity, self.round_to))
-                for g in self.parts}
+        return {g.center: max(self.floors[g.center], self.count(g, sparsity)) for g in self.parts}
 
     def step_down(self, g: Group, keep: int) -> int:
-        """The next smaller count ``kept_channels`` can produce (or ``keep`` at the floor)."""
-        lower = keep - 1 if self.round_to == 1 else (keep - 1) // self.round_to * self.round_to
+        """The next smaller count the recipe can produce (or ``keep`` at the floor)."""
+        step = g.channels // g.experts if g.center in self.whole else self.round_to
+        lower = keep - 1 if step == 1 else (keep - 1) // step * step
         return max(self.floors[g.center], lower)
 
     def macs(self, kept: Mapping[str, int]) -> float:
-        return self.costs.macs(kept)
+        return self.costs.macs(kept, self.whole)
 
 
 def taking_part(groups: ChannelGroups, recipe: Recipe, skip: Mapping[str, str]) -> list[Group]:
@@ -114,19 +121,29 @@ def sparsity_for(channels: int, keep: int, round_to: int = 1) -> float:
 
 
 def write_budget(doc: CommentedMap, groups: ChannelGroups, kept: Mapping[str, int], target: float,
-                 round_to: int) -> None:
+                 round_to: int, whole: AbstractSet[str] = frozenset()) -> None:
     """Store the chosen counts as group sparsities and record the target under ``settings``."""
-    write_group_sparsities(doc, groups, kept, round_to)
+    write_group_sparsities(doc, groups, kept, round_to, whole)
     settings = doc.setdefault("settings", CommentedMap())
     settings["target_macs"] = target
     settings.yaml_add_eol_comment("group sparsities below were planned for this fraction of the dense MACs",
                                   "target_macs")
 
 
-def write_group_sparsities(doc: CommentedMap, groups: ChannelGroups, kept: Mapping[str, int], round_to: int) -> None:
-    """``groups.<center>.sparsity`` values that make ``kept_channels`` keep exactly ``kept``."""
+def write_group_sparsities(doc: CommentedMap, groups: ChannelGroups, kept: Mapping[str, int], round_to: int,
+                           whole: AbstractSet[str] = frozenset()) -> None:
+    """``groups.<center>.sparsity`` values that make ``kept_channels`` keep exactly ``kept``; the
+    groups in ``whole`` get ``conv_groups: whole`` and the sparsity of their conv groups
+    (:func:`~.plan.kept_blocks`; a count between whole groups goes to the nearer)."""
     entries = doc.setdefault("groups", CommentedMap())
     for center, keep in kept.items():
         if not isinstance(entries.get(center), dict):
             entries[center] = CommentedMap()
-        entries[center]["sparsity"] = sparsity_for(groups[center].channels, keep, round_to)
+        g = groups[center]
+        if center in whole:
+            size = g.channels // g.experts
+            entries[center]["sparsity"] = sparsity_for(g.experts, max(1, round(keep / size)),
+                                                       round_to // math.gcd(round_to, size))
+            entries[center]["conv_groups"] = "whole"
+        else:
+            entries[center]["sparsity"] = sparsity_for(g.channels, keep, round_to)

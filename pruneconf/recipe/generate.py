@@ -43,11 +43,14 @@ def _percent(part: int, whole: int) -> str:
 
 
 def group_summary(group: Group, cost: GroupCost, macs: int, params: int, shown: int = 4) -> str:
-    """``32 ch · 4 layers: a, b, c +1 · MACs 2.31% · params 0.12%``"""
+    """``32 ch · 4 layers: a, b, c +1 · MACs 2.31% · params 0.12%``, and ``· 4 conv groups of 8``
+    where ``conv_groups: whole`` may drop whole ones (so a reader finds the choice)."""
     layers = group.layers
     listed = ", ".join(layers[:shown]) + (f" +{len(layers) - shown}" if len(layers) > shown else "")
+    conv_groups = f" · {group.experts} conv groups of {group.channels // group.experts}" \
+        if group.whole_conv_groups else ""
     return (f"{group.channels} {SUMMARY_MARK} {len(layers)} layers: {listed} · "
-            f"MACs {_percent(cost.macs, macs)} · params {_percent(cost.params, params)}")
+            f"MACs {_percent(cost.macs, macs)} · params {_percent(cost.params, params)}{conv_groups}")
 
 
 def _header(model: str | None, groups: ChannelGroups) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..models import InputSpec, check_input_sizes, parse_input_shape
-from ..groups import ChannelGroups
+from ..groups import ChannelGroups, Group
 from ..trace.fingerprint import first_difference, fingerprint, parameter_shapes
 from .applied import EXPERTS_APPLIED, Applied, parse_ranges
 from .experts import ExpertChoice, check_experts, parse_experts
@@ -20,8 +20,9 @@ from .yamlio import load_document
 METRICS = ("l1_norm", "l2_norm", "fpgm", "random", "bn_gamma", "activation", "taylor")
 MODES = ("uniform", "global")
 SETTINGS = ("default_sparsity", "metric", "round_to", "exclude", "seed", "mode", "max_sparsity", "target_macs",
-            "expert_sparsity", "calibration_batches", "target_latency", "latency_table")
-GROUP_KEYS = ("sparsity", "max_sparsity")
+            "expert_sparsity", "calibration_batches", "target_latency", "latency_table", "conv_groups")
+GROUP_KEYS = ("sparsity", "max_sparsity", "conv_groups")
+CONV_GROUPS = ("inside", "whole")  # a grouped conv's group loses channels inside each conv group, or whole ones
 TOP_LEVEL = ("version", "model", "model_args", "input_shapes", "pruneconf_version", "fingerprint",
              "settings", "groups", "experts", "layers", "applied")
 
@@ -40,6 +41,7 @@ class Settings:
     calibration_batches: int | None = None  # how many calibration batches a data metric ranked by (a record)
     target_latency: float | None = None  # the fraction of measured dense latency the group values were planned for
     latency_table: dict[str, Any] | None = None  # which table planned them: device, setup, hash (a record)
+    conv_groups: str = "inside"  # "whole": groups that can lose whole conv groups do (see Group.whole_conv_groups)
 
 
 @dataclasses.dataclass
@@ -50,6 +52,7 @@ class Recipe:
     settings: Settings
     sparsity: dict[str, float]  # group center -> sparsity
     max_sparsity: dict[str, float] = dataclasses.field(default_factory=dict)  # group center -> cap
+    conv_groups: dict[str, str] = dataclasses.field(default_factory=dict)  # group center -> inside / whole
     model: str | None = None
     model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
     input_shapes: list[InputSpec] = dataclasses.field(default_factory=list)
@@ -70,6 +73,12 @@ class Recipe:
 
     def max_sparsity_of(self, center: str) -> float:
         return self.max_sparsity.get(center, self.settings.max_sparsity)
+
+    def drops_conv_groups(self, group: Group) -> bool:
+        """Whether ``group`` loses whole conv groups of its grouped convs (``conv_groups: whole``,
+        its own or the setting's): only a group that can (``Group.whole_conv_groups``)."""
+        return group.whole_conv_groups and \
+            self.conv_groups.get(group.center, self.settings.conv_groups) == "whole"
 
     def error(self, message: str, key: str) -> ConfigError:
         """A located error; a key without a recorded line is placed at its nearest parent's."""
@@ -128,6 +137,12 @@ class _Checker:
             raise self.fail(f"expected a number in [{lo:g}, {hi:g}), got {value!r}", full, mapping, key)
         return float(value)
 
+    def choice(self, mapping: Mapping, key: str, full: str, allowed: tuple[str, ...]) -> str:
+        value = mapping[key]
+        if value not in allowed or not isinstance(value, str):
+            raise self.fail(f"expected one of {', '.join(allowed)}, got {value!r}", full, mapping, key)
+        return value
+
     def integer(self, mapping: Mapping, key: str, full: str, lo: int) -> int:
         value = mapping[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -168,6 +183,11 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
         settings.mode = raw["mode"]
     if "max_sparsity" in raw:
         settings.max_sparsity = check.number(raw, "max_sparsity", "settings.max_sparsity", 0, 1)
+    if "conv_groups" in raw:
+        settings.conv_groups = check.choice(raw, "conv_groups", "settings.conv_groups", CONV_GROUPS)
+        if settings.conv_groups == "whole" and settings.mode == "global":
+            raise check.fail("whole conv groups are chosen per group: use `mode: uniform` or `conv_groups: inside`",
+                             "settings.conv_groups", raw, "conv_groups")
     if "expert_sparsity" in raw:
         settings.expert_sparsity = check.number(raw, "expert_sparsity", "settings.expert_sparsity", 0, 1)
     if raw.get("target_macs") is not None:
@@ -198,10 +218,11 @@ def _settings(check: _Checker, doc: Mapping) -> Settings:
     return settings
 
 
-def _group_values(check: _Checker, doc: Mapping) -> dict[str, dict[str, float]]:
-    """``groups.<center>.sparsity`` and ``.max_sparsity``, each a number in [0, 1)."""
+def _group_values(check: _Checker, doc: Mapping) -> dict[str, dict[str, Any]]:
+    """``groups.<center>.sparsity`` and ``.max_sparsity``, each a number in [0, 1), and
+    ``.conv_groups``, one of :data:`CONV_GROUPS`."""
     groups = check.mapping(doc, "groups", "groups", "a mapping of group centers")
-    values: dict[str, dict[str, float]] = {name: {} for name in GROUP_KEYS}
+    values: dict[str, dict[str, Any]] = {name: {} for name in GROUP_KEYS}
     for center, entry in groups.items():
         key = f"groups.{center}"
         check.lines[key] = _line(groups, center)
@@ -213,7 +234,11 @@ def _group_values(check: _Checker, doc: Mapping) -> dict[str, dict[str, float]]:
             if name not in GROUP_KEYS:
                 raise check.fail(f"unknown key; expected one of {', '.join(GROUP_KEYS)}", f"{key}.{name}",
                                  entry, name)
-            values[name][str(center)] = check.number(entry, name, f"{key}.{name}", 0, 1)
+            check.lines[f"{key}.{name}"] = _line(entry, name)
+            if name == "conv_groups":
+                values[name][str(center)] = check.choice(entry, name, f"{key}.{name}", CONV_GROUPS)
+            else:
+                values[name][str(center)] = check.number(entry, name, f"{key}.{name}", 0, 1)
     return values
 
 
@@ -258,7 +283,7 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
     layers = check.mapping(doc, "layers", "layers", "a mapping of parameter shapes")
     values = _group_values(check, doc)
     recipe = Recipe(path=path, settings=_settings(check, doc), sparsity=values["sparsity"],
-                    max_sparsity=values["max_sparsity"],
+                    max_sparsity=values["max_sparsity"], conv_groups=values["conv_groups"],
                     model=check.string(doc, "model", "model"),
                     model_args={str(k): v for k, v in check.mapping(doc, "model_args", "model_args",
                                                                      "a mapping of keyword arguments").items()},
@@ -270,6 +295,20 @@ def recipe_from_document(doc: Any, path: str) -> Recipe:
     recipe.applied = _applied(check, check.mapping(doc, "applied", "applied", "the mapping `pruneconf prune` wrote"),
                               recipe)
     return recipe
+
+
+def _check_conv_groups(recipe: Recipe, group: Group) -> None:
+    """``conv_groups: whole`` needs a group whose blocks are whole conv groups, ranked per group."""
+    if recipe.conv_groups.get(group.center) != "whole":
+        return
+    key = f"groups.{group.center}.conv_groups"
+    if not group.whole_conv_groups:
+        why = ("its channels feed no grouped conv" if group.blocks is None else
+               "its grouped convs' conv groups are not the same blocks (or it stacks experts)")
+        raise recipe.error(f"cannot drop whole conv groups here: {why}; expected `inside` or no conv_groups", key)
+    if recipe.settings.mode == "global":
+        raise recipe.error("whole conv groups are chosen per group: use `mode: uniform` or `conv_groups: inside`",
+                           key)
 
 
 def _applied(check: "_Checker", section: Mapping, recipe: Recipe) -> dict[str, Applied]:
@@ -324,8 +363,9 @@ def check_against(recipe: Recipe, groups: ChannelGroups) -> None:
             f"fingerprint {recipe.fingerprint}, this model traces to {actual}"
         raise recipe.error(f"the recipe was made for another model: {change}; run `pruneconf init` again",
                            "fingerprint")
-    for center in {**recipe.sparsity, **recipe.max_sparsity}:
+    for center in {**recipe.sparsity, **recipe.max_sparsity, **recipe.conv_groups}:
         if center in groups.by_center and groups[center].prunable:
+            _check_conv_groups(recipe, groups[center])
             continue
         owner = next(iter(groups.groups_of_layer(center)), None)
         if center in groups.by_center:

@@ -3,7 +3,7 @@
 Values are YAML scalars (``0.3``, ``global``, ``[a, b]``). A known setting
 (``default_sparsity``, ``metric``, ``round_to``, ``mode``, ``max_sparsity``, ...) goes under
 ``settings``; a key naming a group center sets that group's sparsity; ``CENTER.max_sparsity``
-sets its cap. Settings apply before group values, whatever the order on the command line.
+sets its cap and ``CENTER.conv_groups`` how it loses a grouped conv's channels. Settings apply before group values, whatever the order on the command line.
 Changing ``default_sparsity`` also moves the groups still at the old default, so
 ``--set default_sparsity=0.3`` means the same for a fresh recipe and one from ``init``.
 """

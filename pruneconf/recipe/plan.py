@@ -15,3 +15,11 @@ def kept_channels(channels: int, sparsity: float, round_to: int = 1) -> int:
     if round_to > 1:
         keep = max(round_to, math.floor(keep / round_to + 0.5) * round_to)
     return max(1, min(channels, keep))
+
+
+def kept_blocks(blocks: int, size: int, sparsity: float, round_to: int = 1) -> int:
+    """Channels kept when removing ``sparsity`` of ``blocks`` whole blocks of ``size`` channels
+    (a grouped conv's conv groups, ``conv_groups: whole``): whole blocks, their total a
+    multiple of ``round_to`` where a whole number of blocks can make it one."""
+    step = round_to // math.gcd(round_to, size)
+    return kept_channels(blocks, sparsity, step) * size
