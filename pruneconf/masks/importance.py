@@ -129,7 +129,9 @@ def _power_sum(values: torch.Tensor, dims: tuple[int, ...], p: int, scratch: dic
     if not dims:  # a 1-D parameter: each index is its own total (``sum(())`` would sum everything)
         return values.float().abs() ** p
     if 0 not in dims:
-        return torch.linalg.vector_norm(values, p, dims, dtype=torch.float32).pow_(p)
+        # at least float32 (bf16 weights), never narrowing (a float64 model: vector_norm refuses)
+        return torch.linalg.vector_norm(values, p, dims, dtype=torch.promote_types(values.dtype, torch.float32)
+                                        ).float().pow_(p)
     fn = torch.square if p == 2 else torch.abs
     rows = max(1, _CHUNK // max(1, values[0].numel()))
     buffer = _buffer(scratch, values.device, rows * values[0].numel())
