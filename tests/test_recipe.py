@@ -26,7 +26,7 @@ def test_generated_recipe_has_header_settings_and_commented_groups(tmp_path):
     assert doc["input_shapes"] == [[2, 3, 6, 6]]
     assert doc["fingerprint"] == fingerprint(groups.graph)
     assert dict(doc["settings"]) == {"default_sparsity": 0.5, "metric": "l2_norm", "round_to": 1, "exclude": [],
-                                     "mode": "uniform", "max_sparsity": 0.9}
+                                     "mode": "uniform", "max_sparsity": 0.9, "conv_groups": "inside"}
     assert list(doc["groups"]) == ["0", "3"]
     assert doc["groups"]["0"]["sparsity"] == 0.5
     assert "# 8 ch · 3 layers: 0, 1, 3 · MACs" in text
