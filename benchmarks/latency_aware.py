@@ -140,7 +140,8 @@ def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Na
     loop = ["--latency-refine", str(args.refine), "--latency-run-time", str(args.min_run_time)]
     recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table), *loop],
                "uniform_macs": ["--target-macs", str(TARGET)],
-               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table), *loop]}
+               "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table), *loop,
+                                "--speed-weight", str(args.speed_weight)]}
     macs_dense = total_macs(pruneconf.trace(model, x))
     for key, extra in recipes.items():
         path = work / f"{name}-{batch}-{key}.yaml"
@@ -164,7 +165,8 @@ def bench_model(name: str, args: argparse.Namespace, work: Path,
                 save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Every batch of one model; ``save`` gets the row after each batch (a long run keeps what it finished)."""
     model = getattr(torchvision.models, name)().eval()
-    row: dict[str, Any] = {"model": name, "threads": args.threads, "statistic": args.statistic}
+    row: dict[str, Any] = {"model": name, "threads": args.threads, "statistic": args.statistic,
+                           "speed_weight": args.speed_weight}
     for batch in args.batches:
         row[f"batch{batch}"] = bench_batch(name, model, batch, args, work)
         save(row)
@@ -214,7 +216,9 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             b = r[key]
             a = b["latency"]
             loop = "" if not isinstance(a.get("loop_measured"), (int, float)) else f"{a['loop_measured']:.3f}"
-            lines.append(f"| {r['model']} | {key[5:]} | {b['layout']} | {median_ratio(a):.3f} ({a['ratio']:.3f}) | "
+            weight = r.get("speed_weight", 1.0)
+            model = r["model"] + (f" (--speed-weight {weight:g})" if weight != 1.0 else "")
+            lines.append(f"| {model} | {key[5:]} | {b['layout']} | {median_ratio(a):.3f} ({a['ratio']:.3f}) | "
                          f"{loop} | {a['predicted']:.3f} | {a['macs']:.2f} | "
                          f"{aware_vs_uniform(b):.2f}x{kept_plan(b)} | "
                          f"{over_mac(a):.2f} | {over_mac(b['latency_macs']):.2f} | "
@@ -254,6 +258,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
     p.add_argument("--batches", default="1,8", help="batches to measure a table for, plan at and time")
     p.add_argument("--refine", type=int, default=4, help="--latency-refine of plan A (0: the table alone)")
+    p.add_argument("--speed-weight", type=float, default=1.0,
+                   help="--speed-weight of the latency-aware plan at 0.5 MACs (the tool's default 1)")
     p.add_argument("--rounds", type=int, default=ROUNDS,
                    help=f"alternating dense/pruned rounds per timing (default {ROUNDS}, as the closed loop)")
     p.add_argument("--min-run-time", type=float, default=RUN_TIME,

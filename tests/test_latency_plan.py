@@ -252,6 +252,9 @@ def test_a_table_timed_before_memory_was_reused_is_measured_again_and_warned_abo
     (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-refine", "-1"], "0 to 20 corrections"),
     (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-tolerance", "0"], "relative tolerance"),
     (["--target-latency", "0.5", "--latency-table", "t.json", "--latency-budget", "nan"], "seconds above 0"),
+    (["--target-latency", "0.5", "--latency-table", "t.json", "--speed-weight", "2"], "with --target-macs"),
+    (["--target-macs", "0.5", "--speed-weight", "2"], "with --target-macs and --latency-table"),
+    (["--target-macs", "0.5", "--latency-table", "t.json", "--speed-weight", "-1"], "from 0 to 16"),
 ])
 def test_option_errors(tmp_path, net, capsys, argv, message):
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), *argv]) == 2
@@ -297,6 +300,10 @@ def test_mac_budget_is_spent_where_macs_cost_time():
     assert aware.kept["0"] < uniform["0"]
     predictor = Predictor(table)
     assert predictor.ms(aware.kept) < predictor.ms(uniform)
+    # a larger speed weight spends the same budget for at least as much predicted time
+    faster = plan_latency(pruner.groups, pruner.recipe, table, scores, target_macs=0.5, speed_weight=4)
+    assert abs(costs.macs(faster.kept) / costs.macs({}) - 0.5) < 0.05
+    assert predictor.ms(faster.kept) <= predictor.ms(aware.kept)
 
 
 def test_predictor_is_calibrated_on_two_whole_model_timings():

@@ -37,6 +37,11 @@ def add_latency_target(p: argparse.ArgumentParser) -> None:
                         "(needs --latency-table)")
     p.add_argument("--latency-table", metavar="FILE",
                    help="table from `pruneconf latency`: plan --target-latency (or --target-macs) with it")
+    p.add_argument("--speed-weight", type=float, default=1.0, metavar="W",
+                   help="--target-macs with --latency-table: how much a step's time saved per MAC removed "
+                        "counts against the importance it loses (its price is importance lost per ms saved x "
+                        "(MACs removed per ms saved)^W); larger buys more speed at the budget and keeps less "
+                        "important channels (default 1)")
     add_refine_options(p)
 
 
@@ -153,6 +158,8 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
         plan, measured = mac_target_plan(args, pruner, recipe, table, scores)
     else:
         plan, measured = latency_target_plan(args, pruner, recipe, table, scores, args.target_latency)
+    if getattr(args, "speed_weight", 1.0) != 1.0:
+        measured = {**measured, "speed_weight": args.speed_weight}
     write_latency_plan(doc, pruner.groups, plan, table, recipe.settings.round_to, args.target_latency,
                        args.target_macs, measured)
 
@@ -187,7 +194,8 @@ def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
     from ..explore.latency_table import Predictor
     from ..recipe.budget import plan_budget
 
-    aware = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs, skip=pruner.skipped())
+    aware = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs, skip=pruner.skipped(),
+                         speed_weight=getattr(args, "speed_weight", 1.0))
     if args.latency_refine == 0:
         return aware, {"loop": "off (--latency-refine 0): the table's plan, not timed against the uniform plan"}
     timer = _timer(args, pruner, recipe, table)
@@ -234,6 +242,12 @@ def check_latency_options(args: argparse.Namespace) -> bool:
                           "(from `pruneconf latency`)", key="--target-latency")
     if target is not None and args.target_macs is not None:
         raise ConfigError("give one target: --target-latency or --target-macs", key="--target-latency")
+    weight = getattr(args, "speed_weight", 1.0)
+    if not (math.isfinite(weight) and 0 <= weight <= 16):
+        raise ConfigError(f"expected a weight from 0 to 16, got {weight}", key="--speed-weight")
+    if weight != 1.0 and (table is None or args.target_macs is None):
+        raise ConfigError("weighs speed against importance under a MAC budget: use it with --target-macs and "
+                          "--latency-table", key="--speed-weight")
     if table is not None and target is None and args.target_macs is None:
         raise ConfigError("plans with the table need a target: --target-latency or --target-macs",
                           key="--latency-table")
