@@ -47,8 +47,7 @@ def build_report(groups: ChannelGroups, plan: PruningPlan, recipe: Recipe) -> Re
     """One row per prunable group: what ``recipe`` asks, what ``plan`` keeps; plus model totals."""
     model = CostModel(groups)
     kept = {center: len(indices) for center, indices in plan.kept.items()}
-    whole = {c for c in kept if recipe.drops_conv_groups(groups[c])}
-    before, after = model.costs({}), model.costs(kept, whole)
+    before, after = model.costs({}), model.costs(kept, recipe.dropping_conv_groups(groups[c] for c in kept))
     rows = [_row(g.center, g.channels, _requested(recipe, g.center), kept.get(g.center, g.channels),
                  before, after) for g in groups.prunable]
     return Report(rows, (before.params, after.params), (before.macs, after.macs), recipe.settings.mode)

@@ -134,7 +134,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     if args.budget is not None:
         kept = budget_by_sensitivity(result, pruner.groups, recipe, args.budget)
         write_budget(doc, pruner.groups, kept, args.budget, recipe.settings.round_to,
-                     frozenset(c for c in kept if recipe.drops_conv_groups(pruner.groups[c])))
+                     recipe.dropping_conv_groups(pruner.groups[c] for c in kept))
         if result.calibration_batches:
             record_calibration(doc, result.calibration_batches)
         recipe_from_document(doc, str(out / "recipe.yaml"))

@@ -200,8 +200,7 @@ def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
         return aware, {"loop": "off (--latency-refine 0): the table's plan, not timed against the uniform plan"}
     timer = _timer(args, pruner, recipe, table)
     kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
-    whole = frozenset(c for c, k in kept.items() if recipe.drops_conv_groups(pruner.groups[c])
-                      and k < pruner.groups[c].channels)
+    whole = recipe.dropping_conv_groups(pruner.groups[c] for c, k in kept.items() if k < pruner.groups[c].channels)
     uniform = LatencyPlan(kept, Predictor(table).ms(kept, whole), table.dense_ms, {}, whole)
     channels = {g.center: g.channels for g in pruner.groups.groups}
     chosen = choose_faster(aware, uniform, channels, timer.compare)
@@ -271,7 +270,7 @@ def latency_report(args: argparse.Namespace, recipe, model, inputs, plan) -> str
     if recorded not in (None, table.hash):
         log.warning("the recipe was planned with table %s, not %s", recorded, table.hash)
     kept = {center: len(indices) for center, indices in plan.kept.items()}
-    predicted = Predictor(table).ms(kept, {c for c in kept if recipe.drops_conv_groups(plan.groups[c])})
+    predicted = Predictor(table).ms(kept, recipe.dropping_conv_groups(plan.groups[c] for c in kept))
     dense, pruned = measure_plan(model, inputs, plan, table.setup, statistic=table.statistic)
     return (f"latency on {table.setup.key} ({table.device_name}), table {table.hash}: predicted "
             f"{predicted:.3f} ms ({predicted / table.dense_ms:.1%} of dense {table.dense_ms:.3f} ms); measured "

@@ -37,5 +37,5 @@ def plan_document(doc, args: argparse.Namespace, centers: Sequence[str] | None, 
         return recipe_from_document(doc, path)
     kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
     write_budget(doc, pruner.groups, kept, args.target_macs, recipe.settings.round_to,
-                 frozenset(c for c in kept if recipe.drops_conv_groups(pruner.groups[c])))
+                 recipe.dropping_conv_groups(pruner.groups[c] for c in kept))
     return recipe_from_document(doc, path)

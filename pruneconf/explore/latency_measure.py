@@ -84,9 +84,8 @@ def group_probe_counts(group: Group) -> tuple[list[int], int]:
 def whole_probe_counts(group: Group) -> list[int]:
     """Kept counts to time a group losing whole conv groups (``conv_groups: whole``): all,
     about 3/4, 1/2, 1/4 and 1/8 of its conv groups, and one; each count whole conv groups."""
-    size = group.channels // group.experts
     blocks = {group.experts} | {max(1, round(group.experts * f)) for f in (0.75, 0.5, *FRACTIONS[1:])}
-    return [b * size for b in sorted(blocks)]
+    return [b * group.block_width for b in sorted(blocks)]
 
 
 def group_round_to(group: Group, totals: dict[int, float]) -> int:
@@ -299,8 +298,7 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
         totals = {k: sum(v[i] for v in ms.values()) for i, k in enumerate(counts[g.center])}
         whole = None
         if g.center in wholes:
-            size = g.channels // g.experts
-            whole = Curve(g.channels, size, wholes[g.center], timed(g, wholes[g.center], True))
+            whole = Curve(g.channels, g.block_width, wholes[g.center], timed(g, wholes[g.center], True))
         curves[g.center] = Curve(g.channels, group_round_to(g, totals), counts[g.center], ms, whole)
     bar.close()
     half = {c: group_probe_counts(groups[c])[1] for c in curves}

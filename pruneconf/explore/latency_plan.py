@@ -81,15 +81,14 @@ class _Greedy:
                                                         self.step[g.center, False])
             self.cum[g.center, False] = _cumulative(importance)
             if True in self.ways[g.center]:
-                size = g.channels // g.experts
-                self.step[g.center, True] = size
-                self.floor[g.center, True] = kept_blocks(g.experts, size, recipe.max_sparsity_of(g.center),
+                self.step[g.center, True] = g.block_width
+                self.floor[g.center, True] = kept_blocks(g.experts, g.block_width, recipe.max_sparsity_of(g.center),
                                                          recipe.settings.round_to)
                 self.cum[g.center, True] = _cumulative(np.bincount(g.blocks, importance, g.experts))
         self.kept: dict[str, int] = {}
         self.whole: set[str] = set()
-        self.neighbours = {c: {n for u in self.predictor.touching if c in self.predictor.touching[u]
-                               for n in self.predictor.touching[u]} & set(self.parts) for c in self.parts}
+        self.neighbours = {c: {n for u in table.groups[c].units() for n in self.predictor.touching[u]}
+                           & set(self.parts) for c in self.parts}
         self.moves: dict[str, tuple[float, int, bool] | None] = {c: self._price(c) for c in self.parts}
 
     def keep(self, center: str) -> int:

@@ -64,6 +64,10 @@ class Curve:
         """This curve, or its whole-conv-groups curve when ``whole`` (and it was measured)."""
         return self.whole if whole and self.whole is not None else self
 
+    def units(self) -> list[str]:
+        """The units this group's timings touch, thinned or losing whole conv groups."""
+        return list(dict.fromkeys([*self.ms, *(self.whole.ms if self.whole is not None else ())]))
+
     def to_json(self) -> dict[str, Any]:
         """As stored; ``whole`` only when measured, so a table without it keeps its hash."""
         out = {"channels": self.channels, "round_to": self.round_to, "counts": self.counts, "ms": self.ms}
@@ -149,7 +153,7 @@ class Predictor:
         self.table = table
         self.touching: dict[str, list[str]] = {u: [] for u in table.units}
         for center, curve in table.groups.items():
-            for unit in dict.fromkeys([*curve.ms, *curve.of(True).ms]):
+            for unit in curve.units():
                 self.touching[unit].append(center)
         timed = sum(table.units.values())
         self.rest, self.scale = max(0.0, table.dense_ms - timed), min(1.0, table.dense_ms / timed) if timed else 1.0

@@ -71,8 +71,7 @@ class Group:
     #                                   a grouped conv's group): every block keeps the same count
     rounds_total: bool = False  # ``round_to`` rounds the total, not each block (a grouped conv's
     #                             groups: one tensor; each expert is a matrix product of its own)
-    whole_conv_groups: bool = False  # every block is one conv group of every grouped conv in the group,
-    #                                  so whole conv groups may go instead (``conv_groups: whole``)
+    whole_conv_groups: bool = False  # each block is a conv group of every grouped conv: ``conv_groups: whole``
     pinned: np.ndarray = dataclasses.field(default_factory=lambda: np.empty(0, np.int64))  # channels
     #                                   always kept (constants the model adds: padding channels)
     pinned_by: list[str] = dataclasses.field(default_factory=list)  # why, per pinning op
@@ -85,6 +84,11 @@ class Group:
     def experts(self) -> int:
         """How many experts share this group's width (1 for an ordinary group)."""
         return 1 if self.blocks is None else int(self.blocks.max()) + 1
+
+    @property
+    def block_width(self) -> int:
+        """Channels per block: a conv group's width where ``whole_conv_groups``."""
+        return self.channels // self.experts
 
     @property
     def prunable(self) -> bool:
@@ -107,9 +111,7 @@ class ChannelGroups:
         self.grouped = grouped or {}
         self.groups = groups
         self.by_center = {g.center: g for g in groups}
-        self._roots = roots
-        self._group_of_root = group_of_root
-        self._channel_of_root = channel_of_root
+        self._roots, self._group_of_root, self._channel_of_root = roots, group_of_root, channel_of_root
         self._tensors = tensors
 
     def __iter__(self) -> Iterator[Group]:

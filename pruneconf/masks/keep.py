@@ -52,7 +52,7 @@ def best_blocks(group: Group, importance: np.ndarray, keep: int) -> np.ndarray:
     if not group.whole_conv_groups:
         raise ValueError(f"group {group.center} cannot lose whole conv groups")
     totals = np.bincount(group.blocks, weights=importance, minlength=group.experts)
-    chosen = np.argsort(-totals, kind="stable")[:keep // (group.channels // group.experts)]
+    chosen = np.argsort(-totals, kind="stable")[:keep // group.block_width]
     return np.flatnonzero(np.isin(group.blocks, chosen))
 
 
@@ -78,7 +78,7 @@ def group_keep(group: Group, sparsity: float, round_to: int, whole: bool = False
     rounds their total (``Group.rounds_total``): each keeps a multiple of what makes it so.
     ``whole``: the sparsity of whole conv groups (:func:`~pruneconf.recipe.plan.kept_blocks`)."""
     if whole:
-        return kept_blocks(group.experts, group.channels // group.experts, sparsity, round_to)
+        return kept_blocks(group.experts, group.block_width, sparsity, round_to)
     pinned = len(group.pinned)
     if group.rounds_total:
         round_to //= math.gcd(round_to, group.experts)

@@ -11,7 +11,6 @@ planning again; ``settings.target_macs`` records the budget.
 from __future__ import annotations
 
 import logging
-import math
 from typing import AbstractSet, Mapping
 
 from ruamel.yaml.comments import CommentedMap
@@ -20,7 +19,7 @@ from ..errors import ConfigError
 from ..analysis.predict import CostModel
 from ..groups import ChannelGroups, Group
 from .load import Recipe
-from .plan import kept_blocks, kept_channels
+from .plan import blocks_round_to, kept_blocks, kept_channels
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +29,13 @@ class Budget:
 
     def __init__(self, costs: CostModel, parts: list[Group], recipe: Recipe) -> None:
         self.costs, self.parts, self.round_to = costs, parts, recipe.settings.round_to
-        self.whole = frozenset(g.center for g in parts if recipe.drops_conv_groups(g))
+        self.whole = recipe.dropping_conv_groups(parts)
         self.floors = {g.center: self.count(g, recipe.max_sparsity_of(g.center)) for g in parts}
 
     def count(self, g: Group, sparsity: float) -> int:
         """Channels ``g`` keeps at ``sparsity``: whole conv groups where the recipe drops them."""
         if g.center in self.whole:
-            return kept_blocks(g.experts, g.channels // g.experts, sparsity, self.round_to)
+            return kept_blocks(g.experts, g.block_width, sparsity, self.round_to)
         return kept_channels(g.channels, sparsity, self.round_to)
 
     def uniform(self, sparsity: float) -> dict[str, int]:
@@ -44,7 +43,7 @@ class Budget:
 
     def step_down(self, g: Group, keep: int) -> int:
         """The next smaller count the recipe can produce (or ``keep`` at the floor)."""
-        step = g.channels // g.experts if g.center in self.whole else self.round_to
+        step = g.block_width if g.center in self.whole else self.round_to
         lower = keep - 1 if step == 1 else (keep - 1) // step * step
         return max(self.floors[g.center], lower)
 
@@ -141,9 +140,8 @@ def write_group_sparsities(doc: CommentedMap, groups: ChannelGroups, kept: Mappi
             entries[center] = CommentedMap()
         g = groups[center]
         if center in whole:
-            size = g.channels // g.experts
-            entries[center]["sparsity"] = sparsity_for(g.experts, max(1, round(keep / size)),
-                                                       round_to // math.gcd(round_to, size))
+            entries[center]["sparsity"] = sparsity_for(g.experts, max(1, round(keep / g.block_width)),
+                                                       blocks_round_to(round_to, g.block_width))
             entries[center]["conv_groups"] = "whole"
         else:
             entries[center]["sparsity"] = sparsity_for(g.channels, keep, round_to)

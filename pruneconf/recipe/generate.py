@@ -47,7 +47,7 @@ def group_summary(group: Group, cost: GroupCost, macs: int, params: int, shown: 
     where ``conv_groups: whole`` may drop whole ones (so a reader finds the choice)."""
     layers = group.layers
     listed = ", ".join(layers[:shown]) + (f" +{len(layers) - shown}" if len(layers) > shown else "")
-    conv_groups = f" · {group.experts} conv groups of {group.channels // group.experts}" \
+    conv_groups = f" · {group.experts} conv groups of {group.block_width}" \
         if group.whole_conv_groups else ""
     return (f"{group.channels} {SUMMARY_MARK} {len(layers)} layers: {listed} · "
             f"MACs {_percent(cost.macs, macs)} · params {_percent(cost.params, params)}{conv_groups}")

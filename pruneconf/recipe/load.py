@@ -5,7 +5,7 @@ import dataclasses
 import difflib
 import fnmatch
 import os
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -73,6 +73,10 @@ class Recipe:
 
     def max_sparsity_of(self, center: str) -> float:
         return self.max_sparsity.get(center, self.settings.max_sparsity)
+
+    def dropping_conv_groups(self, groups: Iterable[Group]) -> frozenset[str]:
+        """The centers of those of ``groups`` that lose whole conv groups (:meth:`drops_conv_groups`)."""
+        return frozenset(g.center for g in groups if self.drops_conv_groups(g))
 
     def drops_conv_groups(self, group: Group) -> bool:
         """Whether ``group`` loses whole conv groups of its grouped convs (``conv_groups: whole``,

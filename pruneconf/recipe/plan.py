@@ -21,5 +21,9 @@ def kept_blocks(blocks: int, size: int, sparsity: float, round_to: int = 1) -> i
     """Channels kept when removing ``sparsity`` of ``blocks`` whole blocks of ``size`` channels
     (a grouped conv's conv groups, ``conv_groups: whole``): whole blocks, their total a
     multiple of ``round_to`` where a whole number of blocks can make it one."""
-    step = round_to // math.gcd(round_to, size)
-    return kept_channels(blocks, sparsity, step) * size
+    return kept_channels(blocks, sparsity, blocks_round_to(round_to, size)) * size
+
+
+def blocks_round_to(round_to: int, size: int) -> int:
+    """The multiple of blocks of ``size`` channels whose total is a multiple of ``round_to``."""
+    return round_to // math.gcd(round_to, size)
