@@ -141,7 +141,7 @@ def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Na
     recipes = {"latency": ["--target-latency", str(TARGET), "--latency-table", str(table), *loop],
                "uniform_macs": ["--target-macs", str(TARGET)],
                "latency_macs": ["--target-macs", str(TARGET), "--latency-table", str(table), *loop,
-                                "--speed-weight", str(args.speed_weight)]}
+                                "--speed-weight", args.speed_weight]}
     macs_dense = total_macs(pruneconf.trace(model, x))
     for key, extra in recipes.items():
         path = work / f"{name}-{batch}-{key}.yaml"
@@ -156,7 +156,7 @@ def bench_batch(name: str, model: torch.nn.Module, batch: int, args: argparse.Na
         timing["measured_over_mac"] = (1 / timing["ratio"]) / timing["mac_speedup"]
         out[key] = {"macs": macs, "predicted": recorded.get("predicted"), "loop_measured": recorded.get("measured"),
                     "loop_history": recorded.get("history"), "kept_plan": recorded.get("kept_plan"),
-                    "counts": counts, "plan_s": planned, **timing}
+                    "speed_weight": recorded.get("speed_weight"), "counts": counts, "plan_s": planned, **timing}
     out["load_after"] = os.getloadavg()
     return out
 
@@ -166,7 +166,7 @@ def bench_model(name: str, args: argparse.Namespace, work: Path,
     """Every batch of one model; ``save`` gets the row after each batch (a long run keeps what it finished)."""
     model = getattr(torchvision.models, name)().eval()
     row: dict[str, Any] = {"model": name, "threads": args.threads, "statistic": args.statistic,
-                           "speed_weight": args.speed_weight}
+                           "speed_weight": args.speed_weight}  # as asked; each batch records the weight used
     for batch in args.batches:
         row[f"batch{batch}"] = bench_batch(name, model, batch, args, work)
         save(row)
@@ -204,6 +204,14 @@ def over_mac(timing: dict[str, Any]) -> float:
     return (1 / median_ratio(timing)) / timing["mac_speedup"]
 
 
+def speed_label(asked: Any, used: Any) -> str:
+    """The aware plan's ``--speed-weight`` as asked (older rows hold a number or nothing, 1 then the default)
+    and, for ``auto``, the weight the tool chose (the recipe records it)."""
+    if asked == "auto":
+        return f" (speed weight auto: {used:g})" if used is not None else ""
+    return "" if asked is None or float(asked) == 1.0 else f" (--speed-weight {float(asked):g})"
+
+
 def render(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| model | batch | layout | (a) plan A measured / dense, target 0.50: median of rounds (minima) "
              "| loop measured "
@@ -216,8 +224,7 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             b = r[key]
             a = b["latency"]
             loop = "" if not isinstance(a.get("loop_measured"), (int, float)) else f"{a['loop_measured']:.3f}"
-            weight = r.get("speed_weight", 1.0)
-            model = r["model"] + (f" (--speed-weight {weight:g})" if weight != 1.0 else "")
+            model = r["model"] + speed_label(r.get("speed_weight"), b["latency_macs"].get("speed_weight"))
             lines.append(f"| {model} | {key[5:]} | {b['layout']} | {median_ratio(a):.3f} ({a['ratio']:.3f}) | "
                          f"{loop} | {a['predicted']:.3f} | {a['macs']:.2f} | "
                          f"{aware_vs_uniform(b):.2f}x{kept_plan(b)} | "
@@ -258,8 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layout", choices=("auto", "contiguous", "channels_last"), default="auto")
     p.add_argument("--batches", default="1,8", help="batches to measure a table for, plan at and time")
     p.add_argument("--refine", type=int, default=4, help="--latency-refine of plan A (0: the table alone)")
-    p.add_argument("--speed-weight", type=float, default=1.0,
-                   help="--speed-weight of the latency-aware plan at 0.5 MACs (the tool's default 1)")
+    p.add_argument("--speed-weight", default="auto",
+                   help="--speed-weight of the latency-aware plan at 0.5 MACs (default auto, the tool's)")
     p.add_argument("--rounds", type=int, default=ROUNDS,
                    help=f"alternating dense/pruned rounds per timing (default {ROUNDS}, as the closed loop)")
     p.add_argument("--min-run-time", type=float, default=RUN_TIME,

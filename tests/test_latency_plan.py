@@ -15,7 +15,8 @@ from pruneconf.errors import ConfigError
 from pruneconf.explore.heap import timing_memory
 from pruneconf.explore.latency_measure import (device_name, find_units, group_probe_counts, learn_round_to,
                                               measure_table, probe_counts)
-from pruneconf.explore.latency_plan import plan_latency
+from pruneconf.explore import latency_plan
+from pruneconf.explore.latency_plan import LatencyPlan, plan_latency, plan_mac_budget
 from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, read_tables,
                                              select_table)
 from pruneconf.recipe.load import load_recipe, recipe_from_document
@@ -261,6 +262,13 @@ def test_option_errors(tmp_path, net, capsys, argv, message):
     assert message in capsys.readouterr().err
 
 
+def test_speed_weight_must_be_auto_or_a_number(tmp_path, net, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), "--target-macs", "0.5",
+              "--latency-table", "t.json", "--speed-weight", "fast"])
+    assert exit_.value.code == 2 and "expected auto or a number from 0 to 16, got 'fast'" in capsys.readouterr().err
+
+
 def test_recipe_settings_are_validated(tmp_path):
     doc = {"settings": {"target_latency": 2}}
     with pytest.raises(ConfigError, match="settings.target_latency"):
@@ -304,6 +312,64 @@ def test_mac_budget_is_spent_where_macs_cost_time():
     faster = plan_latency(pruner.groups, pruner.recipe, table, scores, target_macs=0.5, speed_weight=4)
     assert abs(costs.macs(faster.kept) / costs.macs({}) - 0.5) < 0.05
     assert predictor.ms(faster.kept) <= predictor.ms(aware.kept)
+
+
+def _fake_plans(monkeypatch, fraction):
+    """plan_latency replaced by plans whose predicted fraction is ``fraction(weight)``: the weight
+    search is tested on its own, on a curve it cannot see."""
+    asked = []
+
+    def fake(groups, recipe, table, scores, target_macs=None, skip=None, speed_weight=1.0):
+        asked.append(speed_weight)
+        return LatencyPlan({}, fraction(speed_weight), 1.0, {}, speed_weight=speed_weight)
+
+    monkeypatch.setattr(latency_plan, "plan_latency", fake)
+    return asked
+
+
+@pytest.mark.parametrize("goal_weight", [2.0, 4.3, 11.0])
+def test_auto_speed_weight_is_the_smallest_that_is_as_fast_as_the_macs(monkeypatch, goal_weight):
+    """Predicted 0.7 at weight 1, falling linearly to the goal 0.525 (0.5 of the MACs, tolerance
+    0.05) at ``goal_weight``: the search returns a weight that meets it, at most one bisection
+    step above it, after the two ends and the bisections."""
+    slope = 0.175 / (goal_weight - 1)
+    asked = _fake_plans(monkeypatch, lambda w: 0.7 - slope * (w - 1))
+    plan = plan_mac_budget(None, None, None, {}, 0.5)
+    assert plan.fraction <= 0.525 + 1e-12
+    assert goal_weight <= plan.speed_weight <= goal_weight + 15 / 64
+    assert asked[:2] == [1.0, 16.0] and len(asked) == 2 + latency_plan.SEARCH_STEPS
+
+
+def test_auto_speed_weight_keeps_weight_one_when_it_is_fast_enough(monkeypatch):
+    asked = _fake_plans(monkeypatch, lambda w: 0.45)
+    assert plan_mac_budget(None, None, None, {}, 0.5).speed_weight == 1.0 and asked == [1.0]
+    assert plan_mac_budget(None, None, None, {}, 0.5, speed_weight=3.0).speed_weight == 3.0 and asked[-1] == 3.0
+
+
+def test_auto_speed_weight_out_of_reach_keeps_the_faster_end(monkeypatch, caplog):
+    _fake_plans(monkeypatch, lambda w: 0.8 - 0.001 * w)
+    with caplog.at_level(logging.INFO, logger="pruneconf"):
+        plan = plan_mac_budget(None, None, None, {}, 0.5)
+    assert plan.speed_weight == 16.0 and "even 16 predicts" in caplog.text
+
+
+def test_mac_budget_records_the_speed_weight(tmp_path, net):
+    """The default (auto) and a given weight: both plans are exact and the recipe says which weight."""
+    table = _table_file(tmp_path, net)
+    for weight, expected in ((None, None), ("2.5", 2.5)):
+        recipe = tmp_path / f"r{weight}.yaml"
+        extra = [] if weight is None else ["--speed-weight", weight]
+        assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(recipe), "--target-macs", "0.5",
+                     "--latency-table", table, "--latency-refine", "0", *extra]) == 0
+        recorded = load_recipe(recipe).settings.latency_table["speed_weight"]
+        assert recorded == expected if expected is not None else 1.0 <= recorded <= 16.0
+        model = build().eval()
+        x = torch.randn(SHAPE)
+        dense = model(x)
+        pruner = Pruner(model, x, str(recipe))
+        pruner.apply_masks()  # verifies masked == applied
+        assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in build().parameters())
+        assert dense.shape == model(x).shape
 
 
 def test_predictor_is_calibrated_on_two_whole_model_timings():

@@ -37,12 +37,23 @@ def add_latency_target(p: argparse.ArgumentParser) -> None:
                         "(needs --latency-table)")
     p.add_argument("--latency-table", metavar="FILE",
                    help="table from `pruneconf latency`: plan --target-latency (or --target-macs) with it")
-    p.add_argument("--speed-weight", type=float, default=1.0, metavar="W",
+    p.add_argument("--speed-weight", type=speed_weight, default=None, metavar="W",
                    help="--target-macs with --latency-table: how much a step's time saved per MAC removed "
                         "counts against the importance it loses (its price is importance lost per ms saved x "
-                        "(MACs removed per ms saved)^W); larger buys more speed at the budget and keeps less "
-                        "important channels (default 1)")
+                        "(MACs removed per ms saved)^W, W from 0 to 16); larger buys more speed at the budget "
+                        "and keeps less important channels. Default auto: the smallest W from 1 that the table "
+                        "predicts as fast as the MACs promise (within --latency-tolerance)")
     add_refine_options(p)
+
+
+def speed_weight(text: str) -> float | None:
+    """``--speed-weight``: ``auto`` (None) or a number (its range is checked with the other options)."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number from 0 to 16, got {text!r}") from None
 
 
 def add_refine_options(p: argparse.ArgumentParser) -> None:
@@ -53,7 +64,8 @@ def add_refine_options(p: argparse.ArgumentParser) -> None:
                         "confirms it); --target-macs: time the table's plan against the uniform plan and keep "
                         "the faster; 0 plans from the table alone, timing nothing (default 4)")
     p.add_argument("--latency-tolerance", type=float, default=0.05, metavar="FRACTION",
-                   help="relative tolerance of the measured latency against the target (default 0.05)")
+                   help="relative tolerance of the measured latency against the target and, for --speed-weight "
+                        "auto, of the predicted latency against the MAC fraction (default 0.05)")
     p.add_argument("--latency-budget", type=float, default=300.0, metavar="SECONDS",
                    help="no further measurement once the loop has run this long (default 300)")
     p.add_argument("--latency-run-time", type=float, default=0.5, metavar="SECONDS",
@@ -158,8 +170,6 @@ def plan_latency_document(doc, args: argparse.Namespace, recipe, pruner) -> None
         plan, measured = mac_target_plan(args, pruner, recipe, table, scores)
     else:
         plan, measured = latency_target_plan(args, pruner, recipe, table, scores, args.target_latency)
-    if getattr(args, "speed_weight", 1.0) != 1.0:
-        measured = {**measured, "speed_weight": args.speed_weight}
     write_latency_plan(doc, pruner.groups, plan, table, recipe.settings.round_to, args.target_latency,
                        args.target_macs, measured)
 
@@ -190,21 +200,23 @@ def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
     uniform plan at the same MACs timed against it here; the faster is returned with what the
     recipe records of the timing (:func:`~pruneconf.explore.latency_loop.choose_faster`)."""
     from ..explore.latency_loop import choose_faster
-    from ..explore.latency_plan import LatencyPlan, plan_latency
+    from ..explore.latency_plan import LatencyPlan, plan_mac_budget
     from ..explore.latency_table import Predictor
     from ..recipe.budget import plan_budget
 
-    aware = plan_latency(pruner.groups, recipe, table, scores, target_macs=args.target_macs, skip=pruner.skipped(),
-                         speed_weight=getattr(args, "speed_weight", 1.0))
+    aware = plan_mac_budget(pruner.groups, recipe, table, scores, args.target_macs, pruner.skipped(),
+                            getattr(args, "speed_weight", None), args.latency_tolerance)
+    weight = {"speed_weight": round(aware.speed_weight, 3)}
     if args.latency_refine == 0:
-        return aware, {"loop": "off (--latency-refine 0): the table's plan, not timed against the uniform plan"}
+        return aware, {**weight, "loop": "off (--latency-refine 0): the table's plan, not timed against the "
+                                         "uniform plan"}
     timer = _timer(args, pruner, recipe, table)
     kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
     whole = recipe.dropping_conv_groups(pruner.groups[c] for c, k in kept.items() if k < pruner.groups[c].channels)
     uniform = LatencyPlan(kept, Predictor(table).ms(kept, whole), table.dense_ms, {}, whole)
     channels = {g.center: g.channels for g in pruner.groups.groups}
     chosen = choose_faster(aware, uniform, channels, timer.compare)
-    return chosen.winner, chosen.record()
+    return chosen.winner, {**weight, **chosen.record()}
 
 
 def _timer(args: argparse.Namespace, pruner, recipe, table):
@@ -241,10 +253,10 @@ def check_latency_options(args: argparse.Namespace) -> bool:
                           "(from `pruneconf latency`)", key="--target-latency")
     if target is not None and args.target_macs is not None:
         raise ConfigError("give one target: --target-latency or --target-macs", key="--target-latency")
-    weight = getattr(args, "speed_weight", 1.0)
-    if not (math.isfinite(weight) and 0 <= weight <= 16):
+    weight = getattr(args, "speed_weight", None)
+    if weight is not None and not (math.isfinite(weight) and 0 <= weight <= 16):
         raise ConfigError(f"expected a weight from 0 to 16, got {weight}", key="--speed-weight")
-    if weight != 1.0 and (table is None or args.target_macs is None):
+    if weight is not None and (table is None or args.target_macs is None):
         raise ConfigError("weighs speed against importance under a MAC budget: use it with --target-macs and "
                           "--latency-table", key="--speed-weight")
     if table is not None and target is None and args.target_macs is None:

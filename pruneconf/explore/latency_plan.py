@@ -9,10 +9,13 @@ time a step saves is predicted from the table, with the neighbouring groups' cur
 widths (:class:`~.latency_table.Predictor`). Steps stop once the predicted latency (or, with
 ``--target-macs``, the MACs) reach the target; the closer of the last two settings is kept.
 Under a MAC budget the total of MACs removed is fixed, so a step's price is also multiplied
-by the MACs it removes per millisecond it saves, to the power ``speed_weight`` (1 by default):
-the budget is spent where MACs cost time (norms, activations and depthwise layers around
-them, layers at fast widths). A larger weight trades importance for speed at the budget:
-on regnet_y_1_6gf's batch-8 table, weight 4 predicted 0.54 of dense where 1 predicted 0.60.
+by the MACs it removes per millisecond it saves, to the power ``speed_weight``: the budget is
+spent where MACs cost time (norms, activations and depthwise layers around them, layers at
+fast widths). A larger weight trades importance for speed at the budget: on regnet_y_1_6gf's
+batch-8 table, weight 1 predicted 0.60 of dense, 5 predicted 0.51. By default
+(:func:`plan_mac_budget`, weight ``None``) the weight is the smallest from 1 to 16 whose plan the
+table predicts as fast as the MACs promise: a user who halves the MACs gets half the latency
+where the table says it can be had, and otherwise the most importance (weight 1).
 The chosen counts are written as group sparsities that reproduce them exactly, and the
 recipe records the target and the table's device and hash.
 """
@@ -45,6 +48,7 @@ class LatencyPlan:
     dense_ms: float
     round_to: dict[str, int]
     whole: frozenset[str] = frozenset()  # groups that lose whole conv groups (``conv_groups: whole``)
+    speed_weight: float | None = None  # under a MAC budget: the weight that planned it
 
     @property
     def fraction(self) -> float:
@@ -203,11 +207,57 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
             kept[g.center] = g.channels
     whole = frozenset(c for c in greedy.whole if kept[c] < groups[c].channels)
     steps = {c: greedy.step[c, c in whole] for c in greedy.parts}
-    plan = LatencyPlan(kept, greedy.predictor.ms(kept, whole), table.dense_ms, steps, whole)
+    plan = LatencyPlan(kept, greedy.predictor.ms(kept, whole), table.dense_ms, steps, whole,
+                       speed_weight if target_macs is not None else None)
     log.info("latency plan: predicted %.3f of %.3f ms (%.1f%%), MACs %.1f%% of dense; %d groups lose whole conv "
              "groups", plan.predicted_ms, plan.dense_ms, 100 * plan.fraction,
              100 * costs.macs(kept, whole) / dense_macs, len(whole))
     return plan
+
+
+SPEED_WEIGHTS = (1.0, 16.0)  # the weights the default search spans (``--speed-weight auto``)
+SEARCH_STEPS = 6  # bisections after the ends: the weight to within (16 - 1) / 64
+
+
+def plan_mac_budget(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, scores: Mapping[str, np.ndarray],
+                    target_macs: float, skip: Mapping[str, str] | None = None, speed_weight: float | None = None,
+                    tolerance: float = 0.05) -> LatencyPlan:
+    """The latency-aware plan at ``target_macs`` of the dense MACs, with ``speed_weight`` or, given
+    None, with the smallest weight in :data:`SPEED_WEIGHTS` whose plan the table predicts at most
+    ``target_macs`` x (1 + ``tolerance``) of the dense latency, the speedup the MACs promise.
+
+    Why search: weight 1 keeps the most importance and is already that fast on most nets (on the
+    batch-8 CPU tables of resnet50, mobilenet_v2, efficientnet_b0 and convnext_tiny it predicted
+    0.39-0.45 at half the MACs); on RegNets the budget buys speed only by dropping whole conv
+    groups, which weight 1 rarely picks (0.60). The smallest weight that is fast enough loses the
+    least importance for it. Found by bisection (the predicted fraction falls with the weight,
+    not strictly: a plan that misses is never returned in place of one that met the goal); if even
+    the largest misses, the faster of the two ends is returned and the log says so."""
+    def plan(weight: float) -> LatencyPlan:
+        return plan_latency(groups, recipe, table, scores, target_macs=target_macs, skip=skip, speed_weight=weight)
+
+    if speed_weight is not None:
+        return plan(speed_weight)
+    goal = target_macs * (1 + tolerance)
+    low, high = SPEED_WEIGHTS
+    best = plan(low)
+    if best.fraction <= goal:
+        return best
+    fastest = plan(high)
+    if fastest.fraction > goal:
+        log.info("speed weight: even %g predicts %.3f of dense, above the %.3f the MACs promise; keeping the "
+                 "faster plan", high, fastest.fraction, goal)
+        return min(best, fastest, key=lambda p: p.fraction)
+    for _ in range(SEARCH_STEPS):
+        middle = (low + high) / 2
+        candidate = plan(middle)
+        if candidate.fraction <= goal:
+            high, fastest = middle, candidate
+        else:
+            low = middle
+    log.info("speed weight %.3g: the smallest that the table predicts as fast as the MACs promise (%.3f of dense, "
+             "goal %.3f)", fastest.speed_weight, fastest.fraction, goal)
+    return fastest
 
 
 def write_latency_plan(doc: CommentedMap, groups: ChannelGroups, plan: LatencyPlan, table: LatencyTable,
