@@ -414,3 +414,21 @@ def test_a_grouped_conv_is_timed_at_counts_every_conv_group_keeps():
     assert model[3].groups == 4 and model[3].out_channels == plan.kept["0"]
     with torch.no_grad():
         assert model(x).shape == dense.shape
+
+
+def test_importance_lost_counts_removed_channels_by_their_normalised_importance():
+    """Per channel of the plan's groups, mean-normalised: nothing removed loses 0, everything 1;
+    inside conv groups the worst channels go, with whole conv groups the worst conv groups."""
+    from pruneconf.explore.latency_plan import importance_lost
+    from pruneconf.masks.global_rank import normalised
+
+    pruner = Pruner(grouped_net(), torch.randn(SHAPE), {"sparsity": 0})
+    group = pruner.groups["0"]
+    scores = {"0": np.arange(1.0, 33.0)}  # channel i's importance i + 1; conv group j holds 8j+1 .. 8j+8
+    assert group.whole_conv_groups and group.block_width == 8
+    assert importance_lost([group], scores, {}) == 0
+    assert importance_lost([group], scores, {"0": 0}) == pytest.approx(1.0)
+    norm = normalised(scores["0"])
+    assert importance_lost([group], scores, {"0": 16}) == pytest.approx(norm[:16].sum() / 32)
+    blocks = np.bincount(group.blocks, norm, group.experts)
+    assert importance_lost([group], scores, {"0": 16}, {"0"}) == pytest.approx(np.sort(blocks)[:2].sum() / 32)
