@@ -270,3 +270,22 @@ def test_timings_reuse_memory_and_big_blocks_are_mapped_again_after():
     assert applies
     assert after > 4 * 1000  # 4 KiB pages (or a few huge pages: then the bound below is loose, not wrong)
     assert inside < after / 10
+
+
+def test_whole_model_timings_take_at_least_model_calls_samples():
+    """A slow call (20 ms) with a 1 ms run time is still timed MODEL_CALLS times over: one sample
+    would let one busy moment decide a round."""
+    import time as clock
+
+    from pruneconf.explore.latency import MODEL_CALLS, time_ms
+    calls = []
+
+    def slow() -> None:
+        calls.append(1)
+        clock.sleep(0.02)
+
+    assert time_ms(slow, (), 1, 0.001, "min", min_calls=MODEL_CALLS) >= 20
+    assert len(calls) >= 2 + MODEL_CALLS  # warm-up, the probe, then the timed blocks
+    calls.clear()
+    time_ms(slow, (), 1, 0.001, "min")
+    assert len(calls) < 2 + MODEL_CALLS

@@ -33,7 +33,7 @@ from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
 from ..masks.keep import top_channels
 from .heap import timing_memory
-from .latency import time_ms
+from .latency import MODEL_CALLS, time_ms
 from .latency_table import Curve, LatencyTable, Setup
 
 log = logging.getLogger(__name__)
@@ -178,10 +178,12 @@ def place_inputs(inputs: Any, setup: Setup) -> Any:
 
 
 def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
-    """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs."""
+    """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs,
+    over ``min_run_time`` or :data:`MODEL_CALLS` calls, whichever is longer."""
     if isinstance(inputs, dict):
-        return time_ms(lambda: model(**inputs), (), setup.threads, min_run_time, statistic)
-    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup.threads, min_run_time, statistic)
+        return time_ms(lambda: model(**inputs), (), setup.threads, min_run_time, statistic, MODEL_CALLS)
+    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup.threads, min_run_time, statistic,
+                   MODEL_CALLS)
 
 
 def alternate(placed: Sequence[nn.Module], inputs: Any, setup: Setup, rounds: int, min_run_time: float,
