@@ -22,9 +22,9 @@ import torchvision
 
 import pruneconf
 from pruneconf.analysis.predict import CostModel
-from pruneconf.explore.latency_plan import importance_lost, plan_mac_budget
-from pruneconf.explore.latency_table import Predictor, select_table
-from pruneconf.recipe.budget import plan_budget, taking_part
+from pruneconf.explore.latency_plan import LatencyPlan, importance_lost, plan_mac_budget, uniform_mac_plan
+from pruneconf.explore.latency_table import select_table
+from pruneconf.recipe.budget import taking_part
 from pruneconf.trace.fingerprint import fingerprint
 
 MODELS = ["resnet50", "mobilenet_v2", "efficientnet_b0", "convnext_tiny", "regnet_y_1_6gf"]
@@ -42,17 +42,14 @@ def rows_for(name: str, tables: Path, batch: int, target: float, weights: list[f
     costs = CostModel(groups)
     dense = costs.macs({})
 
-    def row(label: str, kept: dict[str, int], whole: frozenset[str], predicted: float) -> str:
-        return (f"| {name} | {label} | {predicted:.3f} | {costs.macs(kept, whole) / dense:.3f} | "
-                f"{importance_lost(parts, scores, kept, whole):.3f} | {len(whole)} |")
+    def row(label: str, plan: LatencyPlan) -> str:
+        return (f"| {name} | {label} | {plan.fraction:.3f} | {costs.macs(plan.kept, plan.whole) / dense:.3f} | "
+                f"{importance_lost(parts, scores, plan.kept, plan.whole):.3f} | {len(plan.whole)} |")
 
-    kept = plan_budget(groups, recipe, target, skip)
-    whole = frozenset(recipe.dropping_conv_groups(groups[c] for c, k in kept.items() if k < groups[c].channels))
-    lines = [row("uniform", kept, whole, Predictor(table).ms(kept, whole) / table.dense_ms)]
+    lines = [row("uniform", uniform_mac_plan(groups, recipe, table, target, skip))]
     for weight in weights:
         plan = plan_mac_budget(groups, recipe, table, scores, target, skip, weight)
-        label = f"auto: {plan.speed_weight:.3g}" if weight is None else f"{weight:g}"
-        lines.append(row(label, plan.kept, plan.whole, plan.fraction))
+        lines.append(row(f"auto: {plan.speed_weight:.3g}" if weight is None else f"{weight:g}", plan))
     return lines
 
 

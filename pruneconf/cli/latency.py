@@ -200,9 +200,7 @@ def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
     uniform plan at the same MACs timed against it here; the faster is returned with what the
     recipe records of the timing (:func:`~pruneconf.explore.latency_loop.choose_faster`)."""
     from ..explore.latency_loop import choose_faster
-    from ..explore.latency_plan import LatencyPlan, plan_mac_budget
-    from ..explore.latency_table import Predictor
-    from ..recipe.budget import plan_budget
+    from ..explore.latency_plan import plan_mac_budget, uniform_mac_plan
 
     aware = plan_mac_budget(pruner.groups, recipe, table, scores, args.target_macs, pruner.skipped(),
                             getattr(args, "speed_weight", None), args.latency_tolerance)
@@ -211,9 +209,7 @@ def mac_target_plan(args: argparse.Namespace, pruner, recipe, table, scores):
         return aware, {**weight, "loop": "off (--latency-refine 0): the table's plan, not timed against the "
                                          "uniform plan"}
     timer = _timer(args, pruner, recipe, table)
-    kept = plan_budget(pruner.groups, recipe, args.target_macs, pruner.skipped())
-    whole = recipe.dropping_conv_groups(pruner.groups[c] for c, k in kept.items() if k < pruner.groups[c].channels)
-    uniform = LatencyPlan(kept, Predictor(table).ms(kept, whole), table.dense_ms, {}, whole)
+    uniform = uniform_mac_plan(pruner.groups, recipe, table, args.target_macs, pruner.skipped())
     channels = {g.center: g.channels for g in pruner.groups.groups}
     chosen = choose_faster(aware, uniform, channels, timer.compare)
     return chosen.winner, {**weight, **chosen.record()}

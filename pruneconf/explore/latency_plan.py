@@ -33,7 +33,7 @@ from ..analysis.predict import CostModel
 from ..errors import ConfigError
 from ..groups import ChannelGroups, Group
 from ..masks.global_rank import normalised
-from ..recipe.budget import taking_part, write_group_sparsities
+from ..recipe.budget import plan_budget, taking_part, write_group_sparsities
 from ..recipe.load import Recipe
 from ..recipe.plan import kept_blocks, kept_channels
 from .latency_table import LatencyTable, Predictor
@@ -55,9 +55,11 @@ class LatencyPlan:
         return self.predicted_ms / self.dense_ms if self.dense_ms else 1.0
 
 
-def _cumulative(scores: np.ndarray) -> np.ndarray:
-    """``out[n]``: the importance of the ``n`` best of ``scores`` (what keeping ``n`` keeps)."""
-    return np.concatenate([[0.0], np.cumsum(np.sort(scores)[::-1])])
+def _cumulative(group: Group, importance: np.ndarray, whole: bool) -> np.ndarray:
+    """``out[n]``: the importance of the ``n`` best channels (what keeping ``n`` keeps) or, with
+    ``whole``, of the ``n`` best conv groups by their summed importance."""
+    units = np.bincount(group.blocks, importance, group.experts) if whole else importance
+    return np.concatenate([[0.0], np.cumsum(np.sort(units)[::-1])])
 
 
 def importance_lost(groups: Iterable[Group], scores: Mapping[str, np.ndarray], kept: Mapping[str, int],
@@ -69,13 +71,9 @@ def importance_lost(groups: Iterable[Group], scores: Mapping[str, np.ndarray], k
     metric only."""
     removed = total = 0.0
     for g in groups:
-        importance = normalised(np.asarray(scores[g.center], dtype=float))
-        keep = kept.get(g.center, g.channels)
-        if g.center in whole:
-            per_block = np.sort(np.bincount(g.blocks, importance, g.experts))[::-1]
-            removed += importance.sum() - per_block[:keep // g.block_width].sum()
-        else:
-            removed += importance.sum() - np.sort(importance)[::-1][:keep].sum()
+        dropping = g.center in whole
+        cum = _cumulative(g, normalised(np.asarray(scores[g.center], dtype=float)), dropping)
+        removed += cum[-1] - cum[kept.get(g.center, g.channels) // (g.block_width if dropping else 1)]
         total += g.channels
     return removed / total if total else 0.0
 
@@ -103,12 +101,12 @@ class _Greedy:
             self.step[g.center, False] = _step(table.groups[g.center].round_to, recipe.settings.round_to, g.channels)
             self.floor[g.center, False] = kept_channels(g.channels, recipe.max_sparsity_of(g.center),
                                                         self.step[g.center, False])
-            self.cum[g.center, False] = _cumulative(importance)
+            self.cum[g.center, False] = _cumulative(g, importance, False)
             if True in self.ways[g.center]:
                 self.step[g.center, True] = g.block_width
                 self.floor[g.center, True] = kept_blocks(g.experts, g.block_width, recipe.max_sparsity_of(g.center),
                                                          recipe.settings.round_to)
-                self.cum[g.center, True] = _cumulative(np.bincount(g.blocks, importance, g.experts))
+                self.cum[g.center, True] = _cumulative(g, importance, True)
         self.kept: dict[str, int] = {}
         self.whole: set[str] = set()
         self.neighbours = {c: {n for u in table.groups[c].units() for n in self.predictor.touching[u]}
@@ -233,6 +231,15 @@ def plan_latency(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, sco
              "groups; importance lost %.3f", plan.predicted_ms, plan.dense_ms, 100 * plan.fraction,
              100 * costs.macs(kept, whole) / dense_macs, len(whole), importance_lost(parts, scores, kept, whole))
     return plan
+
+
+def uniform_mac_plan(groups: ChannelGroups, recipe: Recipe, table: LatencyTable, target_macs: float,
+                     skip: Mapping[str, str] | None = None) -> LatencyPlan:
+    """What ``--target-macs`` plans without a table (:func:`~pruneconf.recipe.budget.plan_budget`),
+    as a plan the table prices: the baseline the latency-aware plan is compared with."""
+    kept = plan_budget(groups, recipe, target_macs, skip or {})
+    whole = recipe.dropping_conv_groups(groups[c] for c, k in kept.items() if k < groups[c].channels)
+    return LatencyPlan(kept, Predictor(table).ms(kept, whole), table.dense_ms, {}, whole)
 
 
 SPEED_WEIGHTS = (1.0, 16.0)  # the weights the default search spans (``--speed-weight auto``)
