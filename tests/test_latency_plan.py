@@ -17,8 +17,8 @@ from pruneconf.explore.latency_measure import (device_name, find_units, group_pr
                                               measure_table, probe_counts)
 from pruneconf.explore import latency_plan
 from pruneconf.explore.latency_plan import LatencyPlan, plan_latency, plan_mac_budget
-from pruneconf.explore.latency_table import (Curve, LatencyTable, Predictor, Setup, dump_tables, read_tables,
-                                             select_table)
+from pruneconf.explore.latency_table import (UNIT_INPUTS, Curve, LatencyTable, Predictor, Setup, dump_tables,
+                                             read_tables, select_table)
 from pruneconf.recipe.load import load_recipe, recipe_from_document
 from pruneconf.trace.fingerprint import fingerprint
 
@@ -243,6 +243,29 @@ def test_a_table_timed_before_memory_was_reused_is_measured_again_and_warned_abo
     assert main(common) == 0
     assert "measuring again" in caplog.text and "already holds" not in caplog.text
     assert json.loads(out.read_text())["tables"][SETUP.key]["memory"] == timing_memory()
+
+
+def test_a_table_timed_on_default_order_inputs_is_measured_again_and_warned_about(tmp_path, net, caplog):
+    """Tables record that their units were timed on inputs laid out as in the model
+    (``unit_inputs``); one without the record is measured again, and planning from one warns."""
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "t.json"
+    common = ["latency", net, "--input-shape", "1,3,8,8", "--min-run-time", "0.001", "-o", str(out)]
+    assert main(common) == 0
+    raw = json.loads(out.read_text())
+    assert raw["tables"][SETUP.key]["unit_inputs"] == UNIT_INPUTS
+    caplog.clear()
+    assert main(common) == 0
+    assert "already holds" in caplog.text
+    del raw["tables"][SETUP.key]["unit_inputs"]
+    out.write_text(json.dumps(raw))
+    assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), "--target-macs", "0.6",
+                 "--latency-table", str(out), "--latency-refine", "0"]) == 0
+    assert "inputs in the default memory order" in caplog.text and "--force" in caplog.text
+    caplog.clear()
+    assert main(common) == 0
+    assert "measuring again" in caplog.text and "already holds" not in caplog.text
+    assert json.loads(out.read_text())["tables"][SETUP.key]["unit_inputs"] == UNIT_INPUTS
 
 
 @pytest.mark.parametrize("argv, message", [

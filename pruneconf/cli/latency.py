@@ -104,7 +104,6 @@ def _cached(path: Path, force: bool) -> dict:
 
 def cmd_latency(args: argparse.Namespace) -> int:
     from ..apply import unsupported_groups
-    from ..explore.heap import memory_words, timing_memory
     from ..explore.latency_measure import measure_table
     from ..explore.latency_table import dump_tables
     from ..groups import find_groups
@@ -121,11 +120,11 @@ def cmd_latency(args: argparse.Namespace) -> int:
     known = tables.get(setup.key)
     if not args.force and isinstance(known, dict) and known.get("fingerprint") == fingerprint(graph) \
             and known.get("input_shapes") == shapes:
-        if known.get("memory") == timing_memory():
+        why = outdated(str(known.get("memory", "")), str(known.get("unit_inputs", "")))
+        if not why:
             log.info("%s already holds the table for %s (%s); --force measures again", out, args.model, setup.key)
             return 0
-        log.info("%s holds a table for %s (%s) timed %s; this pruneconf times %s: measuring again", out, args.model,
-                 setup.key, memory_words(str(known.get("memory", ""))), memory_words(timing_memory()))
+        log.info("%s holds a table for %s (%s) %s: measuring again", out, args.model, setup.key, why)
     groups = find_groups(graph)
     skip = unsupported_groups(model, groups)
     table = measure_table(model, inputs, groups, setup, model_name=args.model, fingerprint=fingerprint(graph),
@@ -138,16 +137,32 @@ def cmd_latency(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_table(args: argparse.Namespace, graph, batch: int | None):
+def outdated(memory: str, unit_inputs: str) -> str:
+    """How a table's timings differ from this pruneconf's, in words ('' when they do not): one
+    timed page faults (README, Timings reuse memory), or layers on inputs laid out otherwise
+    than in the model (a channels_last ConvNeXt's Linear layers timed 1.5-4x slow)."""
     from ..explore.heap import memory_words, timing_memory
+    from ..explore.latency_table import UNIT_INPUTS
+
+    reasons = []
+    if memory != timing_memory():
+        reasons.append(f"timed {memory_words(memory)}, this pruneconf times "
+                       f"{memory_words(timing_memory())}")
+    if unit_inputs != UNIT_INPUTS:
+        reasons.append("timed its layers on inputs in the default memory order, this pruneconf lays them out as "
+                       "in the model")
+    return "; ".join(reasons)
+
+
+def load_table(args: argparse.Namespace, graph, batch: int | None):
     from ..explore.latency_table import select_table
     from ..trace.fingerprint import fingerprint
 
     table = select_table(args.latency_table, fingerprint(graph), batch)
-    if table.memory != timing_memory():
-        log.warning("%s was timed %s, this pruneconf times %s: its milliseconds may hold page faults (README, "
-                    "Timings reuse memory); measure it again with `pruneconf latency --force`",
-                    args.latency_table, memory_words(table.memory), memory_words(timing_memory()))
+    why = outdated(table.memory, table.unit_inputs)
+    if why:
+        log.warning("%s was %s: its milliseconds may mislead the plan; measure it again with "
+                    "`pruneconf latency --force`", args.latency_table, why)
     return table
 
 

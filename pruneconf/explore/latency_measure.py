@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import platform
 import statistics
@@ -34,7 +35,7 @@ from ..masks import PruningPlan
 from ..masks.keep import top_channels
 from .heap import timing_memory
 from .latency import MODEL_CALLS, time_ms
-from .latency_table import Curve, LatencyTable, Setup
+from .latency_table import UNIT_INPUTS, Curve, LatencyTable, Setup
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +50,7 @@ class Unit:
     source: str      # the node whose output the call reads
     index: int
     touching: tuple[str, ...]  # centers of the measured groups on its input or output
+    order: tuple[int, ...] | None = None  # its input's dims, outermost in memory first (None: contiguous)
 
 
 def probe_counts(channels: int) -> tuple[list[int], int]:
@@ -143,6 +145,49 @@ def find_units(model: nn.Module, groups: ChannelGroups, measured: Iterable[str])
     return units
 
 
+def dim_order(x: torch.Tensor) -> tuple[int, ...]:
+    """``x``'s dims from outermost to innermost in memory (ties in logical order): contiguous
+    is ``(0, 1, ..., n-1)``, channels_last ``(0, 2, 3, 1)``."""
+    return tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), d)))
+
+
+def with_input_orders(model: nn.Module, inputs: Any, units: Sequence[Unit]) -> list[Unit]:
+    """``units`` with the memory order each one's input has when ``model`` (placed: see
+    :func:`place_model`) runs ``inputs`` (placed), seen by forward pre-hooks.
+
+    A unit is timed alone on a fresh input, which must be laid out as in the model: in a
+    channels_last ConvNeXt the (N, H, W, C) tensor a permute hands to LayerNorm and Linear is
+    contiguous, while the same shape made channels_last puts C at stride H (there its Linear
+    units timed 1.5-4x their real time, at random counts, and the table mispredicted every cut
+    of the residual stream). A call the run does not make keeps a contiguous input."""
+    by_module: dict[str, dict[int, str]] = {}
+    for u in units:
+        call = int(u.name.partition("#")[2] or 0)
+        by_module.setdefault(u.module, {})[call] = u.name
+    orders: dict[str, tuple[int, ...]] = {}
+
+    def recorder(path: str) -> Any:
+        calls = itertools.count()
+
+        def hook(_module: nn.Module, args: tuple) -> None:
+            name = by_module[path].get(next(calls))
+            if name is not None and args and isinstance(args[0], torch.Tensor):
+                orders[name] = dim_order(args[0])
+        return hook
+
+    handles = [model.get_submodule(path).register_forward_pre_hook(recorder(path)) for path in by_module]
+    try:
+        with torch.inference_mode():
+            if isinstance(inputs, dict):
+                model(**inputs)
+            else:
+                model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [dataclasses.replace(u, order=orders.get(u.name)) for u in units]
+
+
 def _place(x: torch.Tensor, setup: Setup) -> torch.Tensor:
     x = x.to(device=setup.device, dtype=DTYPES[setup.dtype] if x.is_floating_point() else x.dtype)
     return x.contiguous(memory_format=torch.channels_last) if setup.layout == "channels_last" and x.dim() == 4 else x
@@ -222,11 +267,15 @@ def _shrunk(module: nn.Module, path: str, plan: PruningPlan) -> nn.Module:
 
 
 def _input(unit: Unit, groups: ChannelGroups, plan: PruningPlan | None, setup: Setup) -> torch.Tensor:
+    """A random input for ``unit`` at the plan's kept counts, in the memory order it has in the model."""
     shape = list(groups.graph.nodes[unit.source]["out_shapes"][unit.index])
     if plan is not None:
         for dim, keep in plan.surviving(unit.source, unit.index).items():
             shape[dim] = int(keep.sum())
-    return _place(torch.randn(shape), setup)
+    order = unit.order if unit.order is not None and len(unit.order) == len(shape) else tuple(range(len(shape)))
+    stored = torch.randn([shape[d] for d in order]).permute([order.index(d) for d in range(len(shape))])
+    dtype = DTYPES[setup.dtype] if stored.is_floating_point() else stored.dtype
+    return stored.to(device=setup.device, dtype=dtype)
 
 
 def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup, min_run_time: float,
@@ -268,7 +317,8 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     """Time the dense model, every unit, and every measurable group's units at its probe counts."""
     placed = place_model(model, setup)
     parts = measurable(groups, skip)
-    units = [u for u in find_units(placed, groups, [g.center for g in parts]) if _runs(placed, u, groups, setup)]
+    units = with_input_orders(placed, place_inputs(inputs, setup), find_units(placed, groups, [g.center for g in parts]))
+    units = [u for u in units if _runs(placed, u, groups, setup)]
     by_group = {g.center: [u for u in units if g.center in u.touching] for g in parts}
     counts = {g.center: group_probe_counts(g)[0] for g in parts}
     wholes = {g.center: whole_probe_counts(g) for g in parts if g.whole_conv_groups}
@@ -307,7 +357,7 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     dense, calibration = _whole_model(model, inputs, groups, half, setup, max(20 * min_run_time, 1.0), statistic)
     return LatencyTable(setup, device_name(setup.device), model_name, fingerprint, input_shapes, dense,
                         dense_units, curves, torch.__version__, min_run_time, statistic, calibration,
-                        timing_memory())
+                        timing_memory(), UNIT_INPUTS)
 
 
 def _whole_model(model: nn.Module, inputs: Any, groups: ChannelGroups, half: dict[str, int], setup: Setup,

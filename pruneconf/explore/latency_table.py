@@ -32,6 +32,7 @@ FORMAT = "pruneconf-latency-table"
 VERSION = 1
 MAX_BYTES = 64 << 20
 LAYOUTS = ("contiguous", "channels_last")
+UNIT_INPUTS = "model order"  # units timed on inputs in the memory order they have in the model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,15 +119,17 @@ class LatencyTable:
     statistic: str = "median"  # of the timed blocks: median, or min on a shared machine
     calibration: dict[str, Any] | None = None  # {"kept": {center: count}, "ms": whole model at those counts}
     memory: str = ""  # how the timings treated memory (.heap.timing_memory); "" from before it was recorded
+    unit_inputs: str = ""  # how units' inputs were laid out (UNIT_INPUTS); "" from before it was recorded
 
     def to_json(self) -> dict[str, Any]:
-        """The table as stored; ``memory`` only when recorded, so an older table keeps its hash."""
+        """The table as stored; ``memory`` and ``unit_inputs`` only when recorded, so an older table keeps its hash."""
         return {"device": self.setup.device, "device_name": self.device_name, "dtype": self.setup.dtype,
                 "batch": self.setup.batch, "threads": self.setup.threads, "layout": self.setup.layout,
                 "model": self.model, "fingerprint": self.fingerprint, "input_shapes": self.input_shapes,
                 "torch": self.torch_version, "min_run_time": self.min_run_time,
                 "statistic": self.statistic, "calibration": self.calibration,
-                **({"memory": self.memory} if self.memory else {}), "dense_ms": self.dense_ms,
+                **({"memory": self.memory} if self.memory else {}),
+                **({"unit_inputs": self.unit_inputs} if self.unit_inputs else {}), "dense_ms": self.dense_ms,
                 "units": self.units,
                 "groups": {c: g.to_json() for c, g in self.groups.items()}}
 
@@ -273,7 +276,7 @@ def parse_table(raw: Any, path: str, key: str) -> LatencyTable:
                         check.get(raw, "fingerprint", str, ""), shapes, dense, units, groups,
                         str(raw.get("torch", "")), float(min_run_time) if isinstance(min_run_time, (int, float))
                         else 0.0, str(raw.get("statistic", "median")), _calibration(check, raw, groups),
-                        str(raw.get("memory", "")))
+                        str(raw.get("memory", "")), str(raw.get("unit_inputs", "")))
 
 
 def _calibration(check: _Check, raw: Mapping, groups: Mapping[str, Curve]) -> dict[str, Any] | None:
