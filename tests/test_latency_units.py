@@ -64,3 +64,16 @@ def test_a_call_the_run_does_not_make_is_timed_contiguous():
     _, units, pruner, setup = _orders("channels_last")
     unseen = [u.__class__(u.name, u.module, u.source, u.index, u.touching) for u in units]
     assert all(_input(u, pruner.groups, None, setup).is_contiguous() for u in unseen)
+
+
+def test_layer_timings_take_at_least_unit_calls(monkeypatch):
+    """Each unit is timed over at least UNIT_CALLS calls: a slow layer timed once at a short run
+    time varied 2-4x from one timing to the next."""
+    from pruneconf.explore import latency_measure
+    from pruneconf.explore.latency import UNIT_CALLS
+
+    asked = []
+    monkeypatch.setattr(latency_measure, "time_ms", lambda *args: asked.append(args[5]) or 1.0)
+    _, units, pruner, setup = _orders("channels_last")
+    latency_measure.time_unit(place_model(pruner.model, setup), units[0], pruner.groups, setup, 0.001)
+    assert asked == [UNIT_CALLS] and UNIT_CALLS >= 3

@@ -27,6 +27,7 @@ def _benchmark() -> Any:
 
 
 MODEL_CALLS = 5  # whole-model timings take at least this many calls, however slow the model
+UNIT_CALLS = 3   # a latency table's layer timings take at least this many (see latency_measure.time_unit)
 
 
 def time_ms(call: Callable[..., Any], args: tuple, threads: int, min_run_time: float,

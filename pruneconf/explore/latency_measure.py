@@ -34,7 +34,7 @@ from ..groups import ChannelGroups, Group
 from ..masks import PruningPlan
 from ..masks.keep import top_channels
 from .heap import timing_memory
-from .latency import MODEL_CALLS, time_ms
+from .latency import MODEL_CALLS, UNIT_CALLS, time_ms
 from .latency_table import UNIT_INPUTS, Curve, LatencyTable, Setup
 
 log = logging.getLogger(__name__)
@@ -280,12 +280,22 @@ def _input(unit: Unit, groups: ChannelGroups, plan: PruningPlan | None, setup: S
 
 def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup, min_run_time: float,
               plan: PruningPlan | None = None, statistic: str = "median") -> float:
+    """Milliseconds of one unit alone, shrunk by ``plan``, over ``min_run_time`` or
+    :data:`~.latency.UNIT_CALLS` calls, whichever is longer: a batch-8 ConvNeXt stage-1 layer
+    (25-50 ms) timed once measured 14-61 ms from one timing to the next, which made its
+    group's curve climb and fall at random; the minimum of three calls held within 10-20 %."""
     module = model.get_submodule(unit.module)
     if plan is not None:
         module = _shrunk(module, unit.module, plan)
         if setup.layout == "channels_last":  # slicing gives contiguous weights back
             module = module.to(memory_format=torch.channels_last)
-    return time_ms(module, (_input(unit, groups, plan, setup),), setup.threads, min_run_time, statistic)
+    return time_ms(module, (_input(unit, groups, plan, setup),), setup.threads, min_run_time, statistic, UNIT_CALLS)
+
+
+def _timing_s(ms: float, min_run_time: float) -> float:
+    """Seconds one :func:`time_unit` of a layer taking ``ms`` takes: the warm-up and probe
+    calls, then ``min_run_time`` or :data:`~.latency.UNIT_CALLS` calls, and the copy."""
+    return (2 * ms + max(1e3 * min_run_time, UNIT_CALLS * ms)) / 1e3 + 0.01
 
 
 def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> bool:
@@ -322,14 +332,15 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     by_group = {g.center: [u for u in units if g.center in u.touching] for g in parts}
     counts = {g.center: group_probe_counts(g)[0] for g in parts}
     wholes = {g.center: whole_probe_counts(g) for g in parts if g.whole_conv_groups}
-    timings = len(units) + sum((len(counts[c]) + len(wholes.get(c, [0])) - 2) * len(us) for c, us in by_group.items())
-    log.info("timing %d units, %d shrunk variants of %d groups: about %.0f s", len(units), timings - len(units),
-             len(parts), timings * (min_run_time + 0.05))
-    bar = progress_bar(timings, "latency table")
+    shrunk = {c: counts[c][:-1] + wholes.get(c, [0])[:-1] for c in by_group}
+    bar = progress_bar(len(units) + sum(len(shrunk[c]) * len(us) for c, us in by_group.items()), "latency table")
     dense_units = {}
     for u in units:
         dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time, statistic=statistic)
         bar.update()
+    log.info("timed %d units; %d shrunk variants of %d groups to go: about %.0f s", len(units),
+             bar.total - len(units), len(parts), sum(_timing_s(dense_units[u.name] * k / groups[c].channels, min_run_time)
+                                                     for c, us in by_group.items() for u in us for k in shrunk[c]))
 
     def timed(g: Group, kept_counts: list[int], whole: bool) -> dict[str, list[float]]:
         """Per unit the group touches, its milliseconds at each count (whole conv groups if ``whole``)."""
