@@ -21,6 +21,7 @@ import itertools
 import logging
 import platform
 import statistics
+import time
 from typing import AbstractSet, Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -292,12 +293,6 @@ def time_unit(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup,
     return time_ms(module, (_input(unit, groups, plan, setup),), setup.threads, min_run_time, statistic, UNIT_CALLS)
 
 
-def _timing_s(ms: float, min_run_time: float) -> float:
-    """Seconds one :func:`time_unit` of a layer taking ``ms`` takes: the warm-up and probe
-    calls, then ``min_run_time`` or :data:`~.latency.UNIT_CALLS` calls, and the copy."""
-    return (2 * ms + max(1e3 * min_run_time, UNIT_CALLS * ms)) / 1e3 + 0.01
-
-
 def _runs(model: nn.Module, unit: Unit, groups: ChannelGroups, setup: Setup) -> bool:
     """A unit is timed only if its module, fed the traced input shape, gives the traced output shape."""
     try:
@@ -334,13 +329,13 @@ def measure_table(model: nn.Module, inputs: Any, groups: ChannelGroups, setup: S
     wholes = {g.center: whole_probe_counts(g) for g in parts if g.whole_conv_groups}
     shrunk = {c: counts[c][:-1] + wholes.get(c, [0])[:-1] for c in by_group}
     bar = progress_bar(len(units) + sum(len(shrunk[c]) * len(us) for c, us in by_group.items()), "latency table")
-    dense_units = {}
+    dense_units, started = {}, time.perf_counter()
     for u in units:
         dense_units[u.name] = time_unit(placed, u, groups, setup, min_run_time, statistic=statistic)
         bar.update()
-    log.info("timed %d units; %d shrunk variants of %d groups to go: about %.0f s", len(units),
-             bar.total - len(units), len(parts), sum(_timing_s(dense_units[u.name] * k / groups[c].channels, min_run_time)
-                                                     for c, us in by_group.items() for u in us for k in shrunk[c]))
+    pace = (time.perf_counter() - started) / max(1, len(units))
+    log.info("timed %d units in %.0f s; %d shrunk variants of %d groups to go: about %.0f s at that pace",
+             len(units), pace * len(units), bar.total - len(units), len(parts), pace * (bar.total - len(units)))
 
     def timed(g: Group, kept_counts: list[int], whole: bool) -> dict[str, list[float]]:
         """Per unit the group touches, its milliseconds at each count (whole conv groups if ``whole``)."""
