@@ -224,48 +224,33 @@ def test_latency_command_caches_by_setup(tmp_path, net, caplog):
     assert main(["report", str(tmp_path / "missing.yaml"), "--latency-table", str(out)]) == 2
 
 
-def test_a_table_timed_before_memory_was_reused_is_measured_again_and_warned_about(tmp_path, net, caplog):
-    """Tables record how their timings treated memory (:mod:`pruneconf.explore.heap`): one from
-    an older pruneconf timed page faults, so `latency` measures it again instead of reusing it,
-    and planning from one says so."""
+@pytest.mark.parametrize("key, warning", [
+    ("memory", "by an older pruneconf (page faults included)"),
+    ("unit_inputs", "inputs in the default memory order"),
+])
+def test_a_table_timed_the_old_way_is_measured_again_and_warned_about(tmp_path, net, caplog, key, warning):
+    """Tables record how their timings treated memory (:mod:`pruneconf.explore.heap`) and that
+    their units read inputs laid out as in the model; one from an older pruneconf, without
+    the record, is measured again by `latency` instead of reused, and planning from one says so."""
     caplog.set_level(logging.INFO)
     out = tmp_path / "t.json"
     common = ["latency", net, "--input-shape", "1,3,8,8", "--min-run-time", "0.001", "-o", str(out)]
+    recorded = {"memory": timing_memory(), "unit_inputs": UNIT_INPUTS}[key]
     assert main(common) == 0
     raw = json.loads(out.read_text())
-    assert raw["tables"][SETUP.key]["memory"] == timing_memory()
-    del raw["tables"][SETUP.key]["memory"]
-    out.write_text(json.dumps(raw))
-    assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), "--target-macs", "0.6",
-                 "--latency-table", str(out), "--latency-refine", "0"]) == 0
-    assert "by an older pruneconf (page faults included)" in caplog.text and "--force" in caplog.text
-    caplog.clear()
-    assert main(common) == 0
-    assert "measuring again" in caplog.text and "already holds" not in caplog.text
-    assert json.loads(out.read_text())["tables"][SETUP.key]["memory"] == timing_memory()
-
-
-def test_a_table_timed_on_default_order_inputs_is_measured_again_and_warned_about(tmp_path, net, caplog):
-    """Tables record that their units were timed on inputs laid out as in the model
-    (``unit_inputs``); one without the record is measured again, and planning from one warns."""
-    caplog.set_level(logging.INFO)
-    out = tmp_path / "t.json"
-    common = ["latency", net, "--input-shape", "1,3,8,8", "--min-run-time", "0.001", "-o", str(out)]
-    assert main(common) == 0
-    raw = json.loads(out.read_text())
-    assert raw["tables"][SETUP.key]["unit_inputs"] == UNIT_INPUTS
+    assert raw["tables"][SETUP.key][key] == recorded
     caplog.clear()
     assert main(common) == 0
     assert "already holds" in caplog.text
-    del raw["tables"][SETUP.key]["unit_inputs"]
+    del raw["tables"][SETUP.key][key]
     out.write_text(json.dumps(raw))
     assert main(["init", net, "--input-shape", "1,3,8,8", "-o", str(tmp_path / "r.yaml"), "--target-macs", "0.6",
                  "--latency-table", str(out), "--latency-refine", "0"]) == 0
-    assert "inputs in the default memory order" in caplog.text and "--force" in caplog.text
+    assert warning in caplog.text and "--force" in caplog.text
     caplog.clear()
     assert main(common) == 0
     assert "measuring again" in caplog.text and "already holds" not in caplog.text
-    assert json.loads(out.read_text())["tables"][SETUP.key]["unit_inputs"] == UNIT_INPUTS
+    assert json.loads(out.read_text())["tables"][SETUP.key][key] == recorded
 
 
 @pytest.mark.parametrize("argv, message", [
