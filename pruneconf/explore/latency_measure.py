@@ -22,7 +22,7 @@ import logging
 import platform
 import statistics
 import time
-from typing import AbstractSet, Any, Iterable, Mapping, Sequence
+from typing import AbstractSet, Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -179,10 +179,7 @@ def with_input_orders(model: nn.Module, inputs: Any, units: Sequence[Unit]) -> l
     handles = [model.get_submodule(path).register_forward_pre_hook(recorder(path)) for path in by_module]
     try:
         with torch.inference_mode():
-            if isinstance(inputs, dict):
-                model(**inputs)
-            else:
-                model(*(inputs if isinstance(inputs, tuple) else (inputs,)))
+            model_call(model, inputs)()
     finally:
         for handle in handles:
             handle.remove()
@@ -223,13 +220,19 @@ def place_inputs(inputs: Any, setup: Setup) -> Any:
     return tuple(place_inputs(v, setup) for v in inputs)
 
 
+def model_call(model: nn.Module, inputs: Any) -> Callable[[], Any]:
+    """``model`` on ``inputs`` as a call of no arguments: keyword tensors from a dict,
+    positional ones from a tuple or a single tensor (the shapes :func:`place_inputs` keeps)."""
+    if isinstance(inputs, dict):
+        return lambda: model(**inputs)
+    args = inputs if isinstance(inputs, tuple) else (inputs,)
+    return lambda: model(*args)
+
+
 def model_ms(model: nn.Module, inputs: Any, setup: Setup, min_run_time: float, statistic: str = "median") -> float:
     """Milliseconds per forward of a placed model (see :func:`place_model`) on placed inputs,
     over ``min_run_time`` or :data:`MODEL_CALLS` calls, whichever is longer."""
-    if isinstance(inputs, dict):
-        return time_ms(lambda: model(**inputs), (), setup.threads, min_run_time, statistic, MODEL_CALLS)
-    return time_ms(model, inputs if isinstance(inputs, tuple) else (inputs,), setup.threads, min_run_time, statistic,
-                   MODEL_CALLS)
+    return time_ms(model_call(model, inputs), (), setup.threads, min_run_time, statistic, MODEL_CALLS)
 
 
 def alternate(placed: Sequence[nn.Module], inputs: Any, setup: Setup, rounds: int, min_run_time: float,
